@@ -1,0 +1,122 @@
+"""The `rsctool` command: global options, one sub-command per stage, errors -> exit codes.
+
+Exit codes: 0 success; 2 bad input or usage (one line naming the file and problem, no
+traceback); 1 internal error; 130 interrupted (Ctrl-C). Stage modules define their own
+thin Typer command at the bottom; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+try:  # recent typer ships its own copy of click; its exceptions are the ones raised
+    from typer._click import ClickException
+except ImportError:  # older typer uses click itself
+    from click import ClickException
+
+from rsctool import __version__
+from rsctool.console import AppState, err_console
+from rsctool.errors import UserError
+
+# Exceptions that already carry their exit code and message.
+_CLICK_FLOW = (typer.Exit, typer.Abort, ClickException)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class _Group(TyperGroup):
+    """Maps rsctool's error types to exit codes for every sub-command.
+
+    Doing it here (not only in `main`) means tests driving `app` with CliRunner see
+    the same exit codes and messages as a user in a shell.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            err_console.print(f"error: {e}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: stopped cleanly; run the same command again to "
+                              "resume", markup=False, highlight=False)
+            raise typer.Exit(130) from None
+        except _CLICK_FLOW:
+            raise
+        except Exception as e:
+            if os.environ.get("RSCTOOL_DEBUG"):
+                traceback.print_exc()
+            else:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                err_console.print(
+                    f"internal error: {type(e).__name__}: {first} (set RSCTOOL_DEBUG=1 for the "
+                    "traceback, and please report it)", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="rsctool",
+    help="Respiratory-sound classification: analyze, synth, train, eval, export, predict.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rsctool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    *,
+    project: Annotated[Path | None, typer.Option(
+        "--project", "-p", envvar="RSCTOOL_PROJECT", show_envvar=True,
+        help="Project file (default ./rsctool.toml; created on first use).")] = None,
+    device: Annotated[str, typer.Option(
+        help="Compute device: auto (CUDA when present), cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed for everything that draws numbers.")] = 0,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No tables or progress on stderr (warnings and errors still).")
+    ] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    if device not in DEVICES:
+        raise typer.BadParameter(f"must be one of {', '.join(DEVICES)}", param_hint="--device")
+    ctx.obj = AppState(project=project, device=device, seed=seed, quiet=quiet)
+
+
+def _register() -> None:
+    # Imported here so `rsctool --help` does not pay for heavy imports: stage modules
+    # import torch & co. lazily inside their run functions.
+    from rsctool import analyze, demodata, status, train
+
+    app.command("analyze")(analyze.command)
+    app.command("status")(status.command)
+    app.command("demo-data")(demodata.command)
+    app.command("train")(train.command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(prog_name="rsctool")
+    except KeyboardInterrupt:  # Ctrl-C outside a sub-command (e.g. during imports)
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)

@@ -1,0 +1,66 @@
+"""Shared CLI plumbing: global state, stderr console, JSON output.
+
+Human-readable tables and progress go to stderr (rich), machine-readable results
+to stdout (`--json`), so `rsctool analyze DIR --json | jq .cycles` works.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class AppState:
+    """Global options, resolved once in the Typer callback.
+
+    Attributes:
+        project: `--project` value (None: `$RSCTOOL_PROJECT` or ./rsctool.toml).
+        device: ``auto|cpu|cuda``.
+        seed: global random seed.
+        quiet: suppress human-readable output on stderr.
+    """
+
+    project: Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    quiet: bool = False
+
+    def load_project(self, *, must_exist: bool = False):
+        from rsctool.project import Project, resolve_project_path
+
+        return Project.load(resolve_project_path(self.project), must_exist=must_exist)
+
+
+def get_state(ctx: Any) -> AppState:
+    """The AppState of a Typer/click context (a default one when called without the app)."""
+    obj = getattr(ctx, "obj", None) if ctx is not None else None
+    if isinstance(obj, AppState):
+        return obj
+    root = ctx.find_root() if ctx is not None else None
+    if root is not None and isinstance(root.obj, AppState):
+        return root.obj
+    return AppState()
+
+
+def print_json(obj: Any) -> None:
+    """Print one JSON document on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def info(state: AppState, *objects: Any) -> None:
+    if not state.quiet:
+        err_console.print(*objects)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (always shown: warnings are never silenced by --quiet)."""
+    err_console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)

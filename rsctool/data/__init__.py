@@ -1,0 +1,1 @@
+"""Dataset readers (plain functions that return manifest records) and manifest io."""

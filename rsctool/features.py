@@ -1,0 +1,540 @@
+"""Kaldi-compatible log-mel filterbank features in pure torch, and their normalisation.
+
+`fbank` reproduces ``torchaudio.compliance.kaldi.fbank`` (the front end of the Audio
+Spectrogram Transformer), batched over clips and vectorised over frames; torchaudio
+itself is not used (see DESIGN.md, "Dependencies"). Against a fixture computed by
+torchaudio 2.9 the log energies agree to ~1e-4 wherever a filter is within 60 dB of
+its frame's strongest one; in deeper valleys float32 rounding of either FFT dominates
+and the two differ by up to a few 1e-3, as each does from a float64 computation.
+
+Pipeline per frame of `W` samples, shifted by `S` (Kaldi's order of operations):
+optional dither, removal of the frame's DC offset, pre-emphasis (first sample
+replicated), window, zero padding to `n_fft`, power (or magnitude) spectrum,
+triangular mel filters (HTK mel scale ``1127 ln(1 + f/700)``), ``log(max(x, eps))``.
+
+AST's ``_wav2fbank`` subtracts the waveform mean before calling torchaudio; with
+``remove_dc_offset=True`` every frame has its own mean removed, which makes that step
+a no-op here (up to rounding), so it is not repeated.
+
+Two equivalent implementations share the configuration:
+
+* `fbank` (training, caching): frames as strided views, one real FFT per frame,
+  processed in cache-sized chunks of clips; the fastest path on CPU.
+* `Fbank` (a `torch.nn.Module` with normalisation, for models and ONNX graphs): eagerly
+  it calls `fbank`; traced for ONNX, DC removal, pre-emphasis, window and DFT (all
+  linear in the frame) are folded into one precomputed kernel and applied as a single
+  strided ``conv1d``: no complex tensors or FFT op, dynamic batch and length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rsctool.errors import ConfigError, DataError
+from rsctool.utils import sha256_text
+
+#: Bumped whenever a change to this module changes feature values: part of `FbankConfig.key`,
+#: so feature caches written by an older implementation are not reused.
+FEATURES_VERSION = 1
+
+WINDOWS: tuple[str, ...] = ("povey", "hanning", "hamming", "rectangular", "blackman")
+
+#: ``numeric_limits<float>::epsilon()``: Kaldi's floor before the log.
+_EPS = float(torch.finfo(torch.float32).eps)
+_MS = 0.001  # the same float expression as torchaudio, so int() truncates identically
+
+#: Elements of the (clips, frames, n_fft) work buffer per CPU chunk (2 MB: one 8 s clip,
+#: or several short ones). Chunks keep the passes and the FFT in cache: 32 clips of 8 s run
+#: ~2x faster in chunks than as one batch tensor.
+_CPU_CHUNK_ELEMENTS = 1 << 19
+
+
+@dataclass(frozen=True)
+class FbankConfig:
+    """Options of the Kaldi filterbank (Kaldi's defaults, except `num_mel_bins` = 128).
+
+    AST's front end is ``torchaudio.compliance.kaldi.fbank(wav, htk_compat=True,
+    sample_frequency=sr, use_energy=False, window_type='hanning', num_mel_bins=128,
+    dither=0.0, frame_shift=10)``: the defaults here, with ``window="hanning"``
+    (``htk_compat`` only moves the energy column, which AST does not use).
+
+    Attributes:
+        sample_rate: Hz of the input waveform.
+        num_mel_bins: F, the number of triangular mel filters (> 3).
+        frame_length_ms, frame_shift_ms: window length and hop in ms
+            (W = int(sr * ms * 0.001) samples, as Kaldi truncates).
+        window: ``povey|hanning|hamming|rectangular|blackman`` (symmetric windows).
+        blackman_coeff: the Blackman window's a0.
+        dither: std of Gaussian noise added to each frame (0 = off; training only).
+        preemphasis: coefficient c of ``y[t] = x[t] - c x[t-1]`` within each frame.
+        remove_dc_offset: subtract each frame's mean first.
+        low_freq: Hz, lower edge of the first mel filter.
+        high_freq: Hz, upper edge of the last filter; <= 0 means nyquist + high_freq.
+        round_to_power_of_two: zero-pad frames to the next power of two for the FFT.
+        snip_edges: only frames that fit entirely in the signal; otherwise
+            ``(N + S//2) // S`` frames with the signal mirrored at its ends.
+        use_log_fbank: log of the filter energies (else linear).
+        use_power: power spectrum (else magnitude).
+        mean, std: normalisation statistics, applied as ``(x - mean) / (2 * std)``
+            (AST's AudioSet values by default).
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    window: str = "povey"
+    blackman_coeff: float = 0.42
+    dither: float = 0.0
+    preemphasis: float = 0.97
+    remove_dc_offset: bool = True
+    low_freq: float = 20.0
+    high_freq: float = 0.0
+    round_to_power_of_two: bool = True
+    snip_edges: bool = True
+    use_log_fbank: bool = True
+    use_power: bool = True
+    mean: float = -4.2677393
+    std: float = 4.5689974
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            ok = {
+                "int": isinstance(v, int) and not isinstance(v, bool),
+                "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                "bool": isinstance(v, bool),
+                "str": isinstance(v, str),
+            }[kind]
+            if not ok or (kind == "float" and not math.isfinite(v)):
+                raise ConfigError(f"fbank option {f.name} must be a finite {kind}, got {v!r}")
+            if kind == "float":  # store 16000 and 16000.0 alike: key() must not depend on it
+                object.__setattr__(self, f.name, float(v))
+        if self.sample_rate <= 0:
+            raise ConfigError(f"fbank sample_rate must be positive, got {self.sample_rate}")
+        if self.window not in WINDOWS:
+            raise ConfigError(f"unknown fbank window {self.window!r} ({'|'.join(WINDOWS)})")
+        if self.num_mel_bins <= 3:
+            raise ConfigError(f"fbank num_mel_bins must be > 3, got {self.num_mel_bins}")
+        if self.window_size < 2 or self.window_shift < 1:
+            raise ConfigError(
+                f"fbank frame_length_ms={self.frame_length_ms} / frame_shift_ms="
+                f"{self.frame_shift_ms} give {self.window_size} / {self.window_shift} samples "
+                f"at {self.sample_rate} Hz (need >= 2 / >= 1)")
+        if self.n_fft % 2:
+            raise ConfigError(f"fbank FFT size {self.n_fft} is odd; use round_to_power_of_two")
+        if self.dither < 0:
+            raise ConfigError(f"fbank dither must be >= 0, got {self.dither}")
+        if self.std <= 0:
+            raise ConfigError(f"fbank std must be positive, got {self.std}")
+        nyquist = 0.5 * self.sample_rate
+        high = self.high_freq_hz
+        if not (0.0 <= self.low_freq < nyquist and 0.0 < high <= nyquist
+                and self.low_freq < high):
+            raise ConfigError(
+                f"fbank low_freq={self.low_freq} / high_freq={self.high_freq} do not fit "
+                f"0 <= low < high <= nyquist ({nyquist} Hz)")
+
+    # ----- derived sizes --------------------------------------------------------------
+    @property
+    def window_size(self) -> int:
+        """W: samples per frame."""
+        return int(self.sample_rate * self.frame_length_ms * _MS)
+
+    @property
+    def window_shift(self) -> int:
+        """S: hop in samples."""
+        return int(self.sample_rate * self.frame_shift_ms * _MS)
+
+    @property
+    def n_fft(self) -> int:
+        """FFT size: W, or the next power of two."""
+        w = self.window_size
+        return 1 << (w - 1).bit_length() if self.round_to_power_of_two else w
+
+    @property
+    def high_freq_hz(self) -> float:
+        """The upper edge of the last mel filter in Hz."""
+        return self.high_freq + 0.5 * self.sample_rate if self.high_freq <= 0 else self.high_freq
+
+    # ----- serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FbankConfig:
+        """Build from a dict (project file, ONNX metadata); unknown keys raise ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"fbank config must be a table/dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown fbank option(s) {unknown} (known: {sorted(known)})")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> FbankConfig:
+        return dataclasses.replace(self, **changes)
+
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of every field and `FEATURES_VERSION` (for caches)."""
+        payload = {"version": FEATURES_VERSION, **self.to_dict()}
+        return sha256_text(json.dumps(payload, sort_keys=True, separators=(",", ":")))[:16]
+
+
+def num_frames(num_samples: int, cfg: FbankConfig = FbankConfig()) -> int:
+    """Number of frames T that `fbank` returns for `num_samples` samples."""
+    w, s = cfg.window_size, cfg.window_shift
+    if cfg.snip_edges:
+        return 0 if num_samples < w else 1 + (num_samples - w) // s
+    return (num_samples + s // 2) // s
+
+
+# ----- constant matrices -----------------------------------------------------------------
+def window_function(cfg: FbankConfig) -> torch.Tensor:
+    """`(W,)` float64 analysis window (Kaldi's symmetric definitions)."""
+    w = cfg.window_size
+    n = np.arange(w, dtype=np.float64)
+    a = 2.0 * math.pi / (w - 1)
+    if cfg.window in ("hanning", "povey"):
+        win = 0.5 - 0.5 * np.cos(a * n)
+        if cfg.window == "povey":
+            win = np.power(np.maximum(win, 0.0), 0.85)
+    elif cfg.window == "hamming":
+        win = 0.54 - 0.46 * np.cos(a * n)
+    elif cfg.window == "blackman":
+        b = cfg.blackman_coeff
+        win = b - 0.5 * np.cos(a * n) + (0.5 - b) * np.cos(2 * a * n)
+    else:  # rectangular
+        win = np.ones(w)
+    return torch.from_numpy(win)
+
+
+def _mel(f: np.ndarray | float) -> np.ndarray:
+    return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_filterbank(cfg: FbankConfig = FbankConfig()) -> torch.Tensor:
+    """Triangular filters on the HTK mel scale, as torchaudio's ``get_mel_banks``.
+
+    Returns:
+        `(n_fft // 2 + 1, F)` float32; row k weights FFT bin k (k * sr / n_fft Hz); the
+        Nyquist row is zero, as in Kaldi.
+    """
+    nf = cfg.num_mel_bins
+    n_bins = cfg.n_fft // 2
+    lo, hi = _mel(cfg.low_freq), _mel(cfg.high_freq_hz)
+    delta = (hi - lo) / (nf + 1)
+    b = np.arange(nf, dtype=np.float64)[:, None]
+    left, center, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
+    mel = _mel(cfg.sample_rate / cfg.n_fft * np.arange(n_bins, dtype=np.float64))[None, :]
+    up = (mel - left) / (center - left)
+    down = (right - mel) / (right - center)
+    banks = np.maximum(0.0, np.minimum(up, down))  # (F, n_fft/2)
+    out = np.zeros((n_bins + 1, nf), dtype=np.float32)
+    out[:n_bins] = banks.T
+    return torch.from_numpy(out)
+
+
+def _frame_operator(cfg: FbankConfig) -> np.ndarray:
+    """`(W, W)` float64 matrix A with ``windowed_frame = A @ raw_frame``.
+
+    DC removal ``I - 11'/W``, pre-emphasis with the first sample replicated, and the
+    window are each linear in the frame, so their product is one matrix.
+    """
+    w = cfg.window_size
+    a = np.eye(w)
+    if cfg.remove_dc_offset:
+        a = a - 1.0 / w
+    c = cfg.preemphasis
+    if c != 0.0:
+        pre = np.eye(w)
+        pre[np.arange(1, w), np.arange(w - 1)] = -c
+        pre[0, 0] = 1.0 - c
+        a = pre @ a
+    return window_function(cfg).numpy()[:, None] * a
+
+
+def dft_kernel(cfg: FbankConfig) -> torch.Tensor:
+    """`(2 * (n_fft//2 + 1), W)` float32: rows ``[re_0, im_0, re_1, im_1, ...]`` of the
+    spectrum of the windowed, zero-padded frame, as a linear map of the raw frame."""
+    w, n = cfg.window_size, cfg.n_fft
+    k = np.arange(n // 2 + 1, dtype=np.float64)[:, None]
+    t = np.arange(w, dtype=np.float64)[None, :]
+    ang = 2.0 * math.pi * ((k * t) % n) / n  # reduce first: exact angles for large k*t
+    dft = np.empty((2 * (n // 2 + 1), w))
+    dft[0::2], dft[1::2] = np.cos(ang), -np.sin(ang)
+    return torch.from_numpy((dft @ _frame_operator(cfg)).astype(np.float32))
+
+
+# ----- the functional path ---------------------------------------------------------------
+def _as_batch(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(wav, np.ndarray):
+        if wav.dtype.kind not in "fiu":
+            raise DataError(f"fbank needs a numeric waveform, got dtype {wav.dtype}")
+        wav = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+    elif not isinstance(wav, torch.Tensor):
+        raise DataError(f"fbank needs a tensor or numpy array, got {type(wav).__name__}")
+    if wav.dim() not in (1, 2):
+        raise DataError(f"fbank needs a (N,) or (B, N) waveform, got shape {tuple(wav.shape)}")
+    if wav.is_complex() or wav.dtype == torch.bool:
+        raise DataError(f"fbank needs a real waveform, got dtype {wav.dtype}")
+    wav = wav.to(torch.float32)
+    return wav.unsqueeze(0) if wav.dim() == 1 else wav
+
+
+def _mirror_pad(x: torch.Tensor, cfg: FbankConfig, frames: int) -> torch.Tensor:
+    """`(B, L)` signal whose snip-edges frames are Kaldi's mirrored (snip_edges=False) ones.
+
+    Sample ``i`` of the padded signal is input sample ``i - pad`` reflected at the ends
+    ("symmetric": ... x1 x0 | x0 x1 ... x_{N-1} | x_{N-1} x_{N-2} ...), as Kaldi's
+    ExtractWindow and torchaudio's concatenation of the reversed waveform.
+    """
+    n = x.shape[-1]
+    pad = cfg.window_size // 2 - cfg.window_shift // 2
+    length = (frames - 1) * cfg.window_shift + cfg.window_size
+    pos = torch.arange(length, device=x.device) - pad
+    pos = torch.remainder(pos, 2 * n)  # repeat the reflection for very short signals
+    idx = torch.where(pos < n, pos, 2 * n - 1 - pos)
+    return x[:, idx]
+
+
+def _log_or_linear(e: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """In place: ``log(max(e, eps))`` (Kaldi's floor) or `e` unchanged."""
+    return e.clamp_min_(_EPS).log_() if cfg.use_log_fbank else e
+
+
+class _MelBands:
+    """The mel matmul split into bands of 16 adjacent filters.
+
+    Each triangular filter covers a few FFT bins, so a band of filters only needs the
+    bins under it: for 128 filters, 8 matmuls do 13% of the multiply-adds of the dense
+    `(K, 128)` one and run ~3x faster (narrower bands are slower again: BLAS is
+    inefficient below ~16 output columns). With ``use_power`` the rows are repeated for
+    the interleaved (re, im) squares, so the matmul also sums them.
+    """
+
+    BAND = 16
+
+    def __init__(self, cfg: FbankConfig, device: torch.device):
+        mel = mel_filterbank(cfg)
+        rep = 2 if cfg.use_power else 1
+        self.bands: list[tuple[int, int, torch.Tensor]] = []
+        for f0 in range(0, cfg.num_mel_bins, self.BAND):
+            cols = mel[:, f0:f0 + self.BAND]
+            rows = torch.nonzero(cols.any(dim=1))[:, 0]
+            # Narrow low filters can cover no bin at all; such a band still gets one row.
+            k0, k1 = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 1)
+            w = cols[k0:k1].repeat_interleave(rep, dim=0).contiguous().to(device)
+            self.bands.append((rep * k0, rep * k1, w))
+
+    def __call__(self, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`(..., rep*K)` energies per bin -> `out` `(..., F)` filter energies."""
+        return torch.cat([z[..., a:b] @ w for a, b, w in self.bands], dim=-1, out=out)
+
+
+@functools.lru_cache(maxsize=16)
+def _constants(cfg: FbankConfig, device: torch.device) -> tuple[torch.Tensor, float, _MelBands]:
+    """Window `(W,)` on `device`, its first value (a Python float: no device sync), bands."""
+    win = window_function(cfg)
+    return win.to(device, torch.float32), float(win[0]), _MelBands(cfg, device)
+
+
+def _bin_energies(spec: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """`(..., K)` complex spectrum -> `(..., 2K)` interleaved squares (power) or `(..., K)`
+    magnitudes, the layout `_MelBands` expects."""
+    z = torch.view_as_real(spec)  # (..., K, 2), a view
+    if cfg.use_power:
+        return z.square_().flatten(-2)
+    return torch.linalg.vector_norm(z, dim=-1)
+
+
+def _fbank_dithered(x: torch.Tensor, cfg: FbankConfig, generator: torch.Generator | None
+                    ) -> torch.Tensor:
+    """Plain per-frame formulation (noise is independent per frame, as in Kaldi)."""
+    win, _, bands = _constants(cfg, x.device)
+    frames = x.unfold(-1, cfg.window_size, cfg.window_shift)  # (B, T, W) view
+    noise = torch.randn(frames.shape, generator=generator, device=x.device, dtype=x.dtype)
+    frames = frames + cfg.dither * noise
+    if cfg.remove_dc_offset:
+        frames = frames - frames.mean(-1, keepdim=True)
+    c = cfg.preemphasis
+    if c != 0.0:
+        prev = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        frames = frames - c * prev
+    spec = torch.fft.rfft(frames * win, n=cfg.n_fft)
+    out = x.new_empty(*frames.shape[:2], cfg.num_mel_bins)
+    return _log_or_linear(bands(_bin_energies(spec, cfg), out), cfg)
+
+
+def _fbank_fast(x: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """Dither-free path: one multiply-add per frame sample before the FFT.
+
+    With the waveform pre-emphasised once globally (``g[n] = x[n] - c x[n-1]``), frame t
+    (starting at sample s, mean m) after DC removal and pre-emphasis is
+    ``g[s+j] - (1-c) m`` for j >= 1 and ``(1-c) (x[s] - m)`` for j = 0. On CPU, clips
+    are processed in chunks whose work buffer stays in cache.
+    """
+    b, n = x.shape
+    w, s, nfft = cfg.window_size, cfg.window_shift, cfg.n_fft
+    t = 1 + (n - w) // s
+    c = cfg.preemphasis
+    win, win0, bands = _constants(cfg, x.device)
+
+    if cfg.remove_dc_offset:
+        means = x.unfold(-1, w, s).mean(-1)  # (B, T); a strided read, no copy
+    else:
+        means = x.new_zeros(b, t)
+    if c != 0.0:
+        g = torch.empty_like(x)
+        g[:, 0] = x[:, 0]  # overwritten by `first` below, like every frame's column 0
+        torch.sub(x[:, 1:], x[:, :-1], alpha=c, out=g[:, 1:])
+    else:
+        g = x
+    if win0 != 0.0:  # hanning and povey windows start at zero: column 0 stays 0
+        starts = torch.arange(t, device=x.device) * s
+        first = (1.0 - c) * win0 * (x[:, starts] - means)  # (B, T): windowed first samples
+
+    out = x.new_empty(b, t, cfg.num_mel_bins)
+    step = b if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (t * nfft))
+    buf = x.new_zeros(min(step, b), t, nfft)  # the zero tail is the FFT padding
+    for i in range(0, b, step):
+        j = min(b, i + step)
+        y = buf[: j - i, :, :w]
+        torch.mul(g[i:j].unfold(-1, w, s), win, out=y)
+        if cfg.remove_dc_offset and c != 1.0:
+            y.addcmul_(means[i:j, :, None], win, value=-(1.0 - c))
+        if win0 != 0.0:
+            y[..., 0] = first[i:j]
+        spec = torch.fft.rfft(buf[: j - i], dim=-1)  # (b, T, K) complex
+        bands(_bin_energies(spec, cfg), out[i:j])
+    return _log_or_linear(out, cfg)
+
+
+def fbank(wav: torch.Tensor | np.ndarray, cfg: FbankConfig = FbankConfig(),
+          generator: torch.Generator | None = None) -> torch.Tensor:
+    """Kaldi log-mel filter bank of one or more clips (no normalisation).
+
+    Args:
+        wav: `(N,)` or `(B, N)` waveform at `cfg.sample_rate` Hz (tensor or numpy, any
+            real dtype; computed in float32 on the tensor's device).
+        cfg: the options.
+        generator: random source of the dither (used only when ``cfg.dither > 0``).
+
+    Returns:
+        `(B, T, F)` float32 with ``T = num_frames(N, cfg)`` (B = 1 for a `(N,)` input;
+        T = 0 when a clip is shorter than one frame with ``snip_edges``).
+
+    Raises:
+        DataError: not a `(N,)` / `(B, N)` real waveform.
+    """
+    x = _as_batch(wav)
+    b, n = x.shape
+    t = num_frames(n, cfg)
+    if t == 0 or b == 0:
+        return x.new_zeros(b, t, cfg.num_mel_bins)
+    if not cfg.snip_edges:
+        x = _mirror_pad(x, cfg, t)
+    if cfg.dither > 0:
+        return _fbank_dithered(x, cfg, generator)
+    return _fbank_fast(x.contiguous(), cfg)
+
+
+def normalize_fbank(x: torch.Tensor, mean: float = FbankConfig.mean,
+                    std: float = FbankConfig.std) -> torch.Tensor:
+    """AST's normalisation ``(x - mean) / (2 * std)`` (output std about 0.5)."""
+    return (x - mean) / (2.0 * std)
+
+
+# ----- the module path -------------------------------------------------------------------
+class Fbank(torch.nn.Module):
+    """`(B, N)` waveform -> `(B, T, F)` (normalised) Kaldi filter bank, ONNX-exportable.
+
+    Two formulations, chosen by `method`:
+
+    * ``"conv"``: the linear part (framing, DC removal, pre-emphasis, window, DFT) is one
+      strided ``conv1d`` with a precomputed `(2K, 1, W)` kernel (K = n_fft//2 + 1),
+      followed by squares, a matmul with the mel filters and the log: only real tensors,
+      no FFT op, no shape-dependent Python, so a traced/exported ONNX graph takes any
+      batch and length.
+    * ``"fft"``: `fbank` (strided frames + real FFT): ~4x faster on CPU, and exact fp32 on
+      CUDA, where cuDNN may run the conv in TF32 (~1e-3 relative error).
+    * ``"auto"`` (default): conv while tracing or exporting, fft otherwise.
+
+    Both agree to ~1e-4 (tests check each against torchaudio). In training mode with
+    ``cfg.dither > 0`` the fft path adds the dither.
+
+    The constant matrices are non-persistent buffers: they follow ``.to(device)`` but are
+    not in a model's state dict (they are a function of `cfg`, which callers store).
+    """
+
+    METHODS = ("auto", "fft", "conv")
+
+    def __init__(self, cfg: FbankConfig = FbankConfig(), normalize: bool = True,
+                 method: str = "auto"):
+        super().__init__()
+        if method not in self.METHODS:
+            raise ConfigError(f"unknown Fbank method {method!r} ({'|'.join(self.METHODS)})")
+        self.cfg = cfg
+        self.normalize = normalize
+        self.method = method
+        self.register_buffer("kernel", dft_kernel(cfg).unsqueeze(1), persistent=False)
+        mel = mel_filterbank(cfg)
+        if cfg.use_power:
+            mel = mel.repeat_interleave(2, dim=0)  # one row per (re, im) channel
+        self.register_buffer("mel_t", mel.T.contiguous(), persistent=False)  # (F, 2K | K)
+
+    def extra_repr(self) -> str:
+        return f"key={self.cfg.key()}, normalize={self.normalize}, method={self.method!r}"
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """`(B, N)` or `(N,)` float waveform -> `(B, T, F)` float32."""
+        cfg = self.cfg
+        if wav.dim() == 1:
+            wav = wav.unsqueeze(0)
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        use_conv = self.method == "conv" or (self.method == "auto" and exporting)
+        if self.training and cfg.dither > 0 and not exporting:
+            use_conv = False
+        if not use_conv:
+            feats = fbank(wav, cfg)
+        elif not exporting and num_frames(wav.shape[-1], cfg) == 0:
+            feats = wav.new_zeros(wav.shape[0], 0, cfg.num_mel_bins, dtype=torch.float32)
+        else:
+            feats = self._conv_fbank(wav.to(self.kernel.dtype))
+        if self.normalize:
+            feats = normalize_fbank(feats, cfg.mean, cfg.std)
+        return feats
+
+    def _conv_fbank(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if not cfg.snip_edges:
+            x = self._mirror(x)
+        z = F.conv1d(x.unsqueeze(1), self.kernel, stride=cfg.window_shift)  # (B, 2K, T)
+        e = z.square()
+        if not cfg.use_power:
+            e = torch.sqrt(e[:, 0::2] + e[:, 1::2])
+        feats = torch.matmul(self.mel_t, e).transpose(1, 2)  # (B, T, F)
+        if cfg.use_log_fbank:
+            feats = torch.log(torch.clamp(feats, min=_EPS))
+        return feats
+
+    def _mirror(self, x: torch.Tensor) -> torch.Tensor:
+        # The same index arithmetic as `_mirror_pad`, written on the length itself:
+        # under tracing `x.shape[-1]` is a traced value, so the ONNX graph stays dynamic.
+        w, s = self.cfg.window_size, self.cfg.window_shift
+        n = x.shape[-1]
+        frames = (n + s // 2) // s
+        pos = torch.arange((frames - 1) * s + w, device=x.device) - (w // 2 - s // 2)
+        pos = torch.remainder(pos, 2 * n)
+        idx = torch.where(pos < n, pos, 2 * n - 1 - pos)
+        return x.index_select(1, idx)

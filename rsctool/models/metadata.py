@@ -1,0 +1,229 @@
+"""Recording and patient metadata as model inputs.
+
+`MetadataEncoder` turns manifest records into the metadata batch every
+metadata-conditioned model takes::
+
+    meta = {
+        "device":   LongTensor (B,)     index into the device vocabulary, 0 = unknown
+        "site":     LongTensor (B,)     index into the site vocabulary, 0 = unknown
+        "sex":      LongTensor (B,)     0 unknown, 1 M, 2 F
+        "num":      FloatTensor (B, K)  z-scored [age (years), bmi (kg/m^2), duration (s)]
+        "num_mask": FloatTensor (B, K)  1 where the value is present, 0 where missing
+    }
+
+Vocabularies and the numeric mean/std come from the training records only, so
+validation/test statistics never leak into the model; a device or site not seen in
+training maps to 0 ("unknown"). A missing numeric value is encoded as 0 with mask 0 —
+never imputed — so the model can tell "average" from "not recorded".
+The encoder round-trips through a JSON-safe dict (`to_dict`/`from_dict`) and is stored
+in checkpoints and ONNX metadata, so prediction encodes exactly as training did.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from rsctool.data.manifest import Cycle
+from rsctool.errors import ConfigError, DataError
+
+#: Keys of a metadata batch, in the order ONNX exports list them as graph inputs.
+META_KEYS: tuple[str, ...] = ("device", "site", "sex", "num", "num_mask")
+#: Numeric features, in column order of ``meta["num"]``.
+NUM_FIELDS: tuple[str, ...] = ("age", "bmi", "duration")
+SEX_CODES: dict[str, int] = {"M": 1, "F": 2}
+
+#: meta_spec for ICBHI 2017 (4 devices, 7 chest locations, each plus "unknown"):
+#: what conditioned models are built with when no encoder is at hand (tests, sizing).
+DEFAULT_META_SPEC: dict[str, int] = {"n_devices": 5, "n_sites": 8, "n_num": len(NUM_FIELDS)}
+
+_VALUE_FIELDS = ("device", "site", "sex", *NUM_FIELDS)
+_FORMAT_VERSION = 1
+
+
+def _number(value: Any, field: str, where: str) -> float | None:
+    """A finite float, or None when missing (None / NaN); DataError for non-numbers."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{where}: {field} must be a number or null, got {value!r}")
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _sex_code(value: Any, where: str) -> int:
+    if value is None or value == "":
+        return 0
+    if not isinstance(value, str) or value.upper() not in SEX_CODES:
+        raise DataError(f"{where}: sex must be 'M', 'F' or null, got {value!r}")
+    return SEX_CODES[value.upper()]
+
+
+def _category(value: Any, field: str, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {field} must be a string or null, got {value!r}")
+    return value
+
+
+def _cycle_values(c: Cycle) -> dict[str, Any]:
+    return {"device": c.device, "site": c.site, "sex": c.sex, "age": c.age, "bmi": c.bmi,
+            "duration": c.end - c.start}
+
+
+class MetadataEncoder:
+    """Vocabularies and train statistics that turn metadata into tensors.
+
+    Args:
+        devices, sites: known category names (index 0, "unknown", is implicit: the
+            name at position i gets index i + 1).
+        mean, std: per numeric field (`NUM_FIELDS` order) train mean and std; std > 0.
+    """
+
+    def __init__(self, devices: Sequence[str], sites: Sequence[str],
+                 mean: Sequence[float], std: Sequence[float]):
+        if len(mean) != len(NUM_FIELDS) or len(std) != len(NUM_FIELDS):
+            raise ConfigError(f"metadata encoder: need {len(NUM_FIELDS)} means and stds "
+                              f"({', '.join(NUM_FIELDS)}), got {len(mean)} and {len(std)}")
+        if any(not (isinstance(s, (int, float)) and s > 0 and math.isfinite(s)) for s in std):
+            raise ConfigError(f"metadata encoder: std must be positive and finite, got {std}")
+        self.devices = list(devices)
+        self.sites = list(sites)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self._device_index = {d: i + 1 for i, d in enumerate(self.devices)}
+        self._site_index = {s: i + 1 for i, s in enumerate(self.sites)}
+
+    @classmethod
+    def fit(cls, cycles: Iterable[Cycle], splits: Sequence[str] | None = ("train",)
+            ) -> MetadataEncoder:
+        """Fit vocabularies and numeric mean/std on the records of `splits` (None: all).
+
+        A numeric field with fewer than two present values, or no spread, gets std 1 so
+        encoding stays finite (its mean is then the one value, or 0 when none).
+
+        Raises:
+            DataError: no record belongs to `splits`.
+        """
+        used = [c for c in cycles if splits is None or c.split in splits]
+        if not used:
+            raise DataError(f"metadata encoder: no records in split(s) {list(splits or [])}")
+        devices = sorted({c.device for c in used if c.device})
+        sites = sorted({c.site for c in used if c.site})
+        mean, std = [], []
+        for field in NUM_FIELDS:
+            vals = [v for c in used
+                    if (v := _number(_cycle_values(c)[field], field, c.id)) is not None]
+            m = sum(vals) / len(vals) if vals else 0.0
+            var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+            mean.append(m)
+            std.append(math.sqrt(var) if var > 1e-12 else 1.0)
+        return cls(devices, sites, mean, std)
+
+    # -- encoding -----------------------------------------------------------------
+
+    def spec(self) -> dict[str, int]:
+        """The ``meta_spec`` models are built with (vocabulary sizes include "unknown")."""
+        return {"n_devices": len(self.devices) + 1, "n_sites": len(self.sites) + 1,
+                "n_num": len(NUM_FIELDS)}
+
+    def encode_values(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Encode raw values, e.g. from the command line at prediction time.
+
+        Each record may hold ``device, site`` (str), ``sex`` ("M"/"F"), ``age`` (years),
+        ``bmi`` (kg/m^2), ``duration`` (s); absent keys and None are missing values.
+        An optional ``id`` names the record in error messages.
+
+        Raises:
+            DataError: an unknown key or a value of the wrong type (names record number).
+        """
+        n, k = len(records), len(NUM_FIELDS)
+        device = torch.zeros(n, dtype=torch.long)
+        site = torch.zeros(n, dtype=torch.long)
+        sex = torch.zeros(n, dtype=torch.long)
+        num = torch.zeros(n, k)
+        mask = torch.zeros(n, k)
+        for i, rec in enumerate(records):
+            where = rec.get("id") or f"metadata record {i + 1}"
+            unknown = sorted(set(rec) - set(_VALUE_FIELDS) - {"id"})
+            if unknown:
+                raise DataError(f"{where}: unknown metadata field(s) {unknown}; "
+                                f"known: {list(_VALUE_FIELDS)}")
+            dev = _category(rec.get("device"), "device", where)
+            loc = _category(rec.get("site"), "site", where)
+            device[i] = self._device_index.get(dev, 0) if dev else 0
+            site[i] = self._site_index.get(loc, 0) if loc else 0
+            sex[i] = _sex_code(rec.get("sex"), where)
+            for j, field in enumerate(NUM_FIELDS):
+                v = _number(rec.get(field), field, where)
+                if v is not None:
+                    num[i, j] = (v - self.mean[j]) / self.std[j]
+                    mask[i, j] = 1.0
+        return {"device": device, "site": site, "sex": sex, "num": num, "num_mask": mask}
+
+    def encode(self, cycles: Sequence[Cycle]) -> dict[str, torch.Tensor]:
+        """Encode manifest records into a metadata batch (see the module docstring)."""
+        return self.encode_values([{"id": c.id, **_cycle_values(c)} for c in cycles])
+
+    def encode_cycle(self, cycle: Cycle) -> dict[str, torch.Tensor]:
+        """One record, unbatched (shapes () and (K,)), for a Dataset's ``__getitem__``."""
+        return {k: v[0] for k, v in self.encode([cycle]).items()}
+
+    def unknown(self, n: int) -> dict[str, torch.Tensor]:
+        """A batch of `n` records with every value unknown."""
+        return self.encode_values([{}] * n)
+
+    # -- persistence --------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe state (for checkpoints and ONNX metadata)."""
+        return {"version": _FORMAT_VERSION, "devices": list(self.devices),
+                "sites": list(self.sites), "num_fields": list(NUM_FIELDS),
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetadataEncoder:
+        """Inverse of `to_dict`.
+
+        Raises:
+            ConfigError: a missing key, another format version or other numeric fields.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"metadata encoder state must be a mapping, got {type(d).__name__}")
+        missing = sorted({"version", "devices", "sites", "num_fields", "mean", "std"} - set(d))
+        if missing:
+            raise ConfigError(f"metadata encoder state lacks key(s) {missing}")
+        if d["version"] != _FORMAT_VERSION:
+            raise ConfigError(f"metadata encoder state has version {d['version']!r}; "
+                              f"this rsctool reads version {_FORMAT_VERSION}")
+        if list(d["num_fields"]) != list(NUM_FIELDS):
+            raise ConfigError(f"metadata encoder state encodes {list(d['num_fields'])}; "
+                              f"this rsctool expects {list(NUM_FIELDS)}")
+        return cls(d["devices"], d["sites"], d["mean"], d["std"])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MetadataEncoder) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return (f"MetadataEncoder(devices={self.devices}, sites={self.sites}, "
+                f"mean={[round(m, 3) for m in self.mean]}, std={[round(s, 3) for s in self.std]})")
+
+
+def check_meta_spec(meta_spec: Mapping[str, Any] | None) -> dict[str, int]:
+    """Validate a model's ``meta_spec`` (None: `DEFAULT_META_SPEC`); ConfigError if malformed."""
+    if meta_spec is None:
+        return dict(DEFAULT_META_SPEC)
+    if not isinstance(meta_spec, Mapping):
+        raise ConfigError(f"meta_spec must be a mapping, got {meta_spec!r}")
+    keys = set(DEFAULT_META_SPEC)
+    if set(meta_spec) != keys:
+        raise ConfigError(f"meta_spec needs exactly the keys {sorted(keys)}, "
+                          f"got {sorted(meta_spec)}")
+    for k, v in meta_spec.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"meta_spec[{k!r}] must be a positive integer, got {v!r}")
+    return {k: int(meta_spec[k]) for k in DEFAULT_META_SPEC}

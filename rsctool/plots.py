@@ -1,0 +1,308 @@
+"""PNG plots (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Colour per ICBHI class, kept the same in every plot.
+CLASS_COLOURS = {"normal": "#4C72B0", "crackle": "#DD8452", "wheeze": "#55A868",
+                 "both": "#C44E52"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colour(i: int, name: str) -> str:
+    if name in CLASS_COLOURS:
+        return CLASS_COLOURS[name]
+    return f"C{i % 10}"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Save atomically: a killed run never leaves a truncated PNG under the final name."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        _plt().close(fig)
+    return path
+
+
+def analyze_plots(report: dict[str, Any], cycles: Sequence[Any], out_dir: Path) -> list[Path]:
+    """Class distribution per split, cycle-duration histogram, per-device counts.
+
+    Returns the written PNG paths.
+    """
+    plt = _plt()
+    classes = report["classes"]
+    out = []
+
+    # 1. cycles per split and class (grouped bars)
+    splits = list(report["splits"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(classes), 1)
+    x = np.arange(len(splits))
+    for i, k in enumerate(classes):
+        vals = [report["splits"][s].get(k, 0) for s in splits]
+        bars = ax.bar(x + (i - (len(classes) - 1) / 2) * width, vals, width, label=k,
+                      color=_colour(i, k))
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(x, splits)
+    ax.set_ylabel("cycles")
+    ax.set_title(f"{report['dataset']}: class distribution per split ({report['split']['spec']})")
+    ax.legend()
+    out.append(_save(fig, out_dir / "class_distribution.png"))
+
+    # 2. cycle durations per class
+    fig, ax = plt.subplots(figsize=(7, 4))
+    durations = [[c.duration for c in cycles if c.label == k] for k in classes]
+    hi = max((max(d) for d in durations if d), default=1.0)
+    bins = np.linspace(0, hi, 40)
+    for i, (k, d) in enumerate(zip(classes, durations, strict=True)):
+        if d:
+            ax.hist(d, bins=bins, alpha=0.6, label=f"{k} (n={len(d)})", color=_colour(i, k))
+    ax.set_xlabel("cycle duration (s)")
+    ax.set_ylabel("cycles")
+    ax.set_title("cycle durations")
+    ax.legend()
+    out.append(_save(fig, out_dir / "cycle_durations.png"))
+
+    # 3. cycles per device, stacked by class
+    devices = list(report["devices"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = np.zeros(len(devices))
+    for i, k in enumerate(classes):
+        vals = np.array([report["devices"][d].get(k, 0) for d in devices], dtype=float)
+        ax.bar(devices, vals, bottom=bottom, label=k, color=_colour(i, k))
+        bottom += vals
+    ax.set_ylabel("cycles")
+    ax.set_title("cycles per recording device")
+    ax.legend()
+    out.append(_save(fig, out_dir / "devices.png"))
+    return out
+
+
+# --------------------------------------------------------------------------- eval plots
+
+def confusion_plot(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
+                   title: str = "") -> Path:
+    """Confusion matrix as counts (left) and row-normalised (right; each row = recall).
+
+    Args:
+        confusion: `(C, C)` counts, rows = true class, columns = predicted class.
+        classes: the C class names.
+    """
+    plt = _plt()
+    cm = np.asarray(confusion, dtype=np.float64).reshape(len(classes), len(classes))
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = max(4.0, 1.0 + 0.9 * len(classes))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size))
+    for ax, data, fmt, label in ((axes[0], cm, "{:.0f}", "cycles"),
+                                 (axes[1], norm, "{:.2f}", "fraction of true class")):
+        vmax = float(data.max()) if data.size and data.max() > 0 else 1.0
+        im = ax.imshow(data, cmap="Blues", vmin=0.0, vmax=vmax)
+        ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if data[i, j] > 0.6 * vmax else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
+    axes[0].set_title("counts")
+    axes[1].set_title("row-normalised (recall on the diagonal)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def training_curves_plot(history: Sequence[dict[str, Any]], path: Path, *,
+                         best_epoch: int | None = None, title: str = "") -> Path:
+    """Training loss (left) and validation Score / Sp / Se (right) per epoch.
+
+    Args:
+        history: rows of the run's ``history.json`` (``epoch``, ``train_loss``,
+            ``val_score``, ``val_sp``, ``val_se``; missing values are skipped).
+        best_epoch: marked with a dashed line (the epoch of the best checkpoint).
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        pts = [(float(r["epoch"]), float(r[key])) for r in history
+               if r.get(key) is not None and r.get("epoch") is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    x, y = series("train_loss")
+    axes[0].plot(x, y, marker="o", ms=3, label="train loss")
+    x, y = series("val_loss")
+    if x:
+        axes[0].plot(x, y, marker="o", ms=3, label="val loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("loss")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    plotted = False
+    for key, label in (("val_score", "Score"), ("val_sp", "Sp"), ("val_se", "Se"),
+                       ("val_accuracy", "accuracy")):
+        x, y = series(key)
+        if x:
+            axes[1].plot(x, y, marker="o", ms=3, label=label,
+                         lw=2.0 if key == "val_score" else 1.2)
+            plotted = True
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[1].set_title("validation")
+    if plotted:
+        axes[1].legend()
+    else:
+        axes[1].text(0.5, 0.5, "no validation split", ha="center", va="center",
+                     transform=axes[1].transAxes)
+    if best_epoch is not None:
+        for ax in axes:
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def embedding_plot(xy: np.ndarray, labels: Sequence[str], groups: Sequence[str], path: Path, *,
+                   classes: Sequence[str] | None = None, group_name: str = "device",
+                   title: str = "") -> Path:
+    """2-D embedding (e.g. t-SNE) coloured by class (left) and by `group_name` (right).
+
+    Args:
+        xy: `(N, 2)` coordinates.
+        labels: `(N,)` class names; `classes` fixes their legend order.
+        groups: `(N,)` group names (recording device, ...).
+    """
+    plt = _plt()
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    labels = np.asarray(list(labels), dtype=object)
+    groups = np.asarray(list(groups), dtype=object)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    order = list(classes) if classes is not None else sorted(set(labels.tolist()))
+    for i, k in enumerate(order):
+        m = labels == k
+        if m.any():
+            axes[0].scatter(xy[m, 0], xy[m, 1], s=9, alpha=0.75, color=_colour(i, k),
+                            label=f"{k} ({int(m.sum())})")
+    for i, g in enumerate(sorted(set(groups.tolist()))):
+        m = groups == g
+        axes[1].scatter(xy[m, 0], xy[m, 1], s=9, alpha=0.75, color=f"C{i % 10}",
+                        label=f"{g} ({int(m.sum())})")
+    axes[0].set_title("by class")
+    axes[1].set_title(f"by {group_name}")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, markerscale=1.5)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def film_plot(stats: dict[str, Any], path: Path, title: str = "") -> Path:
+    """FiLM modulation per conditioned block, from `rsctool.eval.film_statistics`.
+
+    Top: mean |gamma - 1| and mean |beta| per layer (error bars: mean over hidden
+    dimensions of the std across cycles, i.e. how much the modulation varies with the
+    metadata). Bottom: per device, RMS distance of that device's mean gamma / beta
+    from the overall mean (how device-specific the modulation is).
+    """
+    plt = _plt()
+    layers = stats["layers"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for g, (name, group) in enumerate(stats["groups"].items()):
+        for col, (key, spread, label) in enumerate((
+                ("gamma_abs_dev", "gamma_sample_std", "mean |gamma - 1|"),
+                ("beta_abs", "beta_sample_std", "mean |beta|"))):
+            ax = axes[0, col]
+            ax.errorbar(np.asarray(layers) + 0.08 * g, group[key], yerr=group[spread],
+                        marker="o", ms=4, capsize=3, label=name)
+            ax.set_ylabel(label)
+    for col, key in enumerate(("gamma_shift", "beta_shift")):
+        ax = axes[1, col]
+        for i, (dev, d) in enumerate(stats.get("by_device", {}).items()):
+            ax.plot(layers, d[key], marker="o", ms=3, color=f"C{i % 10}",
+                    label=f"{dev} ({d['n']})")
+        ax.set_xlabel("transformer block")
+        ax.set_ylabel(f"{key.split('_')[0]}: device mean - overall mean (RMS)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[1, 0].set_xticks(layers)
+    fig.suptitle(title or "FiLM modulation per layer")
+    return _save(fig, path)
+
+
+def softfilm_mask_plot(stats: dict[str, Any], path: Path, title: str = "") -> Path:
+    """SoftFiLM masks from `SoftFiLMAST.mask_stats()`.
+
+    Left: the soft masks (factors x hidden dimensions, dimensions sorted by the factor
+    with the largest mask). Middle: dimensions allocated per factor (mask > 0.5) and the
+    uncovered ones. Right: pairwise overlap (share of dimensions two factors both hold).
+    """
+    plt = _plt()
+    factors = list(stats["factors"])
+    masks = np.asarray(stats["masks"], dtype=np.float64)
+    order = np.lexsort((-masks.max(axis=0), masks.argmax(axis=0)))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8),
+                             gridspec_kw={"width_ratios": [3.0, 1.2, 1.2]})
+    im = axes[0].imshow(masks[:, order], aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                        interpolation="nearest")
+    axes[0].set_yticks(range(len(factors)), factors)
+    axes[0].set_xlabel(f"hidden dimension (sorted), D = {stats['hidden']}")
+    axes[0].set_title(f"soft masks (tau {stats['tau']:.3g})")
+    fig.colorbar(im, ax=axes[0], fraction=0.03, pad=0.02)
+    names = [*factors, "uncovered"]
+    vals = [stats["allocated"][f] for f in factors] + [stats["uncovered"]]
+    bars = axes[1].bar(names, vals, color=[f"C{i}" for i in range(len(factors))] + ["grey"])
+    axes[1].bar_label(bars, fontsize=8)
+    axes[1].set_ylabel("dimensions with mask > 0.5")
+    axes[1].tick_params(axis="x", rotation=30)
+    axes[1].set_title("allocation")
+    k = len(factors)
+    ov = np.eye(k)
+    hard = masks > 0.5
+    for i in range(k):
+        for j in range(k):
+            if i != j:
+                key = f"{factors[min(i, j)]}-{factors[max(i, j)]}"
+                ov[i, j] = stats["overlap"].get(key, float((hard[i] & hard[j]).mean()))
+            else:
+                ov[i, j] = float(hard[i].mean())
+    im = axes[2].imshow(ov, cmap="magma", vmin=0, vmax=1)
+    axes[2].set_xticks(range(k), factors, rotation=30, ha="right")
+    axes[2].set_yticks(range(k), factors)
+    for i in range(k):
+        for j in range(k):
+            axes[2].text(j, i, f"{ov[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                         color="white" if ov[i, j] < 0.6 else "black")
+    axes[2].set_title("overlap (diag: share held)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,46 @@
+"""Shared fixtures. Tests never reach a hub and never need a display."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: The real ICBHI 2017 metadata (no audio), present in the developers' checkout only.
+ICBHI_META = Path(__file__).resolve().parents[2] / "shared" / "icbhi-meta"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:  # importing torch costs seconds: only when a gpu test is collected
+        return
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_project_env(monkeypatch):
+    # A developer's RSCTOOL_PROJECT must not leak into tests.
+    monkeypatch.delenv("RSCTOOL_PROJECT", raising=False)
+
+
+@pytest.fixture(scope="session")
+def icbhi_meta() -> Path:
+    if not ICBHI_META.is_dir():
+        pytest.skip(f"real ICBHI metadata not available ({ICBHI_META} absent: a user checkout)")
+    return ICBHI_META

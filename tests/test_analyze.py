@@ -1,0 +1,220 @@
+"""`rsctool analyze` end to end on the demo dataset, the real ICBHI metadata and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from rsctool.cli import app
+from rsctool.data.manifest import read_manifest
+from rsctool.project import Project
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    from rsctool.data.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo") / "data"
+    make_demo_dataset(root, patients=12, seed=0)
+    return root
+
+
+@pytest.fixture
+def demo_copy(demo_dir, tmp_path) -> Path:
+    dst = tmp_path / "data"
+    shutil.copytree(demo_dir, dst)
+    return dst
+
+
+def test_analyze_demo_json_report_and_project(demo_dir, tmp_path):
+    proj = tmp_path / "rsctool.toml"
+    r = invoke("--project", proj, "analyze", demo_dir, "--json", "--name", "demo")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    for key in ("recordings", "patients", "cycles", "splits", "devices", "sample_rates",
+                "duration_s", "synthesis_plan"):
+        assert key in rep, key
+    assert set(rep["splits"]) == {"train", "val", "test"}
+    assert rep["cycles"] == sum(sum(v.values()) for v in rep["splits"].values())
+    assert set(rep["duration_s"]) == {"min", "mean", "max"}
+    assert rep["duration_s"]["min"] <= rep["duration_s"]["mean"] <= rep["duration_s"]["max"]
+    assert len(rep["sample_rates"]) >= 2  # the demo mixes devices and rates
+    # the synthesis plan fills minority classes of *train* up to the target ratio
+    train = rep["splits"]["train"]
+    target = int(np.ceil(0.5 * max(train.values())))
+    for k, need in rep["synthesis_plan"].items():
+        assert need == min(500, max(0, target - train[k]))
+
+    project = Project.load(proj)
+    rec = project.get("datasets", "demo")
+    assert rec["status"] == "done" and rec["cycles"] == rep["cycles"]
+    manifest = project.abs(rec["manifest"])
+    cycles = read_manifest(manifest)
+    assert len(cycles) == rep["cycles"]
+    # validation is patient-wise and carved from train only
+    pat = {s: {c.patient for c in cycles if c.split == s} for s in ("train", "val", "test")}
+    assert pat["val"] and not (pat["val"] & pat["train"]) and not (pat["val"] & pat["test"])
+    for png in rec["plots"]:
+        assert project.abs(png).stat().st_size > 1000
+    assert {Path(p).name for p in rec["plots"]} == {
+        "class_distribution.png", "cycle_durations.png", "devices.png"}
+
+
+def test_rerun_is_noop_force_reruns_change_reruns(demo_copy, tmp_path):
+    proj = tmp_path / "rsctool.toml"
+    assert invoke("--project", proj, "analyze", demo_copy).exit_code == 0
+    before = proj.read_bytes()
+    manifest = next((tmp_path / ".rsctool" / "manifests").glob("*.jsonl"))
+    mtime = manifest.stat().st_mtime_ns
+    r = invoke("--project", proj, "analyze", demo_copy)
+    assert r.exit_code == 0 and "nothing to do" in r.stderr
+    assert proj.read_bytes() == before and manifest.stat().st_mtime_ns == mtime
+    r = invoke("--project", proj, "analyze", demo_copy, "--force")
+    assert r.exit_code == 0 and "nothing to do" not in r.stderr
+    # a changed annotation makes it run again
+    txt = sorted(demo_copy.glob("*_*_*_*_*.txt"))[0]
+    lines = txt.read_text().splitlines()
+    txt.write_text("\n".join(lines[:-1]) + "\n")
+    r = invoke("--project", proj, "analyze", demo_copy, "--json")
+    assert r.exit_code == 0 and "nothing to do" not in r.stderr
+    assert json.loads(r.stdout)["cycles"] == len(read_manifest(manifest))
+
+
+def _bad_line_case(root: Path) -> Path:
+    txt = sorted(root.glob("*_*_*_*_*.txt"))[1]
+    lines = txt.read_text().splitlines()
+    lines[2] = "0.5\tabc\t0\t0"
+    txt.write_text("\n".join(lines) + "\n")
+    return txt
+
+
+def test_malformed_line_strict_exit_2_nothing_written(demo_copy, tmp_path):
+    proj = tmp_path / "rsctool.toml"
+    proj.write_text("schema = 1\n")
+    before = proj.read_bytes()
+    txt = _bad_line_case(demo_copy)
+    r = invoke("--project", proj, "analyze", demo_copy)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert f"{txt.name}:3" in lines[0]
+    assert proj.read_bytes() == before
+    assert not (tmp_path / ".rsctool" / "manifests").exists()
+
+
+def test_malformed_line_lenient_skips_and_counts(demo_copy, tmp_path):
+    proj = tmp_path / "rsctool.toml"
+    txt = _bad_line_case(demo_copy)
+    r = invoke("--project", proj, "analyze", demo_copy, "--lenient", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["problem_count"] >= 1
+    assert any(txt.name in p["path"] for p in rep["problems"])
+    assert "warning" in r.stderr and txt.name in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["nan", "silent", "empty", "junk"])
+def test_bad_audio_exit_2_names_file(demo_copy, tmp_path, kind):
+    wav = sorted(demo_copy.glob("*.wav"))[0]
+    info = sf.info(wav)
+    if kind == "nan":
+        x, sr = sf.read(wav, dtype="float32")
+        x[100] = np.nan
+        sf.write(wav, x, sr, subtype="FLOAT")
+    elif kind == "silent":
+        sf.write(wav, np.zeros(info.frames, dtype=np.float32), info.samplerate)
+    elif kind == "empty":
+        wav.write_bytes(b"")
+    else:
+        wav.write_bytes(b"RIFF\x00\x00junkjunkjunk" * 20)
+    proj = tmp_path / "rsctool.toml"
+    r = invoke("--project", proj, "analyze", demo_copy)
+    assert r.exit_code == 2, r.output
+    assert wav.name in r.stderr and "Traceback" not in r.output
+    assert not proj.exists()
+
+
+def test_second_run_reads_audio_stats_from_cache(demo_copy, tmp_path):
+    from rsctool.analyze import AnalyzeOptions, run
+
+    project = Project.load(tmp_path / "rsctool.toml")
+    first = run(project, AnalyzeOptions(data_dir=demo_copy, plots=False))
+    assert first.timings["cache_misses"] > 0 and first.timings["cache_hits"] == 0
+    again = run(project, AnalyzeOptions(data_dir=demo_copy, plots=False, force=True))
+    assert again.timings["cache_misses"] == 0
+    assert again.timings["cache_hits"] == first.timings["cache_misses"]
+    assert again.report["splits"] == first.report["splits"]
+
+
+def test_patient_split_changes_split_hash(demo_dir, tmp_path):
+    r1 = invoke("--project", tmp_path / "a.toml", "analyze", demo_dir, "--json", "--no-plots")
+    r2 = invoke("--project", tmp_path / "b.toml", "analyze", demo_dir, "--json", "--no-plots",
+                "--split", "patients:0.6")
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    a, b = json.loads(r1.stdout), json.loads(r2.stdout)
+    assert a["split"]["spec"] == "official" and b["split"]["spec"] == "patients:0.6"
+    assert a["split"]["hash"] != b["split"]["hash"]
+    assert a["cycles"] == b["cycles"]
+
+
+def test_folder_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "angles"
+    for cls in ("0_degree", "45_degree", "90_degree"):
+        for mat in ("plastic", "metal"):
+            for i in range(6):
+                p = root / cls / mat / f"{mat}_{cls}_1000hz_{i}.wav"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(p, 0.1 * rng.standard_normal(1600).astype(np.float32), 16000)
+    r = invoke("--project", tmp_path / "p.toml", "analyze", root, "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["format"] == "folder" and rep["cycles"] == 36
+    assert rep["classes"] == ["0_degree", "45_degree", "90_degree"]
+
+
+def test_real_icbhi_metadata_counts(icbhi_meta, tmp_path_factory):
+    from rsctool.analyze import AnalyzeOptions, run
+    from rsctool.testing import synthesize_icbhi_audio
+
+    data = synthesize_icbhi_audio(icbhi_meta, tmp_path_factory.mktemp("icbhi") / "db")
+    project = Project.load(tmp_path_factory.mktemp("proj") / "rsctool.toml")
+    t0 = time.perf_counter()
+    res = run(project, AnalyzeOptions(data_dir=data, val_fraction=0.0, plots=False))
+    first = time.perf_counter() - t0
+    rep = res.report
+    assert (rep["recordings"], rep["patients"], rep["cycles"]) == (920, 126, 6898)
+    assert rep["splits"]["train"] == {"normal": 2063, "crackle": 1215, "wheeze": 501, "both": 363}
+    assert rep["splits"]["test"] == {"normal": 1579, "crackle": 649, "wheeze": 385, "both": 143}
+    assert set(rep["devices"]) == {"AKGC417L", "LittC2SE", "Litt3200", "Meditron"}
+    assert first < 60  # the issue's budget for the full metadata on 2 cores
+
+
+def test_concurrent_analyze_invocations_lose_nothing(demo_dir, tmp_path):
+    proj = tmp_path / "rsctool.toml"
+    env = {**os.environ, "RSCTOOL_PROJECT": str(proj)}
+    procs = [subprocess.Popen([sys.executable, "-m", "rsctool", "--quiet", "analyze",
+                               str(demo_dir), "--name", f"d{i}", "--no-plots"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(8)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err.decode()
+    datasets = Project.load(proj).section("datasets")
+    assert sorted(datasets) == [f"d{i}" for i in range(8)]
