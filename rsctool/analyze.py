@@ -372,12 +372,18 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     sha = write_manifest(manifest_path, cycles)
     report["manifest"] = str(manifest_path)
     report["manifest_sha256"] = sha
+    old_report = _read_json(report_path)
     atomic_write_json(report_path, report)
     plots: list[str] = []
     if opts.plots:
-        from rsctool.plots import analyze_plots
+        from rsctool.plots import ANALYZE_PLOTS, analyze_plots
 
-        plots = [str(p) for p in analyze_plots(report, cycles, report_dir)]
+        plots = [str(report_dir / f) for f in ANALYZE_PLOTS]
+        # The plots are a function of the report (which holds the manifest hash): an
+        # unchanged report with its plots on disk needs no re-rendering (--force on
+        # unchanged data is then cheap).
+        if old_report != report or not all(Path(p).exists() for p in plots):
+            plots = [str(p) for p in analyze_plots(report, cycles, report_dir)]
     scanner.save()
     record = {
         "format": fmt,
@@ -403,6 +409,13 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     return AnalyzeResult(name, report, manifest_path, timings={
         "read": t_read - t0, "scan": t_scan - t_read, "write": t_end - t_scan,
         "total": t_end - t0, "cache_hits": scanner.hits, "cache_misses": scanner.misses})
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _problem_line(p: Any) -> str:

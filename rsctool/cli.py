@@ -103,11 +103,13 @@ def _register() -> None:
     # Imported here so `rsctool --help` does not pay for heavy imports: stage modules
     # import torch & co. lazily inside their run functions.
     from rsctool import analyze, demodata, status, train
+    from rsctool import eval as eval_
 
     app.command("analyze")(analyze.command)
     app.command("status")(status.command)
     app.command("demo-data")(demodata.command)
     app.command("train")(train.command)
+    app.command("eval")(eval_.command)
 
 
 _register()

@@ -27,8 +27,7 @@ def command(
     state = get_state(ctx)
     summary = make_demo_dataset(out_dir, patients=patients,
                                 seed=state.seed if seed is None else seed)
-    doc = {"root": str(Path(out_dir).resolve()), "recordings": summary.recordings,
-           "patients": summary.patients, "cycles": summary.cycles}
+    doc = {**summary.to_dict(), "root": str(Path(out_dir).resolve())}
     if json_out:
         print_json(doc)
     info(state, f"demo dataset: {summary.recordings} recordings, {summary.patients} patients, "

@@ -278,16 +278,19 @@ def dft_kernel(cfg: FbankConfig) -> torch.Tensor:
 
 # ----- the functional path ---------------------------------------------------------------
 def _as_batch(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """`(N,)` / `(B, N)` float waveform (tensor or numpy) -> `(B, N)` float32 tensor."""
     if isinstance(wav, np.ndarray):
-        if wav.dtype.kind not in "fiu":
-            raise DataError(f"fbank needs a numeric waveform, got dtype {wav.dtype}")
+        if wav.dtype.kind != "f":
+            raise DataError(f"fbank needs a float waveform in [-1, 1], got dtype {wav.dtype}"
+                            + (" (integer PCM: divide by its full scale)"
+                               if wav.dtype.kind in "iu" else ""))
         wav = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
     elif not isinstance(wav, torch.Tensor):
         raise DataError(f"fbank needs a tensor or numpy array, got {type(wav).__name__}")
+    if not wav.is_floating_point():
+        raise DataError(f"fbank needs a float waveform in [-1, 1], got dtype {wav.dtype}")
     if wav.dim() not in (1, 2):
         raise DataError(f"fbank needs a (N,) or (B, N) waveform, got shape {tuple(wav.shape)}")
-    if wav.is_complex() or wav.dtype == torch.bool:
-        raise DataError(f"fbank needs a real waveform, got dtype {wav.dtype}")
     wav = wav.to(torch.float32)
     return wav.unsqueeze(0) if wav.dim() == 1 else wav
 
@@ -391,9 +394,9 @@ def _fbank_fast(x: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     win, win0, bands = _constants(cfg, x.device)
 
     if cfg.remove_dc_offset:
-        means = x.unfold(-1, w, s).mean(-1)  # (B, T); a strided read, no copy
+        sums = x.unfold(-1, w, s).sum(-1)  # (B, T) frame sums; a strided read, no copy
     else:
-        means = x.new_zeros(b, t)
+        sums = x.new_zeros(b, t)
     if c != 0.0:
         g = torch.empty_like(x)
         g[:, 0] = x[:, 0]  # overwritten by `first` below, like every frame's column 0
@@ -402,7 +405,7 @@ def _fbank_fast(x: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
         g = x
     if win0 != 0.0:  # hanning and povey windows start at zero: column 0 stays 0
         starts = torch.arange(t, device=x.device) * s
-        first = (1.0 - c) * win0 * (x[:, starts] - means)  # (B, T): windowed first samples
+        first = (1.0 - c) * win0 * (x[:, starts] - sums / w)  # (B, T): windowed 1st samples
 
     out = x.new_empty(b, t, cfg.num_mel_bins)
     step = b if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (t * nfft))
@@ -412,7 +415,7 @@ def _fbank_fast(x: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
         y = buf[: j - i, :, :w]
         torch.mul(g[i:j].unfold(-1, w, s), win, out=y)
         if cfg.remove_dc_offset and c != 1.0:
-            y.addcmul_(means[i:j, :, None], win, value=-(1.0 - c))
+            y.addcmul_(sums[i:j, :, None], win, value=-(1.0 - c) / w)  # - (1-c) mean win
         if win0 != 0.0:
             y[..., 0] = first[i:j]
         spec = torch.fft.rfft(buf[: j - i], dim=-1)  # (b, T, K) complex
@@ -425,17 +428,18 @@ def fbank(wav: torch.Tensor | np.ndarray, cfg: FbankConfig = FbankConfig(),
     """Kaldi log-mel filter bank of one or more clips (no normalisation).
 
     Args:
-        wav: `(N,)` or `(B, N)` waveform at `cfg.sample_rate` Hz (tensor or numpy, any
-            real dtype; computed in float32 on the tensor's device).
+        wav: `(N,)` or `(B, N)` float waveform at `cfg.sample_rate` Hz, nominally in
+            [-1, 1] (tensor or numpy; computed in float32 on the tensor's device).
         cfg: the options.
-        generator: random source of the dither (used only when ``cfg.dither > 0``).
+        generator: random source of the dither (used only when ``cfg.dither > 0``; on
+            the waveform's device).
 
     Returns:
         `(B, T, F)` float32 with ``T = num_frames(N, cfg)`` (B = 1 for a `(N,)` input;
         T = 0 when a clip is shorter than one frame with ``snip_edges``).
 
     Raises:
-        DataError: not a `(N,)` / `(B, N)` real waveform.
+        DataError: not a `(N,)` / `(B, N)` floating-point waveform.
     """
     x = _as_batch(wav)
     b, n = x.shape
@@ -456,6 +460,13 @@ def normalize_fbank(x: torch.Tensor, mean: float = FbankConfig.mean,
 
 
 # ----- the module path -------------------------------------------------------------------
+def _exporting() -> bool:
+    """True while tracing (TorchScript ONNX exporter) or exporting (torch.export / dynamo)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or bool(is_exporting and is_exporting()))
+
+
 class Fbank(torch.nn.Module):
     """`(B, N)` waveform -> `(B, T, F)` (normalised) Kaldi filter bank, ONNX-exportable.
 
@@ -468,7 +479,8 @@ class Fbank(torch.nn.Module):
       batch and length.
     * ``"fft"``: `fbank` (strided frames + real FFT): ~4x faster on CPU, and exact fp32 on
       CUDA, where cuDNN may run the conv in TF32 (~1e-3 relative error).
-    * ``"auto"`` (default): conv while tracing or exporting, fft otherwise.
+    * ``"auto"`` (default): conv while tracing or exporting (both ONNX exporters), fft
+      otherwise.
 
     Both agree to ~1e-4 (tests check each against torchaudio). In training mode with
     ``cfg.dither > 0`` the fft path adds the dither.
@@ -501,7 +513,7 @@ class Fbank(torch.nn.Module):
         cfg = self.cfg
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        exporting = _exporting()
         use_conv = self.method == "conv" or (self.method == "auto" and exporting)
         if self.training and cfg.dither > 0 and not exporting:
             use_conv = False

@@ -46,6 +46,10 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+#: File names written by `analyze_plots`, in order.
+ANALYZE_PLOTS = ("class_distribution.png", "cycle_durations.png", "devices.png")
+
+
 def analyze_plots(report: dict[str, Any], cycles: Sequence[Any], out_dir: Path) -> list[Path]:
     """Class distribution per split, cycle-duration histogram, per-device counts.
 
@@ -115,11 +119,11 @@ def confusion_plot(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     size = max(4.0, 1.0 + 0.9 * len(classes))
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size))
-    for ax, data, fmt, label in ((axes[0], cm, "{:.0f}", "cycles"),
-                                 (axes[1], norm, "{:.2f}", "fraction of true class")):
-        vmax = float(data.max()) if data.size and data.max() > 0 else 1.0
-        im = ax.imshow(data, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.5, size), layout="constrained")
+    # No colour bars: every cell is annotated with its value.
+    for ax, data, fmt, vmax in ((axes[0], cm, "{:.0f}", max(float(cm.max(initial=0)), 1.0)),
+                                (axes[1], norm, "{:.2f}", 1.0)):
+        ax.imshow(data, cmap="Blues", vmin=0.0, vmax=vmax)
         ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
@@ -128,7 +132,6 @@ def confusion_plot(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
             for j in range(len(classes)):
                 ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if data[i, j] > 0.6 * vmax else "black")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
     axes[0].set_title("counts")
     axes[1].set_title("row-normalised (recall on the diagonal)")
     if title:
@@ -146,7 +149,7 @@ def training_curves_plot(history: Sequence[dict[str, Any]], path: Path, *,
         best_epoch: marked with a dashed line (the epoch of the best checkpoint).
     """
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
 
     def series(key: str) -> tuple[list[float], list[float]]:
         pts = [(float(r["epoch"]), float(r[key])) for r in history
@@ -180,7 +183,8 @@ def training_curves_plot(history: Sequence[dict[str, Any]], path: Path, *,
                      transform=axes[1].transAxes)
     if best_epoch is not None:
         for ax in axes:
-            ax.axvline(best_epoch, color="grey", ls="--", lw=1)
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1, label="best checkpoint")
+        axes[0].legend()
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -200,7 +204,7 @@ def embedding_plot(xy: np.ndarray, labels: Sequence[str], groups: Sequence[str],
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     labels = np.asarray(list(labels), dtype=object)
     groups = np.asarray(list(groups), dtype=object)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), layout="constrained")
     order = list(classes) if classes is not None else sorted(set(labels.tolist()))
     for i, k in enumerate(order):
         m = labels == k
@@ -233,7 +237,7 @@ def film_plot(stats: dict[str, Any], path: Path, title: str = "") -> Path:
     """
     plt = _plt()
     layers = stats["layers"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, layout="constrained")
     for g, (name, group) in enumerate(stats["groups"].items()):
         for col, (key, spread, label) in enumerate((
                 ("gamma_abs_dev", "gamma_sample_std", "mean |gamma - 1|"),
@@ -248,7 +252,7 @@ def film_plot(stats: dict[str, Any], path: Path, title: str = "") -> Path:
             ax.plot(layers, d[key], marker="o", ms=3, color=f"C{i % 10}",
                     label=f"{dev} ({d['n']})")
         ax.set_xlabel("transformer block")
-        ax.set_ylabel(f"{key.split('_')[0]}: device mean - overall mean (RMS)")
+        ax.set_ylabel(f"device shift of {key.split('_')[0]} (RMS)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     for ax in axes[0]:
@@ -270,14 +274,14 @@ def softfilm_mask_plot(stats: dict[str, Any], path: Path, title: str = "") -> Pa
     factors = list(stats["factors"])
     masks = np.asarray(stats["masks"], dtype=np.float64)
     order = np.lexsort((-masks.max(axis=0), masks.argmax(axis=0)))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8),
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained",
                              gridspec_kw={"width_ratios": [3.0, 1.2, 1.2]})
     im = axes[0].imshow(masks[:, order], aspect="auto", cmap="viridis", vmin=0, vmax=1,
                         interpolation="nearest")
     axes[0].set_yticks(range(len(factors)), factors)
     axes[0].set_xlabel(f"hidden dimension (sorted), D = {stats['hidden']}")
     axes[0].set_title(f"soft masks (tau {stats['tau']:.3g})")
-    fig.colorbar(im, ax=axes[0], fraction=0.03, pad=0.02)
+    fig.colorbar(im, ax=axes[0], fraction=0.03, pad=0.01)
     names = [*factors, "uncovered"]
     vals = [stats["allocated"][f] for f in factors] + [stats["uncovered"]]
     bars = axes[1].bar(names, vals, color=[f"C{i}" for i in range(len(factors))] + ["grey"])

@@ -287,6 +287,29 @@ def test_module_onnx_export_matches_onnxruntime(tmp_path):
         assert np.abs(got - want).max() < 1e-3
 
 
+@pytest.mark.slow
+def test_module_dynamo_onnx_export(tmp_path):
+    # The torch.export-based exporter (~10 s) must also take the conv formulation.
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    cfg = FbankConfig(window="hanning", num_mel_bins=64)
+    module = Fbank(cfg).eval()
+    path = tmp_path / "fbank.onnx"
+    batch, samples = torch.export.Dim("batch"), torch.export.Dim("samples", min=400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(2, 16000),), str(path), dynamo=True,
+                          input_names=["wav"], output_names=["fbank"],
+                          dynamic_shapes={"wav": {0: batch, 1: samples}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wav = (0.1 * np.random.default_rng(8).standard_normal((3, 20000))).astype(np.float32)
+    got = session.run(None, {"wav": wav})[0]
+    with torch.no_grad():
+        want = module(torch.from_numpy(wav)).numpy()
+    assert got.shape == want.shape == (3, num_frames(20000, cfg), 64)
+    assert np.abs(got - want).max() < 1e-3
+
+
 # ----- configuration ----------------------------------------------------------------------
 def test_config_key_is_stable_and_sensitive():
     base = FbankConfig()
@@ -324,8 +347,11 @@ def test_from_dict_rejects_unknown_options():
         FbankConfig.from_dict(["povey"])
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 3, 400), np.float32), np.array(["a", "b"]),
-                                 torch.zeros(2, 400, dtype=torch.complex64), [0.0] * 400])
-def test_bad_waveforms_raise_data_error(bad):
-    with pytest.raises(DataError):
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((2, 3, 400), np.float32), "shape"), (np.array(["a", "b"]), "float"),
+    (np.zeros(400, np.int16), "integer PCM"), (torch.zeros(400, dtype=torch.int32), "float"),
+    (torch.zeros(2, 400, dtype=torch.complex64), "float"), ([0.0] * 400, "list"),
+])
+def test_bad_waveforms_raise_data_error(bad, match):
+    with pytest.raises(DataError, match=match):
         fbank(bad)

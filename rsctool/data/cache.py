@@ -125,12 +125,14 @@ class FeatureCache:
         except FileNotFoundError:
             self.stats.misses += 1
             return None
-        except Exception:  # noqa: BLE001 - numpy raises many types for a bad file
+        except Exception:  # numpy raises many types (ValueError, EOFError, ...) for a bad file
             # Torn, truncated or foreign file: a miss; `put` will overwrite it.
             self.stats.misses += 1
             self.stats.corrupt += 1
             return None
         if not isinstance(arr, np.ndarray) or arr.dtype != self.dtype:
+            if hasattr(arr, "close"):  # an .npz archive under an .npy name
+                arr.close()
             self.stats.misses += 1
             self.stats.corrupt += 1
             return None

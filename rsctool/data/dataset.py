@@ -208,11 +208,14 @@ def class_balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Ten
     return (1.0 / counts)[targets]
 
 
-def spec_augment(x: torch.Tensor, *, freq_mask: int = 24, time_mask: int = 96,
-                 n_masks: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
-    """SpecAugment masks on a normalised batch `(B, T, F)`: `n_masks` frequency bands of
-    up to `freq_mask` bins and time spans of up to `time_mask` frames set to 0 (the
-    normalised mean)."""
+def spec_augment(x: torch.Tensor, *, freq_frac: float = 0.1875, time_frac: float = 0.12,
+                 n_masks: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SpecAugment masks on a normalised batch `(B, T, F)`: per item, `n_masks` bands of up
+    to ``freq_frac * F`` mel bins and spans of up to ``time_frac * T`` frames are set to 0
+    (the normalised mean). The defaults are AST's 24-of-128 bins and ~96-of-798 frames,
+    scaled to the input, so small inputs are not wiped out."""
+    freq_mask = int(round(freq_frac * x.shape[2]))
+    time_mask = int(round(time_frac * x.shape[1]))
     b, t, f = x.shape
     x = x.clone()
     ar_t = torch.arange(t, device=x.device)

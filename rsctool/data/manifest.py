@@ -174,8 +174,11 @@ def write_manifest(path: str | os.PathLike, cycles: Iterable[Cycle]) -> str:
     cycles = list(cycles)
     validate_manifest(cycles, path)
     text = "".join(_dumps(c) + "\n" for c in cycles)
-    atomic_write_text(path, text)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # An identical file is left alone (no rewrite, mtime kept).
+    if not (os.path.isfile(path) and file_sha256(path) == sha):
+        atomic_write_text(path, text)
+    return sha
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -1,0 +1,955 @@
+"""`rsctool eval`: score a trained run on the test (or validation) split.
+
+The model is rebuilt from the config stored in the run's checkpoint and fed exactly as
+in training: the clip length, filter bank and normalisation statistics and the metadata
+encoder all come from the checkpoint, never from the evaluated data, and a multilabel
+run's crackle/wheeze thresholds are the ones chosen on validation during training. The
+test split is touched here and nowhere else; nothing here tunes anything on it.
+
+Outputs, in the run directory (``<tag>`` is the split, plus ``_last`` for the last
+checkpoint): ``metrics_<tag>.json`` (the `--json` document), ``predictions_<tag>.jsonl``
+(one line per cycle: id, label, pred, class probabilities, device, site) and PNG plots
+under ``plots/`` (confusion matrix, training curves, t-SNE of the embeddings, FiLM
+gamma/beta statistics, SoftFiLM masks). A summary (``eval_<tag>_score`` ...) goes into
+the run's record in the project file. `rsctool eval --runs A 'cnn*'` evaluates several
+runs and prints one comparison table. Re-evaluating an unchanged checkpoint on an
+unchanged manifest is a no-op unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from rsctool import __version__
+from rsctool.console import err_console, get_state, info, print_json, warn
+from rsctool.errors import ConfigError, DataError
+from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
+
+SPLITS = ("test", "val")
+CHECKPOINTS = ("best", "last")
+#: Bumped when the metrics document changes shape, so stored results are recomputed.
+DOC_VERSION = 1
+#: Columns of the comparison table (`--runs`, `--csv`).
+TABLE_COLUMNS = ("run", "model", "dataset", "split", "split_spec", "checkpoint", "n",
+                 "specificity", "sensitivity", "score", "two_class_score", "accuracy")
+
+
+@dataclass
+class EvalOptions:
+    """What to evaluate and how.
+
+    Attributes:
+        run: one run name (default: the last run in the project).
+        runs: run names or glob patterns (``cnn*``) to evaluate and compare; comma
+            separated lists are split.
+        split: ``test`` or ``val``.
+        checkpoint: ``best`` (selected on validation) or ``last``.
+        plots: write PNG plots into the run's ``plots/`` folder.
+        batch_size: inference batch size.
+        tsne_max_points: t-SNE on at most this many cycles (a seeded subsample above).
+        seed: seeds the t-SNE subsample and initialisation.
+        force: re-evaluate even when stored metrics match the checkpoint and manifest.
+        csv: write the comparison table to this CSV file.
+    """
+
+    run: str | None = None
+    runs: list[str] = field(default_factory=list)
+    split: str = "test"
+    checkpoint: str = "best"
+    plots: bool = True
+    batch_size: int = 32
+    tsne_max_points: int = 3000
+    seed: int = 0
+    force: bool = False
+    csv: Path | None = None
+
+    def validate(self) -> EvalOptions:
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r} "
+                              "(the train split is never evaluated)")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ConfigError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, "
+                              f"got {self.checkpoint!r}")
+        if self.run is not None and self.runs:
+            raise ConfigError("give either --run NAME or --runs NAMES..., not both")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.tsne_max_points < 2:
+            raise ConfigError(f"--tsne-max-points must be >= 2, got {self.tsne_max_points}")
+        return self
+
+    @property
+    def compare(self) -> bool:
+        """Comparison mode: --runs given (JSON output is then a list)."""
+        return bool(self.runs)
+
+
+@dataclass
+class EvalResult:
+    """`results`: one metrics document per run (see `evaluate_run`); `table`: the
+    comparison rows (`comparison_row`); `csv`: the CSV written, if any."""
+
+    results: list[dict[str, Any]]
+    table: list[dict[str, Any]]
+    compare: bool
+    csv: Path | None = None
+
+
+# --------------------------------------------------------------------------- runs
+
+def select_runs(project: Any, run: str | None, patterns: Sequence[str]
+                ) -> list[tuple[str, bool]]:
+    """Run names to evaluate, in project order, each with whether it was named exactly.
+
+    `patterns` may hold exact names, glob patterns (``*?[``) and comma-separated lists.
+    No patterns and no `run`: the last run in the project.
+
+    Raises:
+        ConfigError: no runs in the project, an unknown name, or a pattern matching none.
+    """
+    runs = project.section("runs")
+    known = list(runs)
+    known_text = ", ".join(known) or "none"
+    if not known:
+        raise ConfigError(f"{project.path}: no runs in the project; train one first "
+                          "(`rsctool train --model cnn`)")
+    if not patterns:
+        name = run if run is not None else known[-1]
+        if name not in runs:
+            raise ConfigError(f"--run {name!r} is not in the project (known runs: {known_text})")
+        return [(name, True)]
+    chosen: dict[str, bool] = {}
+    for raw in patterns:
+        for pat in (p.strip() for p in raw.split(",")):
+            if not pat:
+                continue
+            if pat in runs:  # an exact name wins, even if it holds glob characters
+                chosen[pat] = True
+            elif any(ch in pat for ch in "*?["):
+                hits = [n for n in known if fnmatch.fnmatchcase(n, pat)]
+                if not hits:
+                    raise ConfigError(f"--runs {pat!r} matches no run (known runs: "
+                                      f"{known_text})")
+                for n in hits:
+                    chosen.setdefault(n, False)
+            else:
+                raise ConfigError(f"--runs {pat!r} is not in the project (known runs: "
+                                  f"{known_text})")
+    if not chosen:
+        raise ConfigError("--runs: no run names given")
+    return [(n, chosen[n]) for n in known if n in chosen]
+
+
+def checkpoint_path(project: Any, name: str, record: dict[str, Any], which: str) -> Path:
+    """The `which` (best|last) checkpoint file of run `name` (it may not exist)."""
+    if record.get(which):
+        return project.abs(record[which])
+    run_dir = (project.abs(record["dir"]) if record.get("dir")
+               else project.state_dir() / "runs" / name)
+    return run_dir / f"{which}.safetensors"
+
+
+def rebuild_model(config: dict[str, Any]) -> Any:
+    """A fresh model from a run config (`Trainer.run_config()`), weights not yet loaded.
+
+    ``config["model"]`` is the model's own ``model.config`` (its ``name`` plus every
+    builder keyword). Pretrained loading is switched off: the weights come from the
+    checkpoint, so evaluation never reaches a hub.
+    """
+    from rsctool.models import create_model
+
+    cfg = dict(config["model"])
+    name = cfg.pop("name")
+    if "pretrained" in cfg:
+        cfg["pretrained"] = None
+    return create_model(name, **cfg)
+
+
+@dataclass
+class LoadedRun:
+    """A run's model rebuilt from a checkpoint, with everything needed to feed it."""
+
+    name: str
+    record: dict[str, Any]
+    dir: Path
+    checkpoint: Path
+    which: str
+    config: dict[str, Any]
+    state: dict[str, Any]
+    model: Any
+    clip: Any
+    encoder: Any
+    classes: list[str]
+    task: str
+    thresholds: list[float] | None
+
+
+def load_run(project: Any, name: str, which: str = "best", device: str = "cpu") -> LoadedRun:
+    """Rebuild run `name`'s model from its `which` checkpoint, in eval mode on `device`.
+
+    Raises:
+        ConfigError: unknown run, or a run without that checkpoint yet.
+        DataError: an unreadable checkpoint or one that does not fit its own config.
+    """
+    from rsctool.checkpoint import load_checkpoint
+    from rsctool.data.dataset import ClipConfig
+    from rsctool.models.metadata import MetadataEncoder
+
+    record = project.get("runs", name)
+    if record is None:
+        known = ", ".join(project.section("runs")) or "none"
+        raise ConfigError(f"run {name!r} is not in the project (known runs: {known})")
+    path = checkpoint_path(project, name, record, which)
+    if not path.exists():
+        status = record.get("status", "unknown")
+        hint = (" (try --checkpoint last)" if which == "best"
+                and checkpoint_path(project, name, record, "last").exists() else "")
+        raise ConfigError(f"run {name!r} has no {which} checkpoint (status {status}; "
+                          f"expected {path}); train it first{hint}")
+    ck = load_checkpoint(path)
+    config = ck.state.get("config")
+    if not isinstance(config, dict) or "model" not in config or "clip" not in config:
+        raise DataError("checkpoint has no run config (not written by `rsctool train`)", path)
+    model = rebuild_model(config)
+    try:
+        model.load_state_dict(ck.model_state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise DataError(f"checkpoint weights do not fit the model it describes ({first})",
+                        path) from None
+    model.to(device)
+    model.eval()
+    encoder = (MetadataEncoder.from_dict(config["metadata_encoder"])
+               if config.get("metadata_encoder") else None)
+    thresholds = ck.state.get("thresholds")
+    return LoadedRun(
+        name=name, record=record, dir=path.parent, checkpoint=path, which=which,
+        config=config, state=ck.state, model=model, clip=ClipConfig.from_dict(config["clip"]),
+        encoder=encoder, classes=list(config["classes"]), task=config.get("task", "multiclass"),
+        thresholds=[float(t) for t in thresholds] if thresholds else None)
+
+
+# --------------------------------------------------------------------------- t-SNE
+
+def _joint_probabilities(x: np.ndarray, perplexity: float, tol: float = 1e-5,
+                         max_iter: int = 100) -> np.ndarray:
+    """Symmetric t-SNE affinities P `(N, N)` (float64, sums to 1) of points `x` `(N, D)`.
+
+    Each row's Gaussian precision beta is found by bisection (all rows at once) so that
+    the conditional distribution p(j | i) has entropy log(perplexity) nats.
+    """
+    n = x.shape[0]
+    sq = (x * x).sum(1)
+    d = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    np.fill_diagonal(d, np.inf)
+    # Shifting a row by its smallest distance leaves p(j | i) unchanged and keeps exp()
+    # from underflowing for far-away points.
+    d -= d.min(axis=1, keepdims=True)
+    np.fill_diagonal(d, 0.0)
+    off = ~np.eye(n, dtype=bool)
+    target = math.log(perplexity)
+    beta = 1.0 / np.maximum(d.sum(1) / (n - 1), 1e-12)
+    lo = np.zeros(n)
+    hi = np.full(n, np.inf)
+    p = np.empty_like(d)
+    for _ in range(max_iter):
+        np.multiply(d, -beta[:, None], out=p)
+        np.exp(p, out=p)
+        p *= off
+        sum_p = np.maximum(p.sum(1), 1e-300)
+        h = np.log(sum_p) + beta * (d * p).sum(1) / sum_p
+        diff = h - target
+        if np.all(np.abs(diff) < tol):
+            break
+        # Entropy too high: the distribution is too flat, so sharpen it (raise beta).
+        up = diff > 0
+        lo = np.where(up, beta, lo)
+        hi = np.where(up, hi, beta)
+        beta = np.where(np.isinf(hi), beta * 2.0, (lo + hi) / 2.0)
+    p /= np.maximum(p.sum(1, keepdims=True), 1e-300)
+    p = (p + p.T) / (2.0 * n)
+    return np.maximum(p, 1e-12)
+
+
+def tsne(x: Any, *, perplexity: float = 30.0, n_iter: int = 1000, seed: int = 0,
+         pca_dims: int = 50, device: str = "cpu") -> tuple[np.ndarray, float]:
+    """Exact t-SNE (van der Maaten & Hinton 2008) of `x` `(N, D)` -> `(N, 2)`.
+
+    O(N^2) time and memory per iteration, meant for N up to a few thousand (callers
+    subsample above that). The input is centred and reduced to `pca_dims` principal
+    components; affinities use a per-point perplexity bisection (perplexity is capped at
+    (N - 1) / 3); the map is optimised by gradient descent with momentum (0.5, then 0.8),
+    per-parameter gains, early exaggeration 12 for the first 250 iterations and learning
+    rate max(N / 48, 50) (the "auto" rule), stopping early once the KL divergence has not
+    improved for 300 iterations. The optimisation runs in numpy (float32) on ``cpu`` and
+    in torch on ``cuda`` (the same arithmetic). Seeded: same input and seed, same map.
+
+    Returns:
+        ``(coords, kl)``: `(N, 2)` float64 coordinates and the final KL(P || Q).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise DataError(f"tsne: expected an (N, D) array, got shape {x.shape}")
+    n = x.shape[0]
+    if n < 3:
+        return np.zeros((n, 2)), 0.0
+    if not np.all(np.isfinite(x)):
+        raise DataError("tsne: the embeddings contain NaN or inf")
+    x = x - x.mean(0)
+    if x.shape[1] > pca_dims:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        x = x @ vt[:pca_dims].T
+    perplexity = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
+    p_np = _joint_probabilities(x, perplexity).astype(np.float32)
+    y_np = (np.random.default_rng(seed).standard_normal((n, 2)) * 1e-4).astype(np.float32)
+    if device == "cuda":
+        import torch
+
+        xp: Any = torch
+        p, y = (torch.as_tensor(a, device="cuda") for a in (p_np, y_np))
+    else:
+        xp, p, y = np, p_np, y_np
+    diag = xp.arange(n)
+    update = y * 0.0
+    gains = update + 1.0
+    exaggeration, exaggeration_iters = 12.0, min(250, n_iter // 4)
+    lr = max(n / exaggeration / 4.0, 50.0)
+    best_kl, best_it, kl = math.inf, 0, math.nan
+    num = z = None
+    for it in range(n_iter):
+        exag = exaggeration if it < exaggeration_iters else 1.0
+        momentum = 0.5 if it < exaggeration_iters else 0.8
+        # num_ij = 1 / (1 + |y_i - y_j|^2), the Student-t kernel; Q = num / sum(num).
+        sq = (y * y).sum(1)
+        num = y @ y.T
+        num *= -2.0
+        num += sq[:, None]
+        num += sq[None, :]
+        num = 1.0 / (1.0 + num.clip(0.0, None))
+        num[diag, diag] = 0.0
+        z = float(num.sum())
+        # grad_i = 4 sum_j (exag * p_ij - q_ij) num_ij (y_i - y_j)
+        pq = (p * exag if exag != 1.0 else p) - num * (1.0 / z)
+        pq *= num
+        grad = 4.0 * (pq.sum(1)[:, None] * y - pq @ y)
+        gains = xp.where(xp.sign(grad) == xp.sign(update), gains * 0.8, gains + 0.2)
+        gains = gains.clip(0.01, None)
+        update = momentum * update - lr * (gains * grad)
+        y = y + update
+        y = y - y.mean(0)
+        if it >= exaggeration_iters and (it % 50 == 0 or it == n_iter - 1):
+            kl = _kl(xp, p, num, z)
+            if kl < best_kl - 1e-6:
+                best_kl, best_it = kl, it
+            elif it - best_it >= 300:
+                break
+    if not math.isfinite(kl):
+        kl = _kl(xp, p, num, z)
+    coords = y.cpu().numpy() if device == "cuda" else y
+    return np.asarray(coords, dtype=np.float64), kl
+
+
+def _kl(xp: Any, p: Any, num: Any, z: float) -> float:
+    """KL(P || Q) with Q = num / z."""
+    q = (num * (1.0 / z)).clip(1e-12, None)
+    return float((p * xp.log(p / q)).sum())
+
+
+# --------------------------------------------------------------------------- FiLM stats
+
+def film_statistics(model: Any, meta: dict[str, Any], groups: Sequence[str] | None = None,
+                    batch_size: int = 256, device: str = "cpu") -> dict[str, Any] | None:
+    """Per-layer statistics of the FiLM (gamma, beta) a film/tafilm/softfilm model
+    generates for the metadata batch `meta` (one row per cycle).
+
+    Uses the model's `condition(meta)` (``rsctool.models.conditioning.ConditionedAST``),
+    which returns ``gamma``/``beta`` `(B, L, D)` for the L conditioned blocks (TAFiLM also
+    ``gamma_cls``/``beta_cls`` for the CLS/distillation tokens); gamma = 1 + dgamma.
+    Models without FiLM (grf, ast, cnn, ...) return None.
+
+    Returns (JSON-safe)::
+
+        layers: block indices; n: cycles;
+        groups: {"patch"|"cls"|"all": {gamma_mean, gamma_std, gamma_abs_dev (mean |gamma-1|),
+                 gamma_sample_std (mean over D of the std across cycles), beta_mean,
+                 beta_std, beta_abs (mean |beta|), beta_sample_std}}   each a list over L
+        by_device: {device: {n, gamma_shift, beta_shift}}  RMS over D of (device mean -
+                 overall mean) per layer (only with `groups`)
+    """
+    import torch
+
+    if not callable(getattr(model, "condition", None)) or not hasattr(model, "film_layers"):
+        return None
+    n = int(meta["device"].shape[0])
+    if n == 0:
+        return None
+    group_names = sorted(set(groups)) if groups is not None else []
+    gindex = ({g: i for i, g in enumerate(group_names)} if groups is not None else {})
+    gid = (torch.tensor([gindex[g] for g in groups], dtype=torch.long)
+           if groups is not None else None)
+    acc: dict[str, dict[str, Any]] = {}
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            batch = {k: v[s:s + batch_size].to(device) for k, v in meta.items()}
+            state = model.condition(batch)
+            for key_g, key_b, name in (("gamma", "beta", "patch"),
+                                       ("gamma_cls", "beta_cls", "cls")):
+                if key_g not in state:
+                    continue
+                gam = state[key_g].double().cpu()
+                bet = state[key_b].double().cpu()
+                a = acc.setdefault(name, {})
+                for tag, t in (("gamma", gam), ("beta", bet)):
+                    a[f"{tag}_sum"] = a.get(f"{tag}_sum", 0) + t.sum(0)
+                    a[f"{tag}_sq"] = a.get(f"{tag}_sq", 0) + (t * t).sum(0)
+                    ref = 1.0 if tag == "gamma" else 0.0
+                    a[f"{tag}_abs"] = a.get(f"{tag}_abs", 0) + (t - ref).abs().sum((0, 2))
+                    if gid is not None:
+                        part = torch.zeros(len(group_names), *t.shape[1:], dtype=t.dtype)
+                        part.index_add_(0, gid[s:s + batch_size], t)
+                        a[f"{tag}_gsum"] = a.get(f"{tag}_gsum", 0) + part
+    if not acc:
+        return None
+    out_groups: dict[str, Any] = {}
+    for name, a in acc.items():
+        row: dict[str, Any] = {}
+        for tag in ("gamma", "beta"):
+            mean_ld = a[f"{tag}_sum"] / n  # (L, D)
+            var_ld = (a[f"{tag}_sq"] / n - mean_ld ** 2).clamp_min(0.0)
+            mean_l = mean_ld.mean(1)
+            var_l = (a[f"{tag}_sq"].mean(1) / n - mean_l ** 2).clamp_min(0.0)
+            row[f"{tag}_mean"] = mean_l.tolist()
+            row[f"{tag}_std"] = var_l.sqrt().tolist()
+            row[f"{tag}_sample_std"] = var_ld.sqrt().mean(1).tolist()
+            row["gamma_abs_dev" if tag == "gamma" else "beta_abs"] = (
+                a[f"{tag}_abs"] / (n * mean_ld.shape[1])).tolist()
+        out_groups[name] = row
+    out: dict[str, Any] = {"layers": [int(i) for i in model.film_layers], "n": n,
+                           "groups": out_groups,
+                           "accessor": "model.condition(meta) -> gamma/beta (B, L, D)"}
+    if gid is not None:
+        counts = torch.bincount(gid, minlength=len(group_names))
+        main = acc["patch"] if "patch" in acc else next(iter(acc.values()))
+        by: dict[str, Any] = {}
+        for i, g in enumerate(group_names):
+            k = int(counts[i])
+            entry: dict[str, Any] = {"n": k}
+            for tag in ("gamma", "beta"):
+                overall = main[f"{tag}_sum"] / n
+                dev_mean = main[f"{tag}_gsum"][i] / max(k, 1)
+                entry[f"{tag}_shift"] = ((dev_mean - overall) ** 2).mean(1).sqrt().tolist()
+            by[g] = entry
+        out["by_device"] = by
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100.0 * v:.2f}"
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    """Compact metrics of a group (per device / site)."""
+    two = m.get("two_class") or {}
+    return {"n": m["n"], "specificity": m["sp"], "sensitivity": m["se"], "score": m["score"],
+            "accuracy": m["accuracy"], "two_class_score": two.get("score"),
+            "support": m["support"]}
+
+
+def _class_probs(probs: np.ndarray, task: str, classes: Sequence[str]) -> np.ndarray:
+    """`(N, C)` class probabilities. Multilabel runs output independent crackle/wheeze
+    sigmoids; the four ICBHI classes then get (1-c)(1-w), c(1-w), (1-c)w, cw."""
+    if task != "multilabel":
+        return probs
+    c, w = probs[:, 0], probs[:, 1]
+    return np.stack([(1 - c) * (1 - w), c * (1 - w), (1 - c) * w, c * w], axis=1)
+
+
+def _predict(loaded: LoadedRun, dataset: Any, batch_size: int, device: str,
+             progress: bool) -> dict[str, Any]:
+    """`Trainer.predict` over the dataset in chunks, so a progress bar can advance."""
+    import torch
+
+    from rsctool.train import Trainer
+
+    n = len(dataset)
+    chunk = batch_size * 4
+    bar = None
+    if progress and n > chunk:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        bar = Progress("[progress.description]{task.description}", BarColumn(),
+                       MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
+                       transient=True)
+        task = bar.add_task(f"eval {loaded.name}", total=n)
+        bar.start()
+    preds: list[int] = []
+    probs, embs = [], []
+    try:
+        for s in range(0, n, chunk):
+            sub = torch.utils.data.Subset(dataset, list(range(s, min(n, s + chunk))))
+            out = Trainer.predict(loaded.model, sub, batch_size, device, loaded.task,
+                                  loaded.thresholds, embeddings=True)
+            preds += [int(p) for p in out["pred"]]
+            probs.append(out["probs"])
+            embs.append(out["embedding"])
+            if bar is not None:
+                bar.advance(task, len(sub))
+    finally:
+        if bar is not None:
+            bar.stop()
+    return {"pred": preds, "probs": torch.cat(probs).numpy().astype(np.float64),
+            "embedding": torch.cat(embs).numpy()}
+
+
+def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "cpu",
+                 progress: bool = False, log: Callable[[str], None] | None = None
+                 ) -> dict[str, Any]:
+    """Evaluate run `name` on ``opts.split``; write its outputs; return the metrics doc.
+
+    The document (also ``metrics_<tag>.json``)::
+
+        run, model, dataset, dataset_format, split, split_spec, official_split,
+        split_hash, checkpoint, checkpoint_epoch, task, thresholds, n, classes,
+        specificity, sensitivity, score, accuracy, macro_recall, per_class_recall,
+        support, confusion (rows true, cols predicted),
+        two_class {specificity, sensitivity, score, confusion [[TN, FP], [FN, TP]]},
+        per_device / per_site {group: {n, specificity, sensitivity, score, accuracy,
+        two_class_score, support}}, film (FiLM models), softfilm (SoftFiLM),
+        tsne {n, perplexity, kl}, files {metrics, predictions, plots}, seconds
+
+    Ratios with an empty denominator are null (e.g. Se on a split without abnormal cycles).
+    """
+    from rsctool.data.dataset import CycleDataset, feature_cache
+    from rsctool.data.manifest import file_sha256
+    from rsctool.metrics import breakdown, icbhi_metrics
+    from rsctool.train import load_dataset_cycles
+
+    log = log or (lambda msg: None)
+    t0 = time.perf_counter()
+    loaded = load_run(project, name, opts.checkpoint, device)
+    config = loaded.config
+    ds_name = config.get("dataset") or loaded.record.get("dataset")
+    record = project.get("datasets", ds_name) if ds_name else None
+    if record is None:
+        raise ConfigError(f"run {name!r} was trained on dataset {ds_name!r}, which is no "
+                          "longer in the project (re-run `rsctool analyze` with that name)")
+    run_split = loaded.record.get("split_hash")
+    if run_split and record.get("split_hash") and run_split != record["split_hash"]:
+        # Another split assignment: test cycles may have been training cycles of this run.
+        raise ConfigError(f"dataset {ds_name!r} was re-analysed with a different split since "
+                          f"run {name!r} was trained; its {opts.split} split may overlap the "
+                          "run's training data (retrain, or analyze it again with the old "
+                          "split options)")
+    if (loaded.record.get("dataset_sha256") and record.get("sha256")
+            and loaded.record["dataset_sha256"] != record["sha256"]):
+        warn(f"run {name!r}: the manifest of dataset {ds_name!r} changed since training "
+             "(same split); evaluating on the current manifest")
+    cycles = [c for c in load_dataset_cycles(project, record) if c.split == opts.split]
+    if not cycles:
+        raise ConfigError(f"dataset {ds_name!r} has no {opts.split} cycles"
+                          + (" (analyze with --val-fraction > 0)" if opts.split == "val" else ""))
+    if loaded.record.get("status") not in (None, "done"):
+        warn(f"run {name!r} is {loaded.record.get('status')}: evaluating its current "
+             f"{opts.checkpoint} checkpoint")
+
+    tag = opts.split if opts.checkpoint == "best" else f"{opts.split}_last"
+    run_dir = loaded.dir
+    metrics_path = run_dir / f"metrics_{tag}.json"
+    pred_path = run_dir / f"predictions_{tag}.jsonl"
+    plot_dir = run_dir / "plots"
+    inputs_hash = params_hash({
+        "doc": DOC_VERSION, "version": __version__,
+        "checkpoint": file_sha256(loaded.checkpoint), "manifest": record.get("sha256"),
+        "split": opts.split, "split_hash": record.get("split_hash"),
+        "tsne_max_points": opts.tsne_max_points, "seed": opts.seed})
+    if not opts.force and metrics_path.exists() and pred_path.exists():
+        try:
+            old = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if (isinstance(old, dict) and old.get("inputs_hash") == inputs_hash
+                and (not opts.plots or (old.get("files", {}).get("plots")
+                                        and all(Path(p).exists()
+                                                for p in old["files"]["plots"])))):
+            log(f"run {name!r}: {opts.split} metrics are up to date ({metrics_path}); "
+                "--force re-evaluates")
+            old["skipped"] = True
+            return old
+
+    enc = loaded.encoder if config.get("needs_metadata") else None
+    if config.get("needs_metadata") and enc is None:
+        raise DataError("checkpoint of a metadata model lacks its metadata encoder",
+                        loaded.checkpoint)
+    dataset = CycleDataset(cycles, loaded.classes, loaded.clip,
+                           feature_cache(project.state_dir()), enc, loaded.task)
+    out = _predict(loaded, dataset, opts.batch_size, device, progress)
+    y_true = dataset.targets.tolist()
+    y_pred = out["pred"]
+    classes = loaded.classes
+    m = icbhi_metrics(y_true, y_pred, classes)
+    devices = [c.device or "unknown" for c in cycles]
+    sites = [c.site or "unknown" for c in cycles]
+    per_device = {k: _summary(v) for k, v in breakdown(y_true, y_pred, devices, classes).items()}
+    per_site = {k: _summary(v) for k, v in breakdown(y_true, y_pred, sites, classes).items()}
+    two = m["two_class"]
+    spec = str(record.get("split", "unknown"))
+    doc: dict[str, Any] = {
+        "run": name,
+        "model": config["model"].get("name", loaded.record.get("model")),
+        "size": config["model"].get("size"),
+        "dataset": ds_name,
+        "dataset_format": record.get("format"),
+        "split": opts.split,
+        "split_spec": spec,
+        "official_split": spec == "official",
+        "split_hash": record.get("split_hash"),
+        "checkpoint": opts.checkpoint,
+        "checkpoint_epoch": (loaded.state.get("best_epoch") if opts.checkpoint == "best"
+                             else loaded.state.get("epoch")),
+        "task": loaded.task,
+        "thresholds": loaded.thresholds if loaded.task == "multilabel" else None,
+        "thresholds_source": (None if loaded.task != "multilabel" else
+                              "validation (training)" if loaded.thresholds else
+                              "default 0.5 (the run had no validation split)"),
+        "n": m["n"],
+        "classes": classes,
+        "specificity": m["sp"],
+        "sensitivity": m["se"],
+        "score": m["score"],
+        "accuracy": m["accuracy"],
+        "macro_recall": m["macro_recall"],
+        "per_class_recall": m["per_class_recall"],
+        "support": m["support"],
+        "predicted": m["predicted"],
+        "confusion": m["confusion_matrix"],
+        "two_class": None if two is None else {
+            "specificity": two["sp"], "sensitivity": two["se"], "score": two["score"],
+            "confusion": two["confusion_matrix"]},
+        "per_device": per_device,
+        "per_site": per_site,
+    }
+    if loaded.task == "multilabel" and loaded.thresholds is None:
+        warn(f"run {name!r}: no validation thresholds stored; using 0.5 / 0.5")
+
+    # Per-cycle predictions.
+    cprobs = _class_probs(out["probs"], loaded.task, classes)
+    lines = []
+    for i, c in enumerate(cycles):
+        row: dict[str, Any] = {
+            "id": c.id, "label": c.label, "pred": classes[y_pred[i]],
+            "probs": {k: round(float(cprobs[i, j]), 6) for j, k in enumerate(classes)},
+            "device": c.device, "site": c.site, "patient": c.patient, "source": c.source}
+        if loaded.task == "multilabel":
+            row["sigmoid"] = {"crackle": round(float(out["probs"][i, 0]), 6),
+                              "wheeze": round(float(out["probs"][i, 1]), 6)}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    atomic_write_text(pred_path, "\n".join(lines) + "\n")
+
+    # FiLM / SoftFiLM analysis (metadata models only).
+    meta = dataset.meta
+    film = (film_statistics(loaded.model, meta, devices, device=device)
+            if meta is not None else None)
+    if film is not None:
+        doc["film"] = film
+    mask_stats = getattr(loaded.model, "mask_stats", None)
+    soft = mask_stats() if callable(mask_stats) else None
+    if soft is not None:
+        doc["softfilm"] = {k: v for k, v in soft.items() if k != "masks"}
+
+    plots: list[str] = []
+    if opts.plots:
+        plots = _write_plots(loaded, doc, out["embedding"], cycles, film, soft, plot_dir, tag,
+                             opts, device, log)
+    doc["files"] = {"metrics": str(metrics_path), "predictions": str(pred_path),
+                    "plots": plots}
+    doc["inputs_hash"] = inputs_hash
+    doc["seconds"] = round(time.perf_counter() - t0, 3)
+    atomic_write_json(metrics_path, doc)
+    project.update_record(
+        "runs", name, **{
+            f"eval_{tag}_score": doc["score"], f"eval_{tag}_sp": doc["specificity"],
+            f"eval_{tag}_se": doc["sensitivity"], f"eval_{tag}_accuracy": doc["accuracy"],
+            f"eval_{tag}_score2": None if two is None else two["score"],
+            f"eval_{tag}_n": doc["n"], f"eval_{tag}_split": spec,
+            f"eval_{tag}_metrics": project.rel(metrics_path)})
+    doc["skipped"] = False
+    return doc
+
+
+def _write_plots(loaded: LoadedRun, doc: dict[str, Any], emb: np.ndarray, cycles: list,
+                 film: dict[str, Any] | None, soft: dict[str, Any] | None, plot_dir: Path,
+                 tag: str, opts: EvalOptions, device: str,
+                 log: Callable[[str], None]) -> list[str]:
+    from rsctool.plots import (
+        confusion_plot,
+        embedding_plot,
+        film_plot,
+        softfilm_mask_plot,
+        training_curves_plot,
+    )
+
+    name = loaded.name
+    split_text = f"{opts.split} ({doc['split_spec']})"
+    paths = [confusion_plot(doc["confusion"], doc["classes"], plot_dir / f"confusion_{tag}.png",
+                            title=f"{name}: {split_text}, {opts.checkpoint} checkpoint, "
+                                  f"Score {_pct(doc['score'])}")]
+    history = None
+    hist_file = loaded.dir / "history.json"
+    if hist_file.exists():
+        try:
+            history = json.loads(hist_file.read_text(encoding="utf-8"))
+        except ValueError:
+            warn(f"{hist_file}: not valid JSON; training curves from the checkpoint instead")
+    if not isinstance(history, list):
+        history = loaded.state.get("history") or []
+    if history:
+        paths.append(training_curves_plot(history, plot_dir / "training_curves.png",
+                                          best_epoch=loaded.state.get("best_epoch"),
+                                          title=f"{name}: training"))
+    # t-SNE of the embeddings (a seeded subsample above the cap).
+    n = emb.shape[0]
+    idx = np.arange(n)
+    if n > opts.tsne_max_points:
+        rng = np.random.default_rng(opts.seed)
+        idx = np.sort(rng.choice(n, opts.tsne_max_points, replace=False))
+    if idx.size >= 3:
+        if idx.size > 1000:
+            log(f"t-SNE of {idx.size} embeddings (O(N^2); --tsne-max-points caps it)")
+        perplexity = float(min(30.0, max(1.0, (idx.size - 1) / 3.0)))
+        xy, kl = tsne(emb[idx], perplexity=perplexity, seed=opts.seed, device=device)
+        doc["tsne"] = {"n": int(idx.size), "of": int(n), "perplexity": perplexity,
+                       "kl": round(kl, 4)}
+        paths.append(embedding_plot(
+            xy, [cycles[i].label for i in idx], [cycles[i].device or "unknown" for i in idx],
+            plot_dir / f"tsne_{tag}.png", classes=doc["classes"],
+            title=f"{name}: t-SNE of embeddings, {split_text}"
+                  + (f", {idx.size} of {n} cycles" if idx.size < n else "")))
+    if film is not None:
+        paths.append(film_plot(film, plot_dir / f"film_{tag}.png",
+                               title=f"{name}: FiLM gamma/beta on {split_text}"))
+    if soft is not None:
+        paths.append(softfilm_mask_plot(soft, plot_dir / f"softfilm_masks_{opts.checkpoint}.png",
+                                        title=f"{name}: SoftFiLM masks "
+                                              f"({opts.checkpoint} checkpoint)"))
+    return [str(p) for p in paths]
+
+
+# --------------------------------------------------------------------------- comparison
+
+def comparison_row(doc: dict[str, Any]) -> dict[str, Any]:
+    """One row of the comparison table (`TABLE_COLUMNS`) from a metrics document."""
+    two = doc.get("two_class") or {}
+    return {"run": doc["run"], "model": doc["model"], "dataset": doc["dataset"],
+            "split": doc["split"], "split_spec": doc["split_spec"],
+            "checkpoint": doc["checkpoint"], "n": doc["n"],
+            "specificity": doc["specificity"], "sensitivity": doc["sensitivity"],
+            "score": doc["score"], "two_class_score": two.get("score"),
+            "accuracy": doc["accuracy"]}
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The comparison table as CSV (fractions in [0, 1]; empty cell = not defined)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in TABLE_COLUMNS})
+    path = Path(path)
+    try:
+        atomic_write_text(path, buf.getvalue())
+    except OSError as e:
+        raise ConfigError(f"cannot write the CSV file: {e.strerror or e}") from None
+    return path
+
+
+def _mean_std(values: list[float | None]) -> tuple[str, str]:
+    """Mean and sample std (in %) of the defined values, as table cells."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return "-", "-"
+    return _pct(float(np.mean(v))), (_pct(float(np.std(v, ddof=1))) if len(v) > 1 else "-")
+
+
+def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
+    """Rich table on stderr: one row per run (values in %), plus mean ± std per model
+    and split when a model has several runs (e.g. seeds)."""
+    from rich.table import Table
+
+    specs = sorted({f"{r['dataset']} {r['split']} ({r['split_spec']})" for r in rows})
+    mixed = len(specs) > 1
+    title = "evaluation, values in %" + ("" if mixed else f": {specs[0]}")
+    t = Table(title=title, title_justify="left")
+    t.add_column("run", no_wrap=True)
+    t.add_column("model", no_wrap=True)
+    if mixed:
+        t.add_column("data split")
+    for col in ("n", "Sp", "Se", "Score", "2-class", "acc"):
+        t.add_column(col, justify="right", no_wrap=True)
+    keys = ("specificity", "sensitivity", "score", "two_class_score", "accuracy")
+    for r in rows:
+        where = [f"{r['dataset']} {r['split']} ({r['split_spec']})"] if mixed else []
+        t.add_row(r["run"], r["model"], *where, str(r["n"]), *(_pct(r[k]) for k in keys))
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["dataset"], r["split"], r["split_spec"]), []).append(r)
+    for (model, dataset, split, spec), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        where = [f"{dataset} {split} ({spec})"] if mixed else []
+        stats = [_mean_std([r[k] for r in rs]) for k in keys]
+        t.add_row(f"mean of {len(rs)}", model, *where, str(rs[0]["n"]),
+                  *(m for m, _ in stats), style="bold")
+        t.add_row("std", model, *where, "", *(sd for _, sd in stats))
+    err_console.print(t)
+    unofficial = sorted({r["split_spec"] for r in rows if r["split_spec"] != "official"})
+    if unofficial:
+        err_console.print(f"note: split(s) {', '.join(unofficial)} are not the official ICBHI "
+                          "2017 split; do not compare these numbers with published ones")
+
+
+def print_eval(doc: dict[str, Any]) -> None:
+    """Rich tables on stderr: headline metrics, per-class recall, confusion, groups."""
+    from rich.table import Table
+
+    spec = doc["split_spec"]
+    note = ("  [yellow](not the official ICBHI split)[/yellow]"
+            if doc.get("dataset_format") == "icbhi" and not doc["official_split"] else "")
+    err_console.print(
+        f"[bold]{doc['run']}[/bold] ({doc['model']}, {doc['checkpoint']} checkpoint, epoch "
+        f"{doc['checkpoint_epoch']}) on {doc['dataset']} {doc['split']} split "
+        f"'{spec}': {doc['n']} cycles{note}")
+    t = Table(title="ICBHI metrics (%)", title_justify="left")
+    for col in ("", "Sp", "Se", "Score", "accuracy"):
+        t.add_column(col, justify="right" if col else "left")
+    t.add_row(f"{len(doc['classes'])}-class", _pct(doc["specificity"]),
+              _pct(doc["sensitivity"]), _pct(doc["score"]), _pct(doc["accuracy"]),
+              style="bold")
+    two = doc.get("two_class")
+    if two:
+        t.add_row("2-class (normal vs abnormal)", _pct(two["specificity"]),
+                  _pct(two["sensitivity"]), _pct(two["score"]), "")
+    err_console.print(t)
+    if doc["score"] is None:
+        err_console.print(f"no 'normal' class, so no ICBHI Sp/Se/Score; macro recall "
+                          f"{_pct(doc['macro_recall'])} %")
+    classes = doc["classes"]
+    cm = Table(title="confusion (rows true, columns predicted) and recall",
+               title_justify="left")
+    cm.add_column("true \\ pred")
+    for k in classes:
+        cm.add_column(k, justify="right")
+    cm.add_column("n", justify="right")
+    cm.add_column("recall %", justify="right")
+    for k, row in zip(classes, doc["confusion"], strict=True):
+        cm.add_row(k, *(str(v) for v in row), str(doc["support"][k]),
+                   _pct(doc["per_class_recall"][k]))
+    err_console.print(cm)
+    for title, key in (("per device", "per_device"), ("per site", "per_site")):
+        g = Table(title=f"{title} (%)", title_justify="left")
+        for col in (title.split()[1], "n", "Sp", "Se", "Score", "2-class Score", "accuracy"):
+            g.add_column(col, justify="left" if col == title.split()[1] else "right")
+        for name, s in doc[key].items():
+            g.add_row(name, str(s["n"]), _pct(s["specificity"]), _pct(s["sensitivity"]),
+                      _pct(s["score"]), _pct(s["two_class_score"]), _pct(s["accuracy"]))
+        err_console.print(g)
+    soft = doc.get("softfilm")
+    if soft:
+        alloc = ", ".join(f"{k} {v}" for k, v in soft["allocated"].items())
+        ov = ", ".join(f"{k} {100 * v:.1f}%" for k, v in soft["overlap"].items())
+        err_console.print(f"SoftFiLM masks (tau {soft['tau']:.3g}, D {soft['hidden']}): "
+                          f"dims {alloc}, uncovered {soft['uncovered']}; overlap {ov}")
+    if doc.get("files", {}).get("plots"):
+        err_console.print(f"plots: {Path(doc['files']['plots'][0]).parent}")
+
+
+# --------------------------------------------------------------------------- run
+
+def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool = False,
+        log: Callable[[str], None] | None = None) -> EvalResult:
+    """Evaluate the selected run(s); see `evaluate_run` for what each writes."""
+    from rsctool.train import resolve_device
+
+    opts.validate()
+    dev = resolve_device(device)
+    names = select_runs(project, opts.run, opts.runs)
+    results: list[dict[str, Any]] = []
+    for name, explicit in names:
+        if not explicit:
+            rec = project.get("runs", name) or {}
+            if not checkpoint_path(project, name, rec, opts.checkpoint).exists():
+                warn(f"run {name!r} (matched by a pattern) has no {opts.checkpoint} "
+                     "checkpoint yet: skipped")
+                continue
+        results.append(evaluate_run(project, name, opts, device=dev, progress=progress,
+                                    log=log))
+    if not results:
+        raise ConfigError(f"none of the selected runs has a {opts.checkpoint} checkpoint")
+    table = [comparison_row(d) for d in results]
+    csv_path = write_csv(table, opts.csv) if opts.csv is not None else None
+    return EvalResult(results=results, table=table, compare=opts.compare, csv=csv_path)
+
+
+# --------------------------------------------------------------------------- command
+
+def command(
+    ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(
+        metavar="RUNS", show_default=False,
+        help="More run names or glob patterns for --runs (so `--runs A B C` works).")] = None,
+    *,
+    run_name: Annotated[str | None, typer.Option(
+        "--run", help="Run to evaluate (default: the last run in the project).")] = None,
+    runs: Annotated[list[str] | None, typer.Option(
+        "--runs", help="Runs to evaluate and compare: names or glob patterns ('cnn*'); "
+                       "repeat, separate with commas, or list them after the option.")] = None,
+    split: Annotated[str, typer.Option(
+        help="Split to evaluate: test or val.")] = "test",
+    checkpoint: Annotated[str, typer.Option(
+        help="Checkpoint: best (selected on validation) or last.")] = "best",
+    plots: Annotated[bool, typer.Option(
+        "--plots/--no-plots", help="Write PNG plots into the run's plots/ folder.")] = True,
+    csv_file: Annotated[Path | None, typer.Option(
+        "--csv", help="Write the comparison table (one row per run) to this CSV file.")]
+    = None,
+    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 32,
+    tsne_max_points: Annotated[int, typer.Option(
+        help="t-SNE on at most this many cycles (seeded subsample above).")] = 3000,
+    force: Annotated[bool, typer.Option(
+        help="Re-evaluate even if the stored metrics are up to date.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the metrics as JSON on stdout (a list with --runs).")] = False,
+) -> None:
+    """Evaluate trained runs on the test split: ICBHI Sp/Se/Score, confusion, plots."""
+    state = get_state(ctx)
+    patterns = [*(runs or []), *(names or [])]
+    opts = EvalOptions(run=run_name, runs=patterns, split=split, checkpoint=checkpoint,
+                       plots=plots, batch_size=batch_size, tsne_max_points=tsne_max_points,
+                       seed=state.seed, force=force, csv=csv_file)
+    opts.validate()
+    project = state.load_project(must_exist=True)
+    result = run(project, opts, device=state.device, progress=not state.quiet and not json_out,
+                 log=lambda msg: info(state, msg))
+    if json_out:
+        print_json(result.results if result.compare else result.results[0])
+    if not state.quiet:
+        if result.compare:
+            print_comparison(result.table)
+        else:
+            print_eval(result.results[0])
+        if result.csv is not None:
+            info(state, f"comparison table: {result.csv}")
