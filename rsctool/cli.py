@@ -7,6 +7,7 @@ thin Typer command at the bottom; this module only assembles them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -50,6 +51,12 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
         except _CLICK_FLOW:
             raise
+        except BrokenPipeError:
+            # The reader went away (`rsctool ... | head`): not an error worth a message.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except Exception as e:
             if os.environ.get("RSCTOOL_DEBUG"):
                 traceback.print_exc()

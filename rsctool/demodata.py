@@ -20,8 +20,11 @@ def command(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
     = False,
 ) -> None:
-    """Write a small deterministic dataset in the ICBHI 2017 format (wav + annotations +
-    split, diagnosis and demographic files) with learnable crackles and wheezes."""
+    """Write a small deterministic demo dataset in the ICBHI 2017 format.
+
+    Recordings (wav + cycle annotations) and the split, diagnosis and demographic files,
+    with learnable crackles and wheezes; seconds to build.
+    """
     from rsctool.data.demo import make_demo_dataset
 
     state = get_state(ctx)
