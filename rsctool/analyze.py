@@ -10,6 +10,8 @@ Nothing is written until everything has been read and checked.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -23,9 +25,9 @@ import numpy as np
 import typer
 
 from rsctool.console import get_state, info, print_json, warn
-from rsctool.data.manifest import ICBHI_CLASSES, SPLITS, Cycle, write_manifest
+from rsctool.data.manifest import ICBHI_CLASSES, SPLITS, Cycle
 from rsctool.errors import ConfigError, DataError
-from rsctool.utils import atomic_write_json, params_hash
+from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 FORMATS = ("auto", "icbhi", "folder")
 #: Bump when the analysis itself changes, so old records are not reused as up to date.
@@ -48,6 +50,9 @@ class AnalyzeOptions:
         target_ratio: synthesis plan target, as a fraction of the largest train class.
         max_synthetic_per_class: cap of the synthesis plan per class.
         plots: write PNG plots next to report.json.
+        fbank_stats: compute the log-mel mean and standard deviation of the train split
+            for `train`'s default feature configuration (``train --norm dataset``; other
+            configurations are computed and recorded by the first run that needs them).
         force: re-run even if nothing changed.
     """
 
@@ -61,6 +66,7 @@ class AnalyzeOptions:
     target_ratio: float = 0.5
     max_synthetic_per_class: int = 500
     plots: bool = True
+    fbank_stats: bool = True
     force: bool = False
 
     def params(self) -> dict[str, Any]:
@@ -106,31 +112,66 @@ def _default_name(root: Path, fmt: str) -> str:
     return cleaned or fmt
 
 
-def _dataset_fingerprint(root: Path) -> str:
-    """Hash of every file's relative path, size and mtime under `root` (cheap: no reads)."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            p = Path(dirpath, f)
+def _dataset_fingerprint(root: Path) -> tuple[str, dict[str, tuple[int, int]]]:
+    """Hash of every file's relative path, size and mtime under `root` (cheap: no reads).
+
+    Returns:
+        The hash, and ``{absolute path: (size, mtime_ns)}`` of the files under `root`
+        (what was hashed; `run` reuses it rather than calling stat again).
+
+    Hidden folders are skipped; the walk is depth-first with names sorted (files of a
+    folder before its sub-folders), as ``os.walk``; files that cannot be stat-ed are left
+    out. The ICBHI metadata files in the parent folder count too.
+    """
+    entries: list[tuple[str, int, int]] = []
+    stats: dict[str, tuple[int, int]] = {}
+
+    def walk(folder: str, rel: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                listing = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        subdirs = []
+        for e in listing:
             try:
-                st = p.stat()
+                is_dir = e.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not e.name.startswith("."):
+                    subdirs.append(e)
+                continue
+            try:
+                st = e.stat()
             except OSError:
                 continue
-            entries.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+            entries.append((rel + e.name, st.st_size, st.st_mtime_ns))
+            stats[e.path] = (st.st_size, st.st_mtime_ns)
+        for e in subdirs:
+            if not e.is_symlink():  # as os.walk(followlinks=False)
+                walk(e.path, rel + e.name + "/")
+
+    walk(str(root.resolve()), "")
     # the ICBHI metadata files may sit in the parent folder
     for p in sorted(root.resolve().parent.glob("ICBHI_*.txt")):
         st = p.stat()
         entries.append(("../" + p.name, st.st_size, st.st_mtime_ns))
-    return params_hash(entries)
+    return params_hash(entries), stats
 
 
 class AudioScanner:
     """Reads each recording once and checks its samples; results cached by file identity.
 
-    The cache (`path -> {size, mtime_ns, stats}`) is what makes a second analyze of
-    the same data cheap: a file whose size and mtime are unchanged is not read again.
+    The cache (`path -> {size, mtime_ns, segments, stats, header}`) is what makes a
+    second analyze of the same data cheap: a file whose size and mtime are unchanged is
+    not read again, and its header (`header`: the `rsctool.audio.AudioInfo` fields) need
+    not be read either (see `_read_icbhi_cached`). Entries of another `VERSION` are
+    misses.
     """
+
+    #: Format of the cache entries (2: with the audio header).
+    VERSION = 2
 
     def __init__(self, cache_path: Path | None):
         self.cache_path = cache_path
@@ -139,37 +180,70 @@ class AudioScanner:
         self.misses = 0
         if cache_path is not None and cache_path.exists():
             try:
-                self.cache = json.loads(cache_path.read_text(encoding="utf-8"))
+                cache = json.loads(cache_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                self.cache = {}  # a broken cache is only a slower run
+                cache = {}  # a broken cache is only a slower run
+            if isinstance(cache, dict):
+                self.cache = {k: v for k, v in cache.items()
+                              if isinstance(v, dict) and v.get("version") == self.VERSION}
 
-    def scan(self, path: str, segments: list[tuple[float, float]]) -> dict[str, Any]:
-        """Stats of one file: sample_rate (Hz), duration (s), peak, rms_db (dBFS), and
-        per-segment rms_db in `segments` order. Raises DataError for bad samples."""
-        st = os.stat(path)
-        key = os.path.abspath(path)
-        seg_key = [[round(s, 4), round(e, 4)] for s, e in segments]
+    def _entry(self, key: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
         hit = self.cache.get(key)
-        if (hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns
-                and hit.get("segments") == seg_key):
+        if hit and hit.get("size") == size and hit.get("mtime_ns") == mtime_ns:
+            return hit
+        return None
+
+    def header(self, path: str, size: int, mtime_ns: int) -> Any:
+        """The cached `AudioInfo` of `path` (absolute) if its size and mtime still match,
+        else None."""
+        from rsctool.audio import AudioInfo
+
+        hit = self._entry(path, size, mtime_ns)
+        h = hit.get("header") if hit else None
+        if not isinstance(h, dict):
+            return None
+        try:
+            return AudioInfo(path, int(h["sample_rate"]), int(h["frames"]),
+                             int(h["channels"]), str(h["subtype"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def scan(self, path: str, segments: list[tuple[float, float]],
+             stat: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Stats of one file: sample_rate (Hz), duration (s), peak, rms_db (dBFS), and
+        per-segment rms_db in `segments` order. Raises DataError for bad samples.
+
+        `stat`: the file's ``(size, mtime_ns)`` when the caller has just stat-ed it."""
+        key = os.path.abspath(path)
+        if stat is None:
+            st = os.stat(path)
+            stat = (st.st_size, st.st_mtime_ns)
+        seg_key = [[round(s, 4), round(e, 4)] for s, e in segments]
+        hit = self._entry(key, *stat)
+        if hit and hit.get("segments") == seg_key:
             self.hits += 1
             return hit["stats"]
         self.misses += 1
-        stats = _scan_samples(path, segments)
-        self.cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                           "segments": seg_key, "stats": stats}
+        stats, meta = _scan_samples(path, segments)
+        self.cache[key] = {"version": self.VERSION, "size": stat[0], "mtime_ns": stat[1],
+                           "segments": seg_key, "stats": stats,
+                           "header": {"sample_rate": meta.sample_rate, "frames": meta.frames,
+                                      "channels": meta.channels, "subtype": meta.subtype}}
         return stats
 
     def save(self) -> None:
         if self.cache_path is not None and self.misses:
-            atomic_write_json(self.cache_path, self.cache)
+            # compact: the cache is read back on every run
+            atomic_write_text(self.cache_path, json.dumps(
+                self.cache, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
 def _db(x: float) -> float:
     return round(20.0 * math.log10(max(x, 1e-10)), 2)
 
 
-def _scan_samples(path: str, segments: list[tuple[float, float]]) -> dict[str, Any]:
+def _scan_samples(path: str, segments: list[tuple[float, float]]) -> tuple[dict[str, Any], Any]:
+    """``(stats, AudioInfo)`` of one file (see `AudioScanner.scan`)."""
     import soundfile as sf
 
     from rsctool.audio import audio_info
@@ -192,7 +266,7 @@ def _scan_samples(path: str, segments: list[tuple[float, float]]) -> dict[str, A
         seg = wav[int(s * sr): max(int(e * sr), int(s * sr) + 1)]
         seg_db.append(_db(float(np.sqrt(np.mean(np.square(seg, dtype=np.float64))))
                           if len(seg) else 0.0))
-    return {
+    stats = {
         "sample_rate": int(sr),
         "channels": int(meta.channels),
         "duration": round(len(wav) / sr, 4),
@@ -201,18 +275,75 @@ def _scan_samples(path: str, segments: list[tuple[float, float]]) -> dict[str, A
         "clipped_fraction": round(float(np.mean(np.abs(wav) >= 0.999)), 6),
         "segments_rms_db": seg_db,
     }
+    return stats, meta
 
 
-def _read_cycles(root: Path, fmt: str, opts: AnalyzeOptions, problems: list) -> list[Cycle]:
+def _read_cycles(root: Path, fmt: str, opts: AnalyzeOptions, problems: list, *,
+                 scanner: AudioScanner | None = None,
+                 file_stats: dict[str, tuple[int, int]] | None = None) -> list[Cycle]:
     if fmt == "icbhi":
         from rsctool.data.icbhi import read_icbhi
 
-        return read_icbhi(root, split=opts.split or "official", val_fraction=opts.val_fraction,
-                          seed=opts.seed, strict=opts.strict, problems=problems)
+        kwargs = {"split": opts.split or "official", "val_fraction": opts.val_fraction,
+                  "seed": opts.seed, "strict": opts.strict}
+        if scanner is not None and file_stats is not None:
+            cycles = _read_icbhi_cached(root, kwargs, scanner, file_stats, problems)
+            if cycles is not None:
+                return cycles
+        return read_icbhi(root, **kwargs, problems=problems)
     from rsctool.data.folder import read_folder
 
     return read_folder(root, split=opts.split or "random:0.7:0.15", seed=opts.seed,
                        strict=opts.strict, problems=problems)
+
+
+def _read_icbhi_cached(root: Path, kwargs: dict[str, Any], scanner: AudioScanner,
+                       file_stats: dict[str, tuple[int, int]], problems: list
+                       ) -> list[Cycle] | None:
+    """`read_icbhi` with the audio headers taken from the scanner's cache, or None.
+
+    ``read_icbhi(check_audio=True)`` opens every recording's header for its sample rate
+    and duration (cycles must lie inside the audio). When every recording-named audio
+    file in `root` has a cached header of its current size and mtime, the annotations are
+    read with ``check_audio=False`` and the same checks are made from the cached headers.
+    Whenever the result could differ from the full read (a header not cached, a reader
+    error, a cycle that starts after the end of its audio or ends past the tolerance,
+    i.e. one the full read would report and drop before carving the validation split),
+    this returns None and the caller does the full read, which reports the problem.
+    """
+    from rsctool.data.icbhi import AUDIO_SUFFIXES, END_TOLERANCE_S, RECORDING_RE, read_icbhi
+
+    prefix = os.path.join(str(root.resolve()), "")
+    headers: dict[str, Any] = {}
+    for path, (size, mtime_ns) in file_stats.items():
+        name = path[len(prefix):]
+        stem, suffix = os.path.splitext(name)
+        if (suffix.lower() not in AUDIO_SUFFIXES or not path.startswith(prefix)
+                or os.sep in name or name.startswith(".") or RECORDING_RE.match(stem) is None):
+            continue
+        info = scanner.header(path, size, mtime_ns)
+        if info is None:
+            return None
+        headers[path] = info
+    if not headers:
+        return None
+    found: list = []
+    try:
+        cycles = read_icbhi(root, **kwargs, problems=found, check_audio=False)
+    except DataError:
+        return None
+    for c in cycles:
+        info = headers.get(c.audio)
+        if info is None:
+            return None
+        duration = info.duration
+        if c.start >= duration or c.end > duration + END_TOLERANCE_S:
+            return None
+        if c.end > duration:  # what read_icbhi does with a cycle within the tolerance
+            c.end = duration
+        c.sample_rate = info.sample_rate
+    problems.extend(found)
+    return cycles
 
 
 def synthesis_plan(train_counts: dict[str, int], target_ratio: float, cap: int) -> dict[str, int]:
@@ -251,8 +382,7 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
         "dataset": name,
         "format": fmt,
         "root": str(Path(opts.data_dir).resolve()),
-        "split": {"spec": opts.split or ("official" if fmt == "icbhi" else "random:0.7:0.15"),
-                  "val_fraction": opts.val_fraction, "seed": opts.seed, "hash": split_hash},
+        "split": _split_definition(cycles, opts, fmt, split_hash),
         "classes": classes,
         "recordings": len(stats),
         "patients": len(patients),
@@ -276,6 +406,20 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
         "problems": [p.to_dict() if hasattr(p, "to_dict") else asdict(p) for p in problems],
         "problem_count": len(problems),
     }
+
+
+def _split_definition(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str,
+                      split_hash: str) -> dict[str, Any]:
+    """The split as a first-class object: its spec, whether it is the official ICBHI
+    challenge split, the validation carve-out, and two hashes: ``hash`` of every
+    cycle's split (train/val/test) and ``train_test_hash`` of the train/test assignment
+    alone (the same for every --val-fraction)."""
+    from rsctool.data.splits import train_test_hash
+
+    spec = opts.split or ("official" if fmt == "icbhi" else "random:0.7:0.15")
+    return {"spec": spec, "official": fmt == "icbhi" and spec == "official",
+            "val_fraction": opts.val_fraction, "seed": opts.seed, "hash": split_hash,
+            "train_test_hash": train_test_hash(cycles)}
 
 
 def _summary(x: np.ndarray) -> dict[str, float | None]:
@@ -310,7 +454,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         raise ConfigError(f"--name may hold letters, digits, '-' and '_' only, got {name!r}")
     params = {**opts.params(), "format": fmt, "name": name}
     p_hash = params_hash(params)
-    fingerprint = _dataset_fingerprint(root)
+    fingerprint, file_stats = _dataset_fingerprint(root)
 
     state_dir = project.state_dir()
     manifest_path = state_dir / "manifests" / f"{name}.jsonl"
@@ -329,14 +473,14 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
                                  timings={"total": time.perf_counter() - t0})
 
     problems: list = []
-    cycles = _read_cycles(root, fmt, opts, problems)
+    scanner = AudioScanner(state_dir / "cache" / "audio-stats.json")
+    cycles = _read_cycles(root, fmt, opts, problems, scanner=scanner, file_stats=file_stats)
     t_read = time.perf_counter()
 
     # Scan samples of each recording once (cached by file identity).
     by_audio: dict[str, list[Cycle]] = defaultdict(list)
     for c in cycles:
         by_audio[c.audio].append(c)
-    scanner = AudioScanner(state_dir / "cache" / "audio-stats.json")
     stats: dict[str, dict] = {}
     bad_audio: set[str] = set()
     items = sorted(by_audio.items())
@@ -344,7 +488,8 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     try:
         for audio, cs in items:
             try:
-                stats[audio] = scanner.scan(audio, [(c.start, c.end) for c in cs])
+                stats[audio] = scanner.scan(audio, [(c.start, c.end) for c in cs],
+                                            file_stats.get(audio))
             except DataError as e:
                 if opts.strict:
                     raise
@@ -366,14 +511,21 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     t_scan = time.perf_counter()
 
     s_hash = compute_split_hash(cycles)
+    reuse = old if old and old.get("inputs_hash") == fingerprint else None
+    norm_stats = _fbank_stats(cycles, reuse, s_hash, opts.fbank_stats, log)
     report = build_report(cycles, stats, fmt=fmt, name=name, opts=opts, problems=problems,
                           split_hash=s_hash)
     # Everything is read and checked: now write outputs, then record them.
-    sha = write_manifest(manifest_path, cycles)
+    sha = _write_manifest(manifest_path, cycles)
     report["manifest"] = str(manifest_path)
     report["manifest_sha256"] = sha
+    for entry in norm_stats.values():
+        entry["manifest_sha256"] = sha
+    if norm_stats:
+        report["fbank_stats"] = norm_stats
     old_report = _read_json(report_path)
-    atomic_write_json(report_path, report)
+    if old_report != report:  # as the manifest: an unchanged report is left alone
+        atomic_write_json(report_path, report)
     plots: list[str] = []
     if opts.plots:
         from rsctool.plots import ANALYZE_PLOTS, analyze_plots
@@ -390,6 +542,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         "root": project.rel(root.resolve()),
         "split": report["split"]["spec"],
         "split_hash": s_hash,
+        "split_train_test_hash": report["split"]["train_test_hash"],
         "val_fraction": opts.val_fraction,
         "seed": opts.seed,
         "classes": report["classes"],
@@ -404,11 +557,76 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         "inputs_hash": fingerprint,
         "status": "done",
     }
+    if norm_stats:
+        record["fbank_stats"] = norm_stats
     project.set_record("datasets", name, record)
     t_end = time.perf_counter()
     return AnalyzeResult(name, report, manifest_path, timings={
         "read": t_read - t0, "scan": t_scan - t_read, "write": t_end - t_scan,
         "total": t_end - t0, "cache_hits": scanner.hits, "cache_misses": scanner.misses})
+
+
+def default_stats_clip() -> Any:
+    """The `ClipConfig` of `rsctool train` with default options (the default model's
+    features: 8 s at 16 kHz, 128 mel bins, Hanning window)."""
+    from rsctool.train import TrainOptions, clip_config
+
+    return clip_config(TrainOptions().resolve())
+
+
+def _fbank_stats(cycles: list[Cycle], old: dict[str, Any] | None, s_hash: str,
+                 enabled: bool, log: Any) -> dict[str, dict[str, Any]]:
+    """``{stats_key: entry}``: the train split's log-mel statistics (see
+    `rsctool.data.dataset.fbank_statistics`) for the default feature configuration,
+    plus every entry of the previous record `old` (data and split unchanged) that is
+    still valid, e.g. those recorded by `train` for other configurations."""
+    from rsctool.data.dataset import fbank_statistics, stats_key
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in ((old or {}).get("fbank_stats") or {}).items():
+        if isinstance(entry, dict) and entry.get("split_hash") == s_hash:
+            out[key] = dict(entry)
+    if not enabled:
+        return out
+    clip = default_stats_clip()
+    key = stats_key(clip)
+    if key in out:
+        return out
+    train = [c for c in cycles if c.split == "train" and c.source != "synthetic"]
+    if not train:
+        return out
+    if log is not None:
+        log(f"normalisation statistics of the train split ({min(len(train), 2000)} clips)")
+    entry = fbank_statistics(train, clip, None)
+    out[key] = {**entry, "split_hash": s_hash, "source": "analyze"}
+    return out
+
+
+def _write_manifest(path: Path, cycles: list[Cycle]) -> str:
+    """`rsctool.data.manifest.write_manifest` (validate; write atomically unless the file
+    already holds these bytes; return the sha256), with each record encoded from its
+    fields directly: ``Cycle.to_dict`` (``dataclasses.asdict``) deep-copies every value,
+    which made encoding 7k cycles cost ~0.6 s. The bytes are the same (a record whose
+    fields are not plain JSON values goes through ``to_dict``; tests compare the two)."""
+    from rsctool.data.manifest import file_sha256, validate_manifest
+
+    validate_manifest(cycles, path)
+    names = tuple(f.name for f in dataclasses.fields(Cycle))
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    lines = []
+    for c in cycles:
+        d = vars(c)
+        try:
+            if type(c) is not Cycle or tuple(d) != names:
+                raise TypeError
+            lines.append(encode(d))
+        except (TypeError, ValueError):
+            lines.append(encode(c.to_dict()))
+    text = "".join(line + "\n" for line in lines)
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if not (path.is_file() and file_sha256(path) == sha):
+        atomic_write_text(path, text)
+    return sha
 
 
 def _read_json(path: Path) -> Any:
@@ -479,6 +697,12 @@ def print_report(report: dict[str, Any]) -> None:
             "synthesis plan (to reach {:.0%} of the largest train class): ".format(
                 report["synthesis_target_ratio"])
             + ", ".join(f"{k} +{v}" for k, v in plan.items() if v) or "balanced")
+    for st in (report.get("fbank_stats") or {}).values():
+        err_console.print(
+            f"log-mel statistics of the train split ({st['clips']} clips; "
+            f"{st['clip_seconds']:g} s, {st['num_mel_bins']} bins, {st['window']} window): "
+            f"mean {st['mean']:.4f}, std {st['std']:.4f}  (train --norm dataset; "
+            "--norm audioset uses -4.2677 / 4.5690)")
     if report["problem_count"]:
         err_console.print(f"[yellow]{report['problem_count']} problem(s) skipped[/yellow]")
 
@@ -495,8 +719,9 @@ def command(
     format: Annotated[str, typer.Option(
         "--format", help="Dataset layout: auto, icbhi or folder.")] = "auto",
     split: Annotated[str | None, typer.Option(
-        help="official (ICBHI challenge file), patients:TRAIN_FRACTION, or "
-             "random:TRAIN:VAL (folder data).")] = None,
+        help="official (ICBHI challenge file), patients:F (F: train fraction, e.g. "
+             "patients:0.6), or random:F:G (folder data; train and val fractions, e.g. "
+             "random:0.7:0.15).")] = None,
     val_fraction: Annotated[float, typer.Option(
         help="Share of train patients moved to the validation split (0 disables).")] = 0.1,
     strict: Annotated[bool, typer.Option(
@@ -508,6 +733,10 @@ def command(
     max_synthetic_per_class: Annotated[int, typer.Option(
         help="Synthesis plan: at most this many synthetic cycles per class.")] = 500,
     plots: Annotated[bool, typer.Option(help="Write PNG plots next to report.json.")] = True,
+    fbank_stats: Annotated[bool, typer.Option(
+        "--fbank-stats/--no-fbank-stats",
+        help="Compute the train split's log-mel mean and std (for train --norm dataset).")
+    ] = True,
     force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
@@ -518,7 +747,7 @@ def command(
                           val_fraction=val_fraction, seed=state.seed, strict=strict,
                           target_ratio=target_ratio,
                           max_synthetic_per_class=max_synthetic_per_class, plots=plots,
-                          force=force)
+                          fbank_stats=fbank_stats, force=force)
     project = state.load_project()
     result = run(project, opts, progress=not state.quiet and not json_out)
     if json_out:

@@ -48,7 +48,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any])
 
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
                     state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None,
-                    rng: bool = False) -> None:
+                    rng: bool = False,
+                    extras: dict[str, torch.nn.Module] | None = None) -> None:
     """Write a checkpoint atomically (temp file + fsync + rename).
 
     Args:
@@ -57,11 +58,17 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
         state: JSON-serialisable run state (config, step, epoch, scheduler, history ...).
         optimizer: saved under ``optim.*`` (tensors) plus its param groups in `state`.
         rng: also save the torch CPU (and CUDA) RNG states, for bit-exact resume.
+        extras: further modules trained alongside the model (e.g. the adversarial
+            discriminator), saved under ``extra.NAME.*`` so the model's own state dict
+            (what `eval` and `export` load strictly) stays exactly the model's.
     """
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
+    for name, module in (extras or {}).items():
+        tensors.update({f"extra.{name}.{k}": v.detach().cpu().contiguous()
+                        for k, v in module.state_dict().items()})
     meta = {"format": FORMAT, "version": FORMAT_VERSION, **state}
     if optimizer is not None:
         opt_tensors, opt_rest = _flatten_optimizer(optimizer.state_dict())
@@ -98,7 +105,8 @@ def _json_default(o: Any) -> Any:
 
 
 class Checkpoint:
-    """A loaded checkpoint: `state` (dict), `model_state`, `optimizer_state`, `rng`."""
+    """A loaded checkpoint: `state` (dict), `model_state`, `optimizer_state`, `rng`,
+    `extras` (``{name: state dict}`` of the modules saved with ``extras=``)."""
 
     def __init__(self, path: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor]):
         self.path = path
@@ -108,6 +116,11 @@ class Checkpoint:
         self.optimizer_state = (_unflatten_optimizer(opt, state["optimizer"])
                                 if "optimizer" in state else None)
         self.rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+        self.extras: dict[str, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("extra."):
+                name, key = k[6:].split(".", 1)
+                self.extras.setdefault(name, {})[key] = v
 
     def restore_rng(self) -> None:
         if "torch" in self.rng:

@@ -64,3 +64,35 @@ def info(state: AppState, *objects: Any) -> None:
 def warn(message: str) -> None:
     """One warning line on stderr (always shown: warnings are never silenced by --quiet)."""
     err_console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+
+
+class StepProgress:
+    """A rich progress bar on stderr (or nothing when not `enabled`): `label`, a bar,
+    done/total, time remaining and a status text of ``key value`` pairs."""
+
+    def __init__(self, enabled: bool, label: str, total: int, done: int = 0):
+        self.bar: Any = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[status]}"), console=err_console)
+            self.task = self.bar.add_task(label, total=total, completed=done, status="")
+            self.bar.start()
+
+    def update(self, advance: int = 1, **status: Any) -> None:
+        if self.bar is not None:
+            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in status.items())
+            self.bar.update(self.task, advance=advance, status=text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -40,10 +40,13 @@ from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 SPLITS = ("test", "val")
 CHECKPOINTS = ("best", "last")
 #: Bumped when the metrics document changes shape, so stored results are recomputed.
-DOC_VERSION = 1
-#: Columns of the comparison table (`--runs`, `--csv`).
-TABLE_COLUMNS = ("run", "model", "dataset", "split", "split_spec", "checkpoint", "n",
-                 "specificity", "sensitivity", "score", "two_class_score", "accuracy")
+DOC_VERSION = 2
+#: Columns of the comparison table (`--runs`, `--group`, `--csv`).
+TABLE_COLUMNS = ("run", "model", "group", "seed", "dataset", "split", "split_spec",
+                 "split_hash", "checkpoint", "n", "specificity", "sensitivity", "score",
+                 "two_class_score", "accuracy")
+#: The metrics a seed group's summary gives mean and standard deviation of.
+GROUP_METRICS = ("specificity", "sensitivity", "score", "two_class_score", "accuracy")
 
 
 @dataclass
@@ -62,10 +65,13 @@ class EvalOptions:
         seed: seeds the t-SNE subsample and initialisation.
         force: re-evaluate even when stored metrics match the checkpoint and manifest.
         csv: write the comparison table to this CSV file.
+        group: a seed group (`rsctool train --seeds`): evaluate every run in it and
+            report mean and standard deviation over the seeds.
     """
 
     run: str | None = None
     runs: list[str] = field(default_factory=list)
+    group: str | None = None
     split: str = "test"
     checkpoint: str = "best"
     plots: bool = True
@@ -82,8 +88,9 @@ class EvalOptions:
         if self.checkpoint not in CHECKPOINTS:
             raise ConfigError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, "
                               f"got {self.checkpoint!r}")
-        if self.run is not None and self.runs:
-            raise ConfigError("give either --run NAME or --runs NAMES..., not both")
+        if sum((self.run is not None, bool(self.runs), self.group is not None)) > 1:
+            raise ConfigError("give one of --run NAME, --runs NAMES... or --group NAME, "
+                              "not both")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.tsne_max_points < 2:
@@ -92,8 +99,9 @@ class EvalOptions:
 
     @property
     def compare(self) -> bool:
-        """Comparison mode: --runs given (JSON output is then a list)."""
-        return bool(self.runs)
+        """Comparison mode: --runs or --group given (JSON output is then a list, or the
+        group summary)."""
+        return bool(self.runs) or self.group is not None
 
 
 @dataclass
@@ -105,6 +113,7 @@ class EvalResult:
     table: list[dict[str, Any]]
     compare: bool
     csv: Path | None = None
+    group: dict[str, Any] | None = None  # `group_summary`, with --group
 
 
 # --------------------------------------------------------------------------- runs
@@ -524,7 +533,8 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     The document (also ``metrics_<tag>.json``)::
 
         run, model, dataset, dataset_format, split, split_spec, official_split,
-        split_hash, checkpoint, checkpoint_epoch, task, thresholds, n, classes,
+        split_hash, group (seed group, or null), seed, norm, checkpoint, checkpoint_epoch,
+        task, thresholds, n, classes,
         specificity, sensitivity, score, accuracy, macro_recall, per_class_recall,
         support, confusion (rows true, cols predicted),
         two_class {specificity, sensitivity, score, confusion [[TN, FP], [FN, TP]]},
@@ -618,6 +628,10 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
         "split_spec": spec,
         "official_split": spec == "official",
         "split_hash": record.get("split_hash"),
+        "group": loaded.record.get("group"),
+        "seed": (config.get("options") or {}).get("seed", loaded.record.get("seed")),
+        "norm": (config.get("normalization") or {}).get("norm")
+        or (config.get("options") or {}).get("norm"),
         "checkpoint": opts.checkpoint,
         "checkpoint_epoch": (loaded.state.get("best_epoch") if opts.checkpoint == "best"
                              else loaded.state.get("epoch")),
@@ -754,8 +768,10 @@ def _write_plots(loaded: LoadedRun, doc: dict[str, Any], emb: np.ndarray, cycles
 def comparison_row(doc: dict[str, Any]) -> dict[str, Any]:
     """One row of the comparison table (`TABLE_COLUMNS`) from a metrics document."""
     two = doc.get("two_class") or {}
-    return {"run": doc["run"], "model": doc["model"], "dataset": doc["dataset"],
+    return {"run": doc["run"], "model": doc["model"], "group": doc.get("group"),
+            "seed": doc.get("seed"), "dataset": doc["dataset"],
             "split": doc["split"], "split_spec": doc["split_spec"],
+            "split_hash": doc.get("split_hash"),
             "checkpoint": doc["checkpoint"], "n": doc["n"],
             "specificity": doc["specificity"], "sensitivity": doc["sensitivity"],
             "score": doc["score"], "two_class_score": two.get("score"),
@@ -790,7 +806,11 @@ def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
     and split when a model has several runs (e.g. seeds)."""
     from rich.table import Table
 
-    specs = sorted({f"{r['dataset']} {r['split']} ({r['split_spec']})" for r in rows})
+    def _where(r: dict[str, Any]) -> str:
+        h = f", hash {str(r['split_hash'])[:8]}" if r.get("split_hash") else ""
+        return f"{r['dataset']} {r['split']} ({r['split_spec']}{h})"
+
+    specs = sorted({_where(r) for r in rows})
     mixed = len(specs) > 1
     title = "evaluation, values in %" + ("" if mixed else f": {specs[0]}")
     t = Table(title=title, title_justify="left")
@@ -802,18 +822,21 @@ def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
         t.add_column(col, justify="right", no_wrap=True)
     keys = ("specificity", "sensitivity", "score", "two_class_score", "accuracy")
     for r in rows:
-        where = [f"{r['dataset']} {r['split']} ({r['split_spec']})"] if mixed else []
+        where = [_where(r)] if mixed else []
         t.add_row(r["run"], r["model"], *where, str(r["n"]), *(_pct(r[k]) for k in keys))
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["dataset"], r["split"], r["split_spec"]), []).append(r)
-    for (model, dataset, split, spec), rs in groups.items():
+        # a seed group (train --seeds) is its own set; other runs are pooled per model
+        who = f"group {r['group']}" if r.get("group") else r["model"]
+        groups.setdefault((who, _where(r)), []).append(r)
+    for (who, place), rs in groups.items():
         if len(rs) < 2:
             continue
-        where = [f"{dataset} {split} ({spec})"] if mixed else []
+        model = rs[0]["model"] if who.startswith("group ") else who
+        where = [place] if mixed else []
         stats = [_mean_std([r[k] for r in rs]) for k in keys]
-        t.add_row(f"mean of {len(rs)}", model, *where, str(rs[0]["n"]),
-                  *(m for m, _ in stats), style="bold")
+        t.add_row(f"mean of {len(rs)}" + (f" ({who})" if who != model else ""), model,
+                  *where, str(rs[0]["n"]), *(m for m, _ in stats), style="bold")
         t.add_row("std", model, *where, "", *(sd for _, sd in stats))
     err_console.print(t)
     unofficial = sorted({r["split_spec"] for r in rows if r["split_spec"] != "official"})
@@ -832,7 +855,7 @@ def print_eval(doc: dict[str, Any]) -> None:
     err_console.print(
         f"[bold]{doc['run']}[/bold] ({doc['model']}, {doc['checkpoint']} checkpoint, epoch "
         f"{doc['checkpoint_epoch']}) on {doc['dataset']} {doc['split']} split "
-        f"'{spec}': {doc['n']} cycles{note}")
+        f"'{spec}' (hash {str(doc.get('split_hash'))[:12]}): {doc['n']} cycles{note}")
     t = Table(title="ICBHI metrics (%)", title_justify="left")
     for col in ("", "Sp", "Se", "Score", "accuracy"):
         t.add_column(col, justify="right" if col else "left")
@@ -886,14 +909,16 @@ def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool
 
     opts.validate()
     dev = resolve_device(device)
-    names = select_runs(project, opts.run, opts.runs)
+    names = (group_runs(project, opts.group) if opts.group is not None
+             else select_runs(project, opts.run, opts.runs))
     results: list[dict[str, Any]] = []
     for name, explicit in names:
         if not explicit:
             rec = project.get("runs", name) or {}
             if not checkpoint_path(project, name, rec, opts.checkpoint).exists():
-                warn(f"run {name!r} (matched by a pattern) has no {opts.checkpoint} "
-                     "checkpoint yet: skipped")
+                how = "in the group" if opts.group is not None else "matched by a pattern"
+                warn(f"run {name!r} ({how}) has no {opts.checkpoint} checkpoint yet: "
+                     "skipped")
                 continue
         results.append(evaluate_run(project, name, opts, device=dev, progress=progress,
                                     log=log))
@@ -901,7 +926,99 @@ def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool
         raise ConfigError(f"none of the selected runs has a {opts.checkpoint} checkpoint")
     table = [comparison_row(d) for d in results]
     csv_path = write_csv(table, opts.csv) if opts.csv is not None else None
-    return EvalResult(results=results, table=table, compare=opts.compare, csv=csv_path)
+    summary = None
+    if opts.group is not None:
+        summary = group_summary(opts.group, results, members=len(names))
+        tag = opts.split if opts.checkpoint == "best" else f"{opts.split}_last"
+        project.update_record("groups", opts.group, **{
+            f"eval_{tag}_{k}_{stat}": summary[stat][k]
+            for k in ("specificity", "sensitivity", "score") for stat in ("mean", "std")},
+            **{f"eval_{tag}_runs": summary["n_runs"], f"eval_{tag}_split": summary["split_spec"]})
+    return EvalResult(results=results, table=table, compare=opts.compare, csv=csv_path,
+                      group=summary)
+
+
+def group_runs(project: Any, group: str) -> list[tuple[str, bool]]:
+    """The runs of seed group `group` (`rsctool train --seeds`), each marked as not
+    named exactly (a member without a checkpoint yet is skipped with a warning)."""
+    rec = project.get("groups", group)
+    if rec is None:
+        known = ", ".join(project.section("groups")) or "none"
+        raise ConfigError(f"--group {group!r} is not in the project (known groups: {known}; "
+                          "`rsctool train --seeds N --run NAME` makes one)")
+    runs = project.section("runs")
+    members = [m for m in rec.get("runs") or [] if m in runs]
+    # runs that name the group but are missing from its list (e.g. a hand-edited file)
+    members += [n for n, r in runs.items() if r.get("group") == group and n not in members]
+    if not members:
+        raise ConfigError(f"seed group {group!r} has no runs in the project")
+    return [(m, False) for m in members]
+
+
+def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return None, None
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+
+
+def group_summary(group: str, docs: Sequence[dict[str, Any]], members: int | None = None
+                  ) -> dict[str, Any]:
+    """The `eval --group` document: mean and sample standard deviation (ddof 1; null for
+    one run) over the seeds of Sp, Se, Score, 2-class Score and accuracy, every seed's
+    numbers (``runs``), and which split they are on::
+
+        group, model, dataset, split, split_spec, official_split, split_hash, checkpoint,
+        n (cycles), n_runs, members, seeds, mean {metric}, std {metric},
+        runs [{run, seed, specificity, sensitivity, score, two_class_score, accuracy,
+        metrics (file)}]
+    """
+    rows = [comparison_row(d) for d in docs]
+    first = docs[0]
+    specs = sorted({d["split_spec"] for d in docs})
+    hashes = sorted({str(d.get("split_hash")) for d in docs})
+    if len(hashes) > 1:
+        warn(f"seed group {group!r}: its runs were evaluated on different splits "
+             f"({', '.join(h[:12] for h in hashes)}); the mean mixes them")
+    return {
+        "group": group,
+        "model": first["model"],
+        "dataset": first["dataset"],
+        "split": first["split"],
+        "split_spec": specs[0] if len(specs) == 1 else ",".join(specs),
+        "official_split": all(d["official_split"] for d in docs),
+        "split_hash": first.get("split_hash") if len(hashes) == 1 else None,
+        "checkpoint": first["checkpoint"],
+        "n": first["n"],
+        "n_runs": len(docs),
+        "members": members if members is not None else len(docs),
+        "seeds": [r["seed"] for r in rows],
+        "std_kind": "sample standard deviation over seeds (ddof=1)",
+        "mean": {k: _mean_sd([r[k] for r in rows])[0] for k in GROUP_METRICS},
+        "std": {k: _mean_sd([r[k] for r in rows])[1] for k in GROUP_METRICS},
+        "runs": [{**{k: r[k] for k in ("run", "seed", *GROUP_METRICS)},
+                  "metrics": d.get("files", {}).get("metrics")}
+                 for r, d in zip(rows, docs, strict=True)],
+    }
+
+
+def print_group(summary: dict[str, Any]) -> None:
+    """One line on stderr: the group's mean +- std, and which split it is on."""
+    m, sd = summary["mean"], summary["std"]
+
+    def pm(k: str) -> str:
+        return f"{_pct(m[k])}" + (f" +- {_pct(sd[k])}" if sd[k] is not None else "")
+
+    note = ("" if summary["official_split"] else
+            "  [yellow](not the official ICBHI split: not comparable with published "
+            "numbers)[/yellow]")
+    missing = summary["members"] - summary["n_runs"]
+    err_console.print(
+        f"[bold]group {summary['group']}[/bold] ({summary['model']}, {summary['n_runs']} "
+        f"seeds{f', {missing} without a checkpoint' if missing else ''}) on "
+        f"{summary['dataset']} {summary['split']} split '{summary['split_spec']}' "
+        f"(hash {str(summary['split_hash'])[:12]}): Sp {pm('specificity')}, "
+        f"Se {pm('sensitivity')}, Score {pm('score')} %{note}")
 
 
 # --------------------------------------------------------------------------- command
@@ -917,6 +1034,9 @@ def command(
     runs: Annotated[list[str] | None, typer.Option(
         "--runs", help="Runs to evaluate and compare: names or glob patterns ('cnn*'); "
                        "repeat, separate with commas, or list them after the option.")] = None,
+    group: Annotated[str | None, typer.Option(
+        "--group", help="A seed group (train --seeds): evaluate all its runs and report "
+                        "mean and std of Sp, Se and Score over the seeds.")] = None,
     split: Annotated[str, typer.Option(
         help="Split to evaluate: test or val.")] = "test",
     checkpoint: Annotated[str, typer.Option(
@@ -932,24 +1052,28 @@ def command(
     force: Annotated[bool, typer.Option(
         help="Re-evaluate even if the stored metrics are up to date.")] = False,
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print the metrics as JSON on stdout (a list with --runs).")] = False,
+        "--json", help="Print the metrics as JSON on stdout (a list with --runs; the "
+                       "group summary with every seed's numbers with --group).")] = False,
 ) -> None:
     """Evaluate trained runs on the test split: ICBHI Sp/Se/Score, confusion, plots."""
     state = get_state(ctx)
     patterns = [*(runs or []), *(names or [])]
     opts = EvalOptions(run=run_name, runs=patterns, split=split, checkpoint=checkpoint,
                        plots=plots, batch_size=batch_size, tsne_max_points=tsne_max_points,
-                       seed=state.seed, force=force, csv=csv_file)
+                       seed=state.seed, force=force, csv=csv_file, group=group)
     opts.validate()
     project = state.load_project(must_exist=True)
     result = run(project, opts, device=state.device, progress=not state.quiet and not json_out,
                  log=lambda msg: info(state, msg))
     if json_out:
-        print_json(result.results if result.compare else result.results[0])
+        print_json(result.group if result.group is not None
+                   else result.results if result.compare else result.results[0])
     if not state.quiet:
         if result.compare:
             print_comparison(result.table)
         else:
             print_eval(result.results[0])
+        if result.group is not None:
+            print_group(result.group)
         if result.csv is not None:
             info(state, f"comparison table: {result.csv}")

@@ -19,7 +19,8 @@ a no-op here (up to rounding), so it is not repeated.
 Two equivalent implementations share the configuration:
 
 * `fbank` (training, caching): frames as strided views, one real FFT per frame,
-  processed in cache-sized chunks of clips; the fastest path on CPU.
+  processed in cache-sized chunks of clips through work buffers kept per thread (CPU);
+  the fastest path on CPU.
 * `Fbank` (a `torch.nn.Module` with normalisation, for models and ONNX graphs): eagerly
   it calls `fbank`; traced for ONNX, DC removal, pre-emphasis, window and DFT (all
   linear in the frame) are folded into one precomputed kernel and applied as a single
@@ -32,6 +33,7 @@ import dataclasses
 import functools
 import json
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,7 +293,8 @@ def _as_batch(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
         raise DataError(f"fbank needs a float waveform in [-1, 1], got dtype {wav.dtype}")
     if wav.dim() not in (1, 2):
         raise DataError(f"fbank needs a (N,) or (B, N) waveform, got shape {tuple(wav.shape)}")
-    wav = wav.to(torch.float32)
+    if wav.dtype != torch.float32:
+        wav = wav.to(torch.float32)
     return wav.unsqueeze(0) if wav.dim() == 1 else wav
 
 
@@ -332,6 +335,7 @@ class _MelBands:
         mel = mel_filterbank(cfg)
         rep = 2 if cfg.use_power else 1
         self.bands: list[tuple[int, int, torch.Tensor]] = []
+        self.widths: list[int] = []  # filters per band
         for f0 in range(0, cfg.num_mel_bins, self.BAND):
             cols = mel[:, f0:f0 + self.BAND]
             rows = torch.nonzero(cols.any(dim=1))[:, 0]
@@ -339,10 +343,21 @@ class _MelBands:
             k0, k1 = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 1)
             w = cols[k0:k1].repeat_interleave(rep, dim=0).contiguous().to(device)
             self.bands.append((rep * k0, rep * k1, w))
+            self.widths.append(cols.shape[1])
 
     def __call__(self, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`(..., rep*K)` energies per bin -> `out` `(..., F)` filter energies."""
         return torch.cat([z[..., a:b] @ w for a, b, w in self.bands], dim=-1, out=out)
+
+    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`out` `(M, F)` (contiguous) -> the column block of each band, for `into`."""
+        return out.split_with_sizes(self.widths, dim=1)
+
+    def into(self, z: torch.Tensor, blocks: tuple[torch.Tensor, ...]) -> None:
+        """`(M, rep*K)` energies per bin -> filter energies, each band's matmul written
+        into its block of columns (`split`; no concatenation)."""
+        for (a, b, w), o in zip(self.bands, blocks, strict=True):
+            torch.mm(z[:, a:b], w, out=o)
 
 
 @functools.lru_cache(maxsize=16)
@@ -385,8 +400,10 @@ def _fbank_fast(x: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
     With the waveform pre-emphasised once globally (``g[n] = x[n] - c x[n-1]``), frame t
     (starting at sample s, mean m) after DC removal and pre-emphasis is
     ``g[s+j] - (1-c) m`` for j >= 1 and ``(1-c) (x[s] - m)`` for j = 0. On CPU, clips
-    are processed in chunks whose work buffer stays in cache.
+    are processed in chunks whose work buffers stay in cache (`_fbank_cpu`).
     """
+    if x.device.type == "cpu":
+        return _fbank_cpu(x, cfg)
     b, n = x.shape
     w, s, nfft = cfg.window_size, cfg.window_shift, cfg.n_fft
     t = 1 + (n - w) // s
@@ -403,24 +420,126 @@ def _fbank_fast(x: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
         torch.sub(x[:, 1:], x[:, :-1], alpha=c, out=g[:, 1:])
     else:
         g = x
+    buf = x.new_zeros(b, t, nfft)  # the zero tail is the FFT padding
+    y = buf[..., :w]
+    torch.mul(g.unfold(-1, w, s), win, out=y)
+    if cfg.remove_dc_offset and c != 1.0:
+        y.addcmul_(sums[..., None], win, value=-(1.0 - c) / w)  # - (1-c) mean win
     if win0 != 0.0:  # hanning and povey windows start at zero: column 0 stays 0
         starts = torch.arange(t, device=x.device) * s
-        first = (1.0 - c) * win0 * (x[:, starts] - sums / w)  # (B, T): windowed 1st samples
-
+        y[..., 0] = (1.0 - c) * win0 * (x[:, starts] - sums / w)  # windowed 1st samples
+    spec = torch.fft.rfft(buf, dim=-1)  # (B, T, K) complex
     out = x.new_empty(b, t, cfg.num_mel_bins)
-    step = b if x.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (t * nfft))
-    buf = x.new_zeros(min(step, b), t, nfft)  # the zero tail is the FFT padding
-    for i in range(0, b, step):
-        j = min(b, i + step)
-        y = buf[: j - i, :, :w]
-        torch.mul(g[i:j].unfold(-1, w, s), win, out=y)
-        if cfg.remove_dc_offset and c != 1.0:
-            y.addcmul_(sums[i:j, :, None], win, value=-(1.0 - c) / w)  # - (1-c) mean win
-        if win0 != 0.0:
-            y[..., 0] = first[i:j]
-        spec = torch.fft.rfft(buf[: j - i], dim=-1)  # (b, T, K) complex
-        bands(_bin_energies(spec, cfg), out[i:j])
-    return _log_or_linear(out, cfg)
+    return _log_or_linear(bands(_bin_energies(spec, cfg), out), cfg)
+
+
+class _CpuWork:
+    """Buffers and views of `_fbank_cpu` for chunks of `m` clips of `n` samples.
+
+    Made under ``torch.inference_mode``; the most recent one is kept per thread
+    (`_cpu_work`), so repeated calls with one shape (a per-clip loop, training batches)
+    skip the allocations and view set-up.
+    """
+
+    def __init__(self, cfg: FbankConfig, m: int, n: int, device: torch.device):
+        w, s, nfft, nf = cfg.window_size, cfg.window_shift, cfg.n_fft, cfg.num_mel_bins
+        t = 1 + (n - w) // s
+        self.key = (cfg, m, n, device)
+        self.win, self.win0, self.bands = _constants(cfg, device)
+        self.buf = torch.empty(m, t, nfft, device=device)  # frames, zero-padded for the FFT
+        self.buf[:, :, w:] = 0.0
+        self.energies = torch.empty(m * t, nf, device=device)
+        self.g = torch.empty(m, n, device=device)  # the pre-emphasised chunk
+        # g[:, 0] is never computed; only frame 0's column 0 reads it, where the window is
+        # 0 or the value is overwritten: it must just be finite.
+        self.g[:, 0] = 0.0
+        self.sums = torch.empty(m, t, 1, device=device)
+        self.nbytes = 4 * (self.buf.numel() + self.energies.numel() + self.g.numel() + m * t)
+        self._views(w, s)
+
+    def _views(self, w: int, s: int) -> None:
+        self.y = self.buf[:, :, :w]
+        self.blocks = self.bands.split(self.energies)
+        self.g_hi, self.frames = self.g[:, 1:], self.g.unfold(1, w, s)
+
+    def head(self, m: int, cfg: FbankConfig) -> _CpuWork:
+        """The first rows of the buffers, for a shorter chunk of `m` clips."""
+        part = object.__new__(_CpuWork)
+        t = self.sums.shape[1]
+        part.key, part.nbytes = None, 0
+        part.win, part.win0, part.bands = self.win, self.win0, self.bands
+        part.buf, part.energies = self.buf[:m], self.energies[: m * t]
+        part.g, part.sums = self.g[:m], self.sums[:m]
+        part._views(cfg.window_size, cfg.window_shift)
+        return part
+
+
+_CPU_WORK = threading.local()
+#: Work buffers larger than this (bytes) are not kept between calls (long recordings).
+_CPU_WORK_KEEP_BYTES = 16 << 20
+
+
+def _cpu_work(cfg: FbankConfig, m: int, n: int, device: torch.device) -> _CpuWork:
+    """This thread's last `_CpuWork` if it fits, else a new one (kept unless too large)."""
+    work = getattr(_CPU_WORK, "last", None)
+    if work is None or work.key != (cfg, m, n, device):
+        work = _CpuWork(cfg, m, n, device)
+        _CPU_WORK.last = work if work.nbytes <= _CPU_WORK_KEEP_BYTES else None
+    return work
+
+
+def _fbank_cpu(x: torch.Tensor, cfg: FbankConfig) -> torch.Tensor:
+    """`_fbank_fast` on CPU: chunks of clips through preallocated buffers.
+
+    Each chunk (one 8 s clip, or several short ones: `_CPU_CHUNK_ELEMENTS`) goes through
+    the same few buffers (`_CpuWork`) with ``out=`` operations: every pass works on data
+    in cache, nothing is allocated per chunk but the FFT output, and the mel matmuls
+    write their bands of columns in place. Python and dispatch overhead is kept low (few
+    operations per chunk, buffers and views kept between calls, ``torch.inference_mode``).
+    The returned tensor is allocated outside inference mode (an ordinary tensor).
+    """
+    b, n = x.shape
+    w, s, nfft, nf = cfg.window_size, cfg.window_shift, cfg.n_fft, cfg.num_mel_bins
+    t = 1 + (n - w) // s
+    c = cfg.preemphasis
+    dc = cfg.remove_dc_offset
+    out = x.new_empty(b, t, nf)
+    m = min(b, max(1, _CPU_CHUNK_ELEMENTS // (t * nfft)))  # clips per chunk
+    # An input that requires grad keeps autograd on, and the out= operations below raise
+    # (as they always did: this path is not differentiable).
+    grad = x.requires_grad
+    with torch.inference_mode(not grad):
+        work = _CpuWork(cfg, m, n, x.device) if grad else _cpu_work(cfg, m, n, x.device)
+        win, win0, bands = work.win, work.win0, work.bands
+        for i in range(0, b, m):
+            if i + m > b:  # a shorter last chunk
+                m = b - i
+                work = work.head(m, cfg)
+            y, energies = work.y, work.energies
+            xs = x if m == b else x[i:i + m]
+            if c != 0.0:
+                torch.sub(xs[:, 1:], xs[:, :-1], alpha=c, out=work.g_hi)
+                torch.mul(work.frames, win, out=y)  # column 0 is fixed below (or weight 0)
+            else:
+                torch.mul(xs.unfold(1, w, s), win, out=y)
+            if dc:
+                sums = work.sums
+                torch.sum(xs.unfold(1, w, s), dim=-1, keepdim=True, out=sums)
+                if c != 1.0:
+                    y.addcmul_(sums, win, value=-(1.0 - c) / w)  # - (1-c) mean win
+            if win0 != 0.0:  # hanning and povey windows start at zero: column 0 stays 0
+                first = xs[:, : (t - 1) * s + 1: s]  # (m, T) first samples of the frames
+                if dc:
+                    first = torch.sub(first, sums[..., 0], alpha=1.0 / w)
+                torch.mul(first, (1.0 - c) * win0, out=y[..., 0])
+            z = _bin_energies(torch.fft.rfft(work.buf), cfg)  # (m, T, 2K | K)
+            bands.into(z.view(m * t, -1), work.blocks)
+            dst = (out if m == b else out[i:i + m]).view(m * t, nf)
+            if cfg.use_log_fbank:
+                torch.log(energies.clamp_min_(_EPS), out=dst)
+            else:
+                dst.copy_(energies)
+    return out
 
 
 def fbank(wav: torch.Tensor | np.ndarray, cfg: FbankConfig = FbankConfig(),

@@ -189,6 +189,8 @@ def _check_sections(doc: dict, path: Path) -> None:
                 f"`{section}` must be a table of records ([{section}.NAME]), "
                 f"not {_type_name(records)}", path)
         for name, record in records.items():
+            # a hand-edited name like "../x" would become a folder outside .rsctool
+            _check_name(section, name, path)
             if not isinstance(record, dict):
                 raise ProjectError(
                     f"`{section}.{name}` must be a table ([{section}.{name}]), "

@@ -28,6 +28,7 @@ __all__ = [
     "write_folder_dataset",
     "write_icbhi_dataset",
     "write_noise_wav",
+    "write_tiny_audioldm",
 ]
 
 #: Environment variable that points at the ICBHI metadata folder (overrides the default).
@@ -228,3 +229,156 @@ def write_folder_dataset(root: str | os.PathLike, files: Mapping[str, float] | S
     for i, (rel, length) in enumerate(items):
         write_noise_wav(root / rel, length, sample_rate, seed=seed + i)
     return root
+
+
+#: Text the tiny tokenizers of `write_tiny_audioldm` are trained on (the default prompts'
+#: words, so prompts tokenize into real merges rather than single bytes).
+_TINY_CORPUS = (
+    "lung auscultation breath sounds stethoscope recording crackles fine coarse popping "
+    "clicking inhalation exhalation wheeze wheezing whistling musical tone rhonchi normal "
+    "vesicular healthy breathing chest patient music speech noise static low quality"
+)
+
+
+def write_tiny_audioldm(path: str | os.PathLike, version: str = "audioldm", *,
+                        seed: int = 0) -> Path:
+    """Save a randomly initialised, tiny AudioLDM (or AudioLDM 2) pipeline to `path`.
+
+    Every component is built offline from a config (tiny UNet, VAE, CLAP text encoder,
+    HiFi-GAN vocoder; for AudioLDM 2 also T5, GPT-2, the projection model and a CLAP
+    feature extractor), so `--model path` exercises the real loading and sampling code
+    without weights from a hub. The tokenizers are byte-level BPE (CLAP/RoBERTa) and
+    unigram (T5) models trained on a few words with `tokenizers`, saved as
+    ``tokenizer.json`` and loaded with ``from_pretrained`` (transformers 5 ignores a
+    ``vocab_file=`` given to the RoBERTa constructor). The vocoder upsamples 64x, so a
+    second of audio is 250 mel frames: 2 denoising steps take well under a second.
+    The output is noise-like; only shapes, determinism and plumbing are meaningful.
+
+    Returns:
+        `path` (a folder with ``model_index.json``).
+    """
+    import json
+    import warnings
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer
+    from tokenizers.processors import RobertaProcessing, TemplateProcessing
+    from transformers import (
+        ClapTextConfig,
+        RobertaTokenizer,
+        SpeechT5HifiGan,
+        SpeechT5HifiGanConfig,
+    )
+
+    if version not in ("audioldm", "audioldm2"):
+        raise ValueError(f"version must be audioldm or audioldm2, got {version!r}")
+    path = Path(path)
+    work = path.parent / f".{path.name}.tokenizers"
+    corpus = [_TINY_CORPUS] * 4 + _TINY_CORPUS.split()
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=320, min_frequency=1, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok_dir = work / "clap"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(tok_dir / "tokenizer.json"))
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "RobertaTokenizer", "model_max_length": 77, "bos_token": "<s>",
+        "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+        "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}))
+    tokenizer = RobertaTokenizer.from_pretrained(tok_dir)
+
+    torch.manual_seed(seed)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False)
+    vae = AutoencoderKL(block_out_channels=[8, 16], in_channels=1, out_channels=1,
+                        down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4,
+                        norm_num_groups=4)
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=8, upsample_rates=[8, 8],
+        upsample_kernel_sizes=[16, 16], resblock_kernel_sizes=[3],
+        resblock_dilation_sizes=[[1]], normalize_before=False))
+    text_config = ClapTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1,
+                                 vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
+                                 num_attention_heads=2, num_hidden_layers=1, projection_dim=8,
+                                 max_position_embeddings=80)
+    if version == "audioldm":
+        from diffusers import AudioLDMPipeline, UNet2DConditionModel
+        from transformers import ClapTextModelWithProjection
+
+        unet = UNet2DConditionModel(
+            block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4,
+            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=(8, 16),
+            class_embed_type="simple_projection", projection_class_embeddings_input_dim=8,
+            class_embeddings_concat=True, norm_num_groups=4, attention_head_dim=2)
+        pipe = AudioLDMPipeline(vae=vae, text_encoder=ClapTextModelWithProjection(text_config),
+                                tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                vocoder=vocoder)
+    else:
+        from diffusers import (
+            AudioLDM2Pipeline,
+            AudioLDM2ProjectionModel,
+            AudioLDM2UNet2DConditionModel,
+        )
+        from transformers import (
+            ClapAudioConfig,
+            ClapConfig,
+            ClapFeatureExtractor,
+            ClapModel,
+            GPT2Config,
+            GPT2LMHeadModel,
+            T5Config,
+            T5EncoderModel,
+            T5Tokenizer,
+        )
+
+        uni = SentencePieceUnigramTokenizer()
+        uni.train_from_iterator(corpus, vocab_size=100, show_progress=False,
+                                special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+        uni.post_processor = TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>",
+            special_tokens=[("</s>", uni.token_to_id("</s>"))])
+        t5_dir = work / "t5"
+        t5_dir.mkdir(parents=True, exist_ok=True)
+        uni.save(str(t5_dir / "tokenizer.json"))
+        (t5_dir / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "T5Tokenizer", "model_max_length": 77, "eos_token": "</s>",
+            "pad_token": "<pad>", "unk_token": "<unk>", "extra_ids": 0}))
+        tokenizer_2 = T5Tokenizer.from_pretrained(t5_dir)
+        audio_config = ClapAudioConfig(
+            spec_size=64, window_size=4, num_mel_bins=64, intermediate_size=16, depths=[1, 1],
+            num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=32, projection_dim=8,
+            patch_size=2, patch_stride=2, patch_embeds_hidden_size=8,
+            patch_embed_input_channels=4)
+        clap = ClapModel(ClapConfig(text_config=text_config.to_dict(),
+                                    audio_config=audio_config.to_dict(), projection_dim=8))
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=16, d_ff=16, d_kv=4,
+                                     num_heads=2, num_layers=1))
+        gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=8, n_head=2, n_layer=1, n_ctx=99,
+                                          n_positions=99, vocab_size=len(tokenizer),
+                                          bos_token_id=0, eos_token_id=2))
+        gpt2.config.max_new_tokens = 4
+        unet = AudioLDM2UNet2DConditionModel(
+            block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4,
+            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=([None, 8, 16], [None, 8, 16]), norm_num_groups=4,
+            attention_head_dim=2)
+        with warnings.catch_warnings():  # 16 mel bands of a 1024-point FFT: some are empty
+            warnings.filterwarnings("ignore", message="At least one mel filter has all zero")
+            extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=16000,
+                                             hop_length=160, max_length_s=1)
+        pipe = AudioLDM2Pipeline(
+            vae=vae, text_encoder=clap, text_encoder_2=t5,
+            projection_model=AudioLDM2ProjectionModel(text_encoder_dim=8, text_encoder_1_dim=16,
+                                                      langauge_model_dim=8),
+            language_model=gpt2, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+            feature_extractor=extractor,
+            unet=unet, scheduler=scheduler, vocoder=vocoder)
+    pipe.save_pretrained(path)
+    shutil.rmtree(work, ignore_errors=True)
+    return path

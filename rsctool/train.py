@@ -17,14 +17,15 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from rsctool.console import get_state, info, print_json
+from rsctool.console import StepProgress, get_state, info, print_json
 from rsctool.errors import ConfigError, DataError
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
@@ -32,6 +33,8 @@ TASKS = ("multiclass", "multilabel")
 NORMS = ("audioset", "dataset")
 #: Families trained like the AST papers (small lr, long warm-up).
 TRANSFORMERS = ("ast", "grf", "film", "tafilm", "softfilm", "add")
+#: Models on the transformers AST backbone (AudioSet-pretrained weights).
+AST_BACKBONE = ("ast", "grf", "film", "tafilm", "softfilm")
 
 
 @dataclass
@@ -63,6 +66,7 @@ class TrainOptions:
     clip_seconds: float = 8.0
     sample_rate: int = 16000
     num_mel_bins: int = 128
+    window: str | None = None
     norm: str = "audioset"
     patience: int = 0
     checkpoint_every: int = 0
@@ -73,6 +77,15 @@ class TrainOptions:
     deterministic: bool = False
     model_cfg: dict[str, Any] = field(default_factory=dict)
     loss_cfg: dict[str, Any] = field(default_factory=dict)
+    # synthetic cycles (rsctool synth) in the training split; see rsctool.synth
+    synthetic: list[str] = field(default_factory=list)
+    synthetic_ratio: float | None = None
+    max_synthetic_per_class: int | None = None
+    # adversarial fine-tuning (real-vs-synthetic discriminator); see rsctool.adversarial
+    adversarial: bool = False
+    adv_weight: float = 0.1
+    adv_hidden: int = 256
+    adv_schedule: str = "constant"
 
     def resolve(self) -> TrainOptions:
         """Fill family defaults and validate; returns a new object."""
@@ -81,6 +94,10 @@ class TrainOptions:
         family_tf = o.model in TRANSFORMERS
         if o.lr is None:
             o.lr = 3e-5 if family_tf else 1e-3
+        if o.window is None:
+            # AST's AudioSet checkpoints were trained on Hanning-window fbanks (the
+            # transformers ASTFeatureExtractor's setting); Kaldi's default elsewhere.
+            o.window = "hanning" if o.model in AST_BACKBONE else "povey"
         if o.warmup_epochs is None:
             o.warmup_epochs = min(10.0, o.epochs / 5) if family_tf else min(1.0, o.epochs / 5)
         if o.task not in TASKS:
@@ -96,6 +113,22 @@ class TrainOptions:
                 and o.sensitivity_bias > 0 and o.clip_seconds > 0):
             raise ConfigError("--lr, --clip-seconds and --sensitivity-bias must be > 0; "
                               "--weight-decay, --warmup-epochs and --mixup >= 0")
+        if isinstance(o.synthetic, str):  # `synthetic = "a,b"` in a config file or --set
+            o.synthetic = [p.strip() for p in o.synthetic.split(",") if p.strip()]
+        o.synthetic = list(o.synthetic or [])
+        if o.synthetic_ratio is not None and not o.synthetic_ratio > 0:
+            raise ConfigError(f"--synthetic-ratio must be > 0, got {o.synthetic_ratio}")
+        if o.max_synthetic_per_class is not None and o.max_synthetic_per_class < 0:
+            raise ConfigError("--max-synthetic-per-class must be >= 0, got "
+                              f"{o.max_synthetic_per_class}")
+        if (o.synthetic_ratio is not None or o.max_synthetic_per_class is not None
+                or o.adversarial) and not o.synthetic:
+            raise ConfigError("--synthetic-ratio, --max-synthetic-per-class and --adversarial "
+                              "need --synthetic NAME (a set made by `rsctool synth`)")
+        if not o.adv_weight >= 0 or o.adv_hidden < 0 or o.adv_schedule not in ("constant",
+                                                                               "dann"):
+            raise ConfigError("--adv-weight must be >= 0, adv_hidden >= 0 and adv_schedule "
+                              "constant or dann")
         return o
 
 
@@ -155,6 +188,59 @@ def load_dataset_cycles(project: Any, record: dict[str, Any]) -> list:
     return read_manifest(path)
 
 
+def clip_config(opts: TrainOptions) -> Any:
+    """The `ClipConfig` (unnormalised) a run with resolved options `opts` feeds its model."""
+    from rsctool.data.dataset import ClipConfig
+    from rsctool.features import FbankConfig
+
+    return ClipConfig(sample_rate=opts.sample_rate, clip_seconds=opts.clip_seconds,
+                      fbank=FbankConfig(sample_rate=opts.sample_rate,
+                                        num_mel_bins=opts.num_mel_bins, window=opts.window))
+
+
+def recorded_stats(record: dict[str, Any], clip: Any) -> dict[str, Any] | None:
+    """The log-mel statistics the dataset record holds for `clip`'s feature configuration
+    (computed by `analyze`, or by an earlier run), if still valid for its split and
+    manifest; else None."""
+    from rsctool.data.dataset import stats_key
+
+    entry = (record.get("fbank_stats") or {}).get(stats_key(clip))
+    if not isinstance(entry, dict):
+        return None
+    ok = (entry.get("split_hash") == record.get("split_hash")
+          and entry.get("manifest_sha256", record.get("sha256")) == record.get("sha256")
+          and all(isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
+                  for k in ("mean", "std")) and entry["std"] > 0)
+    return dict(entry) if ok else None
+
+
+def normalization(norm: str, clip: Any, record: dict[str, Any], train_cycles: Sequence[Any],
+                  cache: Any = None, log: Callable[[str], None] | None = None
+                  ) -> dict[str, Any]:
+    """The normalisation of a run: ``{"norm", "mean", "std", "source", ...}``.
+
+    ``audioset``: AST's AudioSet pretraining statistics (-4.2677393 / 4.5689974).
+    ``dataset``: the log-mel statistics of the training split for this feature
+    configuration, as recorded in the dataset record (by `analyze`, or by an earlier run);
+    when none are recorded they are computed now (``source = "train"``, ``new = True``:
+    `run` then records them, so the next run, e.g. the next seed, reuses them).
+    """
+    from rsctool.data.dataset import AUDIOSET_MEAN, AUDIOSET_STD, fbank_statistics
+
+    if norm != "dataset":
+        return {"norm": "audioset", "mean": AUDIOSET_MEAN, "std": AUDIOSET_STD,
+                "source": "AudioSet (AST pretraining)"}
+    entry = recorded_stats(record, clip)
+    if entry is not None:
+        return {"norm": "dataset", **entry}
+    if log is not None:
+        log("computing the train split's log-mel statistics for this feature configuration "
+            "(recorded in the project for later runs)")
+    entry = fbank_statistics(train_cycles, clip, cache)
+    return {"norm": "dataset", **entry, "split_hash": record.get("split_hash"),
+            "manifest_sha256": record.get("sha256"), "source": "train", "new": True}
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     """LR multiplier: linear warm-up over `warmup` steps, then cosine decay to 0."""
     if warmup > 0 and step < warmup:
@@ -174,38 +260,30 @@ def selection_metrics(classes: list[str], y_true: list[int], y_pred: list[int]
     return m
 
 
-class _Progress:
-    """A rich progress bar on stderr (or nothing when quiet)."""
+def validation_loss(probs: Any, targets: Any) -> float:
+    """Mean negative log-likelihood of the targets under `probs`: cross-entropy for
+    class indices `(N,)` with softmax probabilities `(N, C)`, binary cross-entropy for
+    multilabel targets `(N, K)` with sigmoid probabilities `(N, K)`."""
 
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+    p = probs.double().clamp(1e-7, 1 - 1e-7)
+    if targets.dim() == 2:
+        t = targets.double()
+        return float(-(t * p.log() + (1 - t) * (1 - p).log()).mean())
+    return float(-p.gather(1, targets.long()[:, None]).log().mean())
 
-            from rsctool.console import err_console
 
-            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
-                                MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[status]}"), console=err_console,
-                                transient=False)
-            self.task = self.bar.add_task("train", total=total, completed=done, status="")
-            self.bar.start()
-
-    def update(self, advance: int = 1, **status: Any) -> None:
-        if self.bar is not None:
-            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in status.items())
-            self.bar.update(self.task, advance=advance, status=text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+def is_improvement(select: float | None, loss: float, best_select: float | None,
+                   best_loss: float | None) -> bool:
+    """Model selection: a higher validation Score wins; an equal Score with a lower
+    validation loss also wins. The Score of a small validation split moves in coarse
+    steps and plateaus for many epochs; without the tie-break the first epoch that
+    reaches the plateau (often a barely trained model) would be kept."""
+    sel = select if select is not None else 0.0
+    if best_select is None:
+        return True
+    if sel != best_select:
+        return sel > best_select
+    return best_loss is None or loss < best_loss
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -217,16 +295,7 @@ class Trainer:
                  device: str, progress: bool = False, log: Callable[[str], None] | None = None):
         import torch
 
-        from rsctool.data.dataset import (
-            AUDIOSET_MEAN,
-            AUDIOSET_STD,
-            ClipConfig,
-            CycleDataset,
-            class_balanced_weights,
-            dataset_statistics,
-            feature_cache,
-        )
-        from rsctool.features import FbankConfig
+        from rsctool.data.dataset import CycleDataset, class_balanced_weights, feature_cache
         from rsctool.losses import build_loss
         from rsctool.models import create_model
         from rsctool.models.metadata import MetadataEncoder
@@ -247,15 +316,19 @@ class Trainer:
             self.log("warning: no validation split (analyze --val-fraction 0): the last "
                      "epoch is kept as best and no early stopping happens")
         cache = feature_cache(project.state_dir())
-        clip = ClipConfig(sample_rate=opts.sample_rate, clip_seconds=opts.clip_seconds,
-                          fbank=FbankConfig(sample_rate=opts.sample_rate,
-                                            num_mel_bins=opts.num_mel_bins))
-        if opts.norm == "dataset":
-            mean, std = dataset_statistics(self.train_cycles, clip, cache, seed=opts.seed)
-        else:
-            mean, std = AUDIOSET_MEAN, AUDIOSET_STD
-        self.clip = clip.with_norm(mean, std)
+        clip = clip_config(opts)
+        self.dataset_record = record
+        # {norm, mean, std, source, ...}: stored in the run config, checkpoints and export
+        self.normalization = normalization(opts.norm, clip, record, self.train_cycles, cache,
+                                           self.log)
+        self.clip = clip.with_norm(self.normalization["mean"], self.normalization["std"])
         self.meta_encoder = MetadataEncoder.fit(self.train_cycles)
+        # Synthetic cycles join the training split only (never val/test), after the
+        # normalisation statistics and metadata vocabularies were fitted on real cycles.
+        from rsctool.synth import mix_synthetic
+
+        self.synthetic = mix_synthetic(project, opts, self.train_cycles, self.classes, self.log)
+        self.train_cycles = self.train_cycles + self.synthetic.cycles
         num_outputs = 2 if opts.task == "multilabel" else len(self.classes)
         model_kwargs = dict(opts.model_cfg)
         if opts.size is not None:
@@ -287,9 +360,17 @@ class Trainer:
                                    ((len(ml) - pos) / pos * opts.sensitivity_bias).tolist())
         self.loss_fn = build_loss(opts.loss, num_classes=num_outputs, task=opts.task,
                                   **loss_kwargs).to(device)
+        self.adversary = None
+        if opts.adversarial:
+            from rsctool.adversarial import AdversarialObjective
+
+            self.adversary = AdversarialObjective.for_model(
+                self.model, weight=opts.adv_weight, hidden=opts.adv_hidden,
+                schedule=opts.adv_schedule).to(device)
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=opts.lr,
-            weight_decay=opts.weight_decay)
+            [p for p in self.model.parameters() if p.requires_grad]
+            + (list(self.adversary.parameters()) if self.adversary is not None else []),
+            lr=opts.lr, weight_decay=opts.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.train_set) / opts.batch_size)
         self.total_steps = self.steps_per_epoch * opts.epochs
         if opts.max_steps is not None:
@@ -298,18 +379,52 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_with_warmup(s, self.total_steps, self.warmup_steps))
         self.use_amp = opts.amp and device == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        # bf16 where the GPU has it (Ampere and later): fp32's range, so no loss scaling;
+        # fp16 with a GradScaler otherwise.
+        self.amp_dtype = (torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported()
+                          else torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.step = 0
         self.epoch = 0
         self.best_select: float | None = None
         self.best_epoch: int | None = None
+        self.best_val_loss: float | None = None
+        self.trackers: list[Any] = []  # rsctool.tracking (``--log``), set by run()
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self.thresholds: list[float] | None = None
+        from rsctool.environment import collect
+
+        # where the run started (a resume keeps it and records its own as `resumed_in`)
+        self.environment: dict[str, Any] = collect(device)
+        self.resumed_in: list[dict[str, Any]] = []
+        self.group: str | None = None  # set by run() for a member of a seed sweep
 
     # ----- state -----------------------------------------------------------------------
+    def provenance(self) -> dict[str, Any]:
+        """What makes the run reproducible and comparable: the data (manifest hash), the
+        split (spec, hash, whether it is the official one), the normalisation, and the
+        environment (package versions, device, git commit)."""
+        rec = self.dataset_record
+        spec = str(rec.get("split", "unknown"))
+        return {
+            "data": {"dataset": self.dataset_name, "format": rec.get("format"),
+                     "manifest_sha256": rec.get("sha256"), "cycles": rec.get("cycles"),
+                     "analyze_params_hash": rec.get("params_hash")},
+            "split": {"spec": spec, "hash": rec.get("split_hash"),
+                      "official": spec == "official" and rec.get("format") == "icbhi",
+                      "train_test_hash": rec.get("split_train_test_hash"),
+                      "val_fraction": rec.get("val_fraction"), "seed": rec.get("seed")},
+            "normalization": {k: v for k, v in self.normalization.items() if k != "new"},
+            "environment": self.environment,
+            **({"resumed_in": self.resumed_in} if self.resumed_in else {}),
+            **({"group": self.group} if self.group else {}),
+        }
+
     def run_config(self) -> dict[str, Any]:
-        """What `eval`, `export` and `predict` need to rebuild and feed the model."""
+        """What `eval`, `export` and `predict` need to rebuild and feed the model, and
+        the run's provenance (`provenance`)."""
         return {
             "run": self.run_name,
             "options": asdict(self.opts),
@@ -322,6 +437,8 @@ class Trainer:
             "dataset": self.dataset_name,
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
+            "synthetic": self.synthetic.summary(),
+            **self.provenance(),
         }
 
     def _state(self) -> dict[str, Any]:
@@ -331,10 +448,11 @@ class Trainer:
             "epoch": self.epoch,
             "best_select": self.best_select,
             "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "thresholds": self.thresholds,
-            "scaler": self.scaler.state_dict() if self.use_amp else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
     def save(self, name: str, *, full: bool = True) -> Path:
@@ -342,7 +460,8 @@ class Trainer:
 
         path = self.dir / name
         save_checkpoint(path, model=self.model, state=self._state(),
-                        optimizer=self.optimizer if full else None, rng=full)
+                        optimizer=self.optimizer if full else None, rng=full,
+                        extras={"adversary": self.adversary} if self.adversary else None)
         return path
 
     def restore(self, path: Path) -> None:
@@ -350,15 +469,34 @@ class Trainer:
 
         ck = load_checkpoint(path)
         st = ck.state
+        used = (st.get("config", {}).get("synthetic") or {}).get("sha256")
+        if used != self.synthetic.sha256:
+            raise ConfigError(f"{path}: the synthetic cycles selected now differ from those "
+                              "the run started with (a synthetic set changed); use --force "
+                              "to retrain or another --run name")
         self.model.load_state_dict(ck.model_state)
+        if self.adversary is not None and "adversary" in ck.extras:
+            self.adversary.load_state_dict(ck.extras["adversary"])
         if ck.optimizer_state is not None:
             self.optimizer.load_state_dict(ck.optimizer_state)
         self.step, self.epoch = int(st["step"]), int(st["epoch"])
         self.best_select, self.best_epoch = st.get("best_select"), st.get("best_epoch")
+        self.best_val_loss = st.get("best_val_loss")
         self.bad_epochs = int(st.get("bad_epochs", 0))
         self.history = list(st.get("history", []))
         self.thresholds = st.get("thresholds")
-        if st.get("scaler") and self.use_amp:
+        started = st.get("config", {}).get("environment")
+        if isinstance(started, dict) and started:
+            from rsctool.environment import differences
+
+            now = self.environment
+            self.resumed_in = list(st.get("config", {}).get("resumed_in") or [])
+            if differences(started, now) and now not in self.resumed_in:
+                self.resumed_in.append(now)
+                self.log("resuming in another environment than the run started in: "
+                         + "; ".join(differences(started, now)))
+            self.environment = started
+        if st.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(st["scaler"])
         # LambdaLR's only state is the step count: rebuild it from `step`.
         self.scheduler.last_epoch = self.step
@@ -393,6 +531,8 @@ class Trainer:
 
         opts = self.opts
         self.model.train()
+        if self.adversary is not None:
+            self.adversary.train()
         order = epoch_order(len(self.train_set), self.epoch, opts.seed, self.sample_weights)
         done_in_epoch = self.step - self.epoch * self.steps_per_epoch
         order = order[done_in_epoch * opts.batch_size:]
@@ -409,14 +549,23 @@ class Trainer:
                 x = spec_augment(x)
             if opts.mixup > 0:
                 x, y = mixup(x, y, len(self.classes), opts.mixup)
-            with torch.autocast("cuda", enabled=self.use_amp):
+            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.use_amp):
                 out = self.model(x, b.get("meta"))
                 loss = self.loss_fn(out, y)
+                if self.adversary is not None:  # domain CE through gradient reversal
+                    loss = loss + self.adversary(out, b["domain"],
+                                                 self.step / max(1, self.total_steps))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # The schedule is a pure function of the step count; when the GradScaler
+                # skips an overflowing fp16 step, torch warns that the scheduler stepped
+                # first, which is intended here.
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
+                                        UserWarning)
+                self.scheduler.step()
             self.step += 1
             total_loss += float(loss.detach()) * len(x)
             n_seen += len(x)
@@ -427,7 +576,8 @@ class Trainer:
             self._bar.update(loss=float(loss.detach()), epoch=self.epoch + 1)
         dt = time.perf_counter() - t0
         return {"train_loss": total_loss / max(1, n_seen),
-                "samples_per_s": n_seen / dt if dt > 0 else 0.0}
+                "samples_per_s": n_seen / dt if dt > 0 else 0.0,
+                **(self.adversary.epoch_stats() if self.adversary is not None else {})}
 
     @staticmethod
     def predict(model: Any, dataset: Any, batch_size: int, device: str, task: str,
@@ -477,12 +627,15 @@ class Trainer:
             self.thresholds = [float(t[0]), float(t[1])]
             out = self.predict(self.model, self.val_set, self.opts.batch_size * 2, self.device,
                                self.opts.task, self.thresholds)
-        return selection_metrics(self.classes, self.val_set.targets.tolist(), out["pred"])
+        m = selection_metrics(self.classes, self.val_set.targets.tolist(), out["pred"])
+        m["loss"] = validation_loss(out["probs"], self.val_set.multilabel
+                                    if self.opts.task == "multilabel" else self.val_set.targets)
+        return m
 
     def fit(self) -> TrainResult:
         opts = self.opts
         start_step = self.step
-        self._bar = _Progress(self.progress, self.total_steps, self.step)
+        self._bar = StepProgress(self.progress, "train", self.total_steps, self.step)
         try:
             while self.epoch < opts.epochs and self.step < self.total_steps:
                 t0 = time.perf_counter()
@@ -494,18 +647,22 @@ class Trainer:
                 improved = False
                 if self.val_set is not None:
                     m = self.validate()
-                    row.update(val_score=m["score"], val_sp=m["sp"], val_se=m["se"],
-                               val_accuracy=m["accuracy"], val_select=m["select"])
-                    sel = m["select"] if m["select"] is not None else 0.0
-                    improved = self.best_select is None or sel > self.best_select
+                    row.update(val_loss=m["loss"], val_score=m["score"], val_sp=m["sp"],
+                               val_se=m["se"], val_accuracy=m["accuracy"],
+                               val_select=m["select"])
+                    improved = is_improvement(m["select"], m["loss"], self.best_select,
+                                              self.best_val_loss)
                 else:
                     improved = True
                 row["seconds"] = time.perf_counter() - t0
                 self.history.append(row)
+                for tracker in self.trackers:
+                    tracker.log(row, step=row["epoch"])
                 if epoch_complete:
                     self.epoch += 1
                 if improved:
                     self.best_select = row.get("val_select")
+                    self.best_val_loss = row.get("val_loss")
                     self.best_epoch = row["epoch"]
                     self.bad_epochs = 0
                     self.save("best.safetensors", full=False)
@@ -569,17 +726,122 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # Set both ways: a non-deterministic run after a deterministic one in the same process
+    # (tests, `--seeds`) gets torch's defaults back.
     if deterministic:
+        # cuBLAS needs this before its first call to pick deterministic reductions.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    # warn_only: an op without a deterministic CUDA kernel warns instead of stopping the
+    # run (docs/reproducing.md lists the limits on CUDA).
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    torch.backends.cudnn.deterministic = bool(deterministic)
+
+
+def _option_diffs(recorded: dict[str, Any], explicit: dict[str, Any],
+                  ignore: tuple[str, ...] = ("run",)) -> list[str]:
+    """``["lr 0.001 -> 0.5", ...]``: the options in `explicit` that differ from the
+    `recorded` ones after both are resolved (empty when they cannot be compared)."""
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    try:
+        base = TrainOptions(**{k: v for k, v in recorded.items() if k in fields})
+    except TypeError:
+        return []
+    given = {k: v for k, v in explicit.items() if k in fields and k not in ignore}
+    for key in ("model_cfg", "loss_cfg"):
+        if key in given:
+            given[key] = {**getattr(base, key), **given[key]}
+    try:
+        wanted = dataclasses.replace(base, **given).resolve()
+        before = asdict(base.resolve())
+    except (TypeError, ConfigError):
+        return []  # invalid values are reported by the normal path
+    after = asdict(wanted)
+    return [f"{k} {before[k]!r} -> {after[k]!r}" for k in sorted(given)
+            if before.get(k) != after.get(k)]
+
+
+def recorded_options(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved options a run was started with (its ``config.json``, else its last
+    or best checkpoint), or None when it has neither yet."""
+    try:
+        return dict(json.loads((run_dir / "config.json").read_text())["options"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from rsctool.checkpoint import load_checkpoint
+
+    for ck in ("last.safetensors", "best.safetensors"):
+        with contextlib.suppress(Exception):
+            return dict(load_checkpoint(run_dir / ck).state["config"]["options"])
+    return None
+
+
+def _check_same_options(name: str, run_dir: Path, explicit: dict[str, Any]) -> None:
+    """ConfigError when options given explicitly for an existing run differ from the
+    ones it was started with: resuming or skipping would silently ignore them."""
+    path = run_dir / "config.json"
+    try:
+        recorded = json.loads(path.read_text())["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a run killed before its config was written: nothing to compare with
+    diffs = _option_diffs(recorded, explicit)
+    if diffs:
+        raise ConfigError(f"run {name!r} exists with other options ({'; '.join(diffs)}): "
+                          "use a new --run name, or --force to retrain it from scratch")
+
+
+def _compact_env(env: dict[str, Any], resumed_in: list[dict[str, Any]]) -> dict[str, Any]:
+    """The environment as the project file records it (`rsctool.environment.compact`)."""
+    from rsctool.environment import compact
+
+    out = compact(env)
+    if resumed_in:
+        out["resumed_in"] = [compact(e) for e in resumed_in]
+    return out
+
+
+def _record_stats(project: Any, dataset: str, norm: dict[str, Any]) -> None:
+    """Add normalisation statistics computed by a run to its dataset's record (unless the
+    dataset was re-analysed meanwhile), so the next run with these features reuses them."""
+    entry = {k: v for k, v in norm.items() if k not in ("norm", "new")}
+
+    def apply(doc: dict) -> None:
+        rec = doc.get("datasets", {}).get(dataset)
+        if (rec is None or rec.get("sha256") != entry.get("manifest_sha256")
+                or rec.get("split_hash") != entry.get("split_hash")):
+            return
+        rec.setdefault("fbank_stats", {})[entry["key"]] = entry
+
+    project.update(apply)
 
 
 def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: bool = False,
-        force: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train (or resume, or skip) a run; records it in the project file."""
+        force: bool = False, log: Callable[[str], None] | None = None,
+        trackers: Sequence[str] = (), explicit: dict[str, Any] | None = None,
+        group: str | None = None, like: str | None = None,
+        reserve: Callable[[], tuple[str, str]] | None = None) -> TrainResult:
+    """Train (or resume, or skip) a run; records it in the project file.
+
+    `group`: the seed sweep (`run_group`) the run belongs to; an existing run of that
+    name must belong to it. `reserve`: how a new run claims its name (and its group's,
+    atomically; returns both) once its options are validated; by default the run name
+    (or model name) plus a counter. `like`: the run whose options these are
+    (``train --like``), recorded for provenance.
+
+    `explicit`: the options the user actually gave (command line, --set, --config).
+    For an existing run they must agree with the ones it was started with (else
+    ConfigError), since a finished run is skipped and an unfinished one resumes with
+    its own options.
+
+    `trackers`: experiment trackers to mirror the history into (``tensorboard``,
+    ``mlflow``; see `rsctool.tracking`). They are presentation, not part of the run's
+    options or params hash.
+    """
+    from rsctool.tracking import make_trackers
+
     log = log or (lambda msg: None)
     opts = opts.resolve()
+    tracker_objs = make_trackers(trackers)  # fail before any work if one is missing
     dev = resolve_device(device)
     runs = project.section("runs")
     resume_from: Path | None = None
@@ -590,6 +852,13 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         run_dir = (project.abs(rec["dir"]) if rec.get("dir")
                    else project.state_dir() / "runs" / name)
         last = run_dir / "last.safetensors"
+        if group is not None and rec.get("group") != group:
+            raise ConfigError(f"run {name!r} exists and is not part of seed group {group!r}; "
+                              "use another --run name for the group")
+        group = group or rec.get("group")
+        like = like or rec.get("like")
+        if explicit and not force:
+            _check_same_options(name, run_dir, explicit)
         if rec.get("status") == "done" and not force:
             return TrainResult(name, run_dir, project.abs(rec["best"]) if rec.get("best")
                                else None, rec.get("best_score"), int(rec.get("epoch", 0)),
@@ -604,40 +873,334 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     # Build everything (dataset, model, loss) before touching the project file, so a bad
     # option fails with the project byte-identical.
     trainer = Trainer(project, opts, name or "(new)", Path(), dev, progress=progress, log=log)
+    opts.dataset = trainer.dataset_name  # resolved: "the last analysed" is no config
     if name is None:
-        name = project.reserve_name("runs", opts.run or opts.model,
-                                    {"model": opts.model, "status": "running"})
+        if reserve is not None:
+            name, group = reserve()
+        else:
+            name = project.reserve_name("runs", opts.run or opts.model,
+                                        {"model": opts.model, "status": "running"})
         opts.run = name
         run_dir = project.state_dir() / "runs" / name
     trainer.run_name, trainer.dir = name, run_dir
+    trainer.group = group
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is not None:
         trainer.restore(resume_from)
         log(f"resuming run {name!r} at epoch {trainer.epoch + 1}, step {trainer.step}")
     config = trainer.run_config()
     atomic_write_json(run_dir / "config.json", config)
+    ids_file = trainer.synthetic.write(run_dir)  # exactly which synthetic cycles it uses
+    prov = config
+    if like and resume_from is None:
+        from rsctool.console import warn
+
+        for line in like_differences(_like_config(project, like), config):
+            warn(f"--like {like}: {line} (this re-run cannot reproduce it exactly)")
     project.update_record(
         "runs", name, model=opts.model, dataset=trainer.dataset_name, status="running",
         dir=project.rel(run_dir), last=project.rel(run_dir / "last.safetensors"),
         best=project.rel(run_dir / "best.safetensors"), task=opts.task,
         classes=trainer.classes, device=dev, seed=opts.seed,
         params_hash=params_hash(asdict(opts)),
-        dataset_sha256=project.get("datasets", trainer.dataset_name).get("sha256"),
-        split_hash=project.get("datasets", trainer.dataset_name).get("split_hash"))
+        dataset_sha256=prov["data"]["manifest_sha256"],
+        split_hash=prov["split"]["hash"], split=prov["split"]["spec"],
+        official_split=prov["split"]["official"], norm=trainer.normalization["norm"],
+        norm_mean=trainer.normalization["mean"], norm_std=trainer.normalization["std"],
+        deterministic=opts.deterministic,
+        environment=_compact_env(trainer.environment, trainer.resumed_in),
+        **{k: v for k, v in (("group", group), ("like", like)) if v is not None})
+    if trainer.normalization.get("new"):
+        _record_stats(project, trainer.dataset_name, trainer.normalization)
+    if ids_file is not None:
+        project.update_record("runs", name, synthetic=trainer.synthetic.names,
+                              synthetic_count=len(trainer.synthetic.cycles),
+                              synthetic_counts=trainer.synthetic.counts,
+                              synthetic_sha256=trainer.synthetic.sha256,
+                              synthetic_ids=project.rel(ids_file), adversarial=opts.adversarial)
+    trainer.trackers = tracker_objs
+    for tracker in tracker_objs:
+        tracker.start(name, config["options"], run_dir)
+    status = "failed"
     try:
         result = trainer.fit()
+        status = "done"
     except KeyboardInterrupt:
+        status = "interrupted"
         with contextlib.suppress(Exception):
             trainer.save("last.safetensors")
             project.update_record("runs", name, status="interrupted", epoch=trainer.epoch,
                                   step=trainer.step)
         raise
+    finally:
+        for tracker in tracker_objs:
+            with contextlib.suppress(Exception):
+                tracker.finish(status)
     project.update_record("runs", name, status="done", epoch=result.epochs_done,
                           step=result.steps, best_score=result.best_score)
     atomic_write_json(run_dir / "summary.json", {
         "run": name, "best_score": result.best_score, "best_epoch": trainer.best_epoch,
         "epochs": result.epochs_done, "steps": result.steps, "history": result.history})
     return result
+
+
+# --------------------------------------------------------------------------- seed sweeps
+
+@dataclass
+class GroupResult:
+    """A seed sweep (`run_group`): the group name, its seeds and one result per seed."""
+
+    group: str
+    seeds: list[int]
+    results: list[TrainResult]
+
+
+def parse_seeds(values: Sequence[int | str]) -> list[int]:
+    """``--seeds``: one number N means the N seeds 0..N-1; several numbers are the seeds
+    themselves (spaces or commas separate them). ConfigError for anything else."""
+    items = [p for v in values for p in str(v).replace(",", " ").split()]
+    nums: list[int] = []
+    for p in items:
+        try:
+            nums.append(int(p))
+        except ValueError:
+            raise ConfigError(f"--seeds expects integers, got {p!r}") from None
+    if not nums:
+        raise ConfigError("--seeds: no seeds given")
+    if len(nums) == 1:
+        if nums[0] < 1:
+            raise ConfigError(f"--seeds N runs seeds 0..N-1, so N must be >= 1, got {nums[0]} "
+                              "(list two or more seeds to choose them: --seeds 3 7)")
+        return list(range(nums[0]))
+    return check_seeds(nums)
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """`seeds` as a list of distinct non-negative ints (ConfigError otherwise)."""
+    try:
+        nums = [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise ConfigError(f"seeds must be integers, got {list(seeds)!r}") from None
+    if not nums:
+        raise ConfigError("--seeds: no seeds given")
+    if any(n < 0 for n in nums):
+        raise ConfigError(f"--seeds must be >= 0, got {min(nums)}")
+    if len(set(nums)) != len(nums):
+        raise ConfigError(f"--seeds lists a seed twice: {nums}")
+    return nums
+
+
+def member_name(group: str, seed: int) -> str:
+    """The run name of seed `seed` in group `group`: ``GROUP-sSEED``."""
+    return f"{group}-s{seed}"
+
+
+def _group_options(project: Any, grec: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded options of a group's first member that has them."""
+    runs = project.section("runs")
+    for m in grec.get("runs") or []:
+        rec = runs.get(m)
+        if rec is None:
+            continue
+        run_dir = (project.abs(rec["dir"]) if rec.get("dir")
+                   else project.state_dir() / "runs" / m)
+        found = recorded_options(run_dir)
+        if found is not None:
+            return found
+    return None
+
+
+def _group_hash(opts: TrainOptions) -> str:
+    """Hash of a group's options: those of its runs without the run name and seed."""
+    d = asdict(opts)
+    d.pop("run")
+    d.pop("seed")
+    return params_hash(d)
+
+
+def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
+              device: str = "auto", progress: bool = False, force: bool = False,
+              log: Callable[[str], None] | None = None, trackers: Sequence[str] = (),
+              explicit: dict[str, Any] | None = None, like: str | None = None) -> GroupResult:
+    """A seed sweep: one run per seed in `seeds` (the seeds themselves; `parse_seeds`
+    reads the command line's ``--seeds N``) with otherwise identical options.
+
+    The group is named ``opts.run`` (else the model name plus a counter, claimed when its
+    first run starts) and its runs ``GROUP-s0``, ``GROUP-s1``, ...; the project file
+    records ``[groups.GROUP]`` (``runs``, ``seeds``, ``model``, ``dataset``,
+    ``params_hash`` of the shared options, ``status``, and when all are done the
+    validation ``best_score_mean``/``best_score_std``) and ``group = "GROUP"`` on each
+    run. The runs go one after another; running the same command again resumes the
+    unfinished ones and skips the finished ones, and more seeds extend the group. An
+    existing group keeps its options: explicit options that differ are refused (as for
+    one run), unless `force`. `rsctool eval --group GROUP` reports mean and standard
+    deviation over the seeds.
+    """
+    log = log or (lambda msg: None)
+    opts = opts.resolve()
+    seed_list = check_seeds(seeds)
+    explicit = dict(explicit or {})
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    group = opts.run
+    if group is not None:
+        project.unique_name("groups", group)  # ProjectError for a name that cannot be one
+        grec = project.get("groups", group)
+        if grec is not None and not force:
+            recorded = _group_options(project, grec)
+            if recorded is not None:
+                diffs = _option_diffs(recorded, explicit, ignore=("run", "seed"))
+                if diffs:
+                    raise ConfigError(
+                        f"seed group {group!r} exists with other options "
+                        f"({'; '.join(diffs)}): use a new --run name, or --force to retrain "
+                        "its runs from scratch")
+                given = {k: v for k, v in explicit.items() if k in fields}
+                for key in ("model_cfg", "loss_cfg"):
+                    if key in given:
+                        given[key] = {**recorded.get(key, {}), **given[key]}
+                opts = TrainOptions(**{**{k: v for k, v in recorded.items() if k in fields},
+                                       **given, "run": group}).resolve()
+    gh = _group_hash(opts)
+    dataset = pick_dataset(project, opts.dataset)[0]
+    state: dict[str, Any] = {"group": group}
+
+    def claimer(seed: int) -> Callable[[], tuple[str, str]]:
+        def claim() -> tuple[str, str]:
+            def apply(doc: dict) -> tuple[str, str]:
+                groups = doc.setdefault("groups", {})
+                runs = doc.setdefault("runs", {})
+                g = state["group"]
+                if g is None:  # a new group: the model name plus a counter
+                    g, n = opts.model, 1
+                    while g in groups or any(member_name(g, s) in runs for s in seed_list):
+                        g, n = f"{opts.model}-{n}", n + 1
+                rname = member_name(g, seed)
+                if rname in runs and runs[rname].get("group") != g:
+                    raise ConfigError(f"run {rname!r} exists and is not part of seed group "
+                                      f"{g!r}; use another --run name for the group")
+                grec = groups.setdefault(g, {})
+                done = set(grec.get("seeds") or [])
+                all_seeds = sorted(done | {seed})
+                grec.update(model=opts.model, dataset=dataset, status="running",
+                            params_hash=gh, seeds=all_seeds,
+                            runs=[member_name(g, s) for s in all_seeds])
+                if like is not None:
+                    grec["like"] = like
+                runs[rname] = {"model": opts.model, "status": "running", "group": g,
+                               "seed": seed}
+                return rname, g
+
+            rname, g = project.update(apply)
+            state["group"] = g
+            return rname, g
+        return claim
+
+    results: list[TrainResult] = []
+    for i, seed in enumerate(seed_list):
+        g = state["group"]
+        m_opts = dataclasses.replace(opts, seed=seed, run=member_name(g, seed) if g else None)
+        log(f"seed {seed} ({i + 1} of {len(seed_list)})"
+            + (f": run {member_name(g, seed)!r}" if g else ""))
+        res = run(project, m_opts, device=device, progress=progress, force=force, log=log,
+                  trackers=trackers, explicit={**explicit, "seed": seed} if explicit else None,
+                  group=g, like=like, reserve=claimer(seed))
+        if state["group"] is None:
+            state["group"] = (project.get("runs", res.run) or {}).get("group") or g
+        results.append(res)
+    group = state["group"]
+    assert group is not None
+    _finish_group(project, group)
+    return GroupResult(group, seed_list, results)
+
+
+def _finish_group(project: Any, group: str) -> None:
+    """Mark the group done when all its runs are, with the validation score statistics."""
+    import statistics
+
+    grec = project.get("groups", group) or {}
+    runs = project.section("runs")
+    members = [runs.get(m, {}) for m in grec.get("runs") or []]
+    if not members or any(m.get("status") != "done" for m in members):
+        return
+    scores = [m["best_score"] for m in members if m.get("best_score") is not None]
+    project.update_record(
+        "groups", group, status="done",
+        best_score_mean=statistics.fmean(scores) if scores else None,
+        best_score_std=statistics.stdev(scores) if len(scores) > 1 else None)
+
+
+def options_like(project: Any, name: str) -> tuple[dict[str, Any], list[int] | None]:
+    """``train --like NAME``: the options run `NAME` was started with (all of them, as
+    recorded in its ``config.json``), and None; for a seed group `NAME`, the options of
+    its runs and its seeds.
+
+    Raises:
+        ConfigError: no run or group of that name, or one without recorded options.
+    """
+    runs = project.section("runs")
+    if name in runs:
+        rec = runs[name]
+        run_dir = (project.abs(rec["dir"]) if rec.get("dir")
+                   else project.state_dir() / "runs" / name)
+        found = recorded_options(run_dir)
+        if found is None:
+            raise ConfigError(f"--like {name!r}: the run has no recorded options yet (no "
+                              f"config.json or checkpoint in {run_dir})")
+        if found.get("dataset") is None and rec.get("dataset"):
+            found["dataset"] = rec["dataset"]  # the dataset it ran on, not "the last one"
+        return found, None
+    grec = project.get("groups", name)
+    if grec is not None:
+        found = _group_options(project, grec)
+        if found is None:
+            raise ConfigError(f"--like {name!r}: none of the group's runs has recorded options")
+        if found.get("dataset") is None and grec.get("dataset"):
+            found["dataset"] = grec["dataset"]
+        return found, [int(s) for s in grec.get("seeds") or []] or None
+    known = ", ".join([*runs, *project.section("groups")]) or "none"
+    raise ConfigError(f"--like {name!r} is not a run or seed group in the project "
+                      f"(known: {known})")
+
+
+def _like_config(project: Any, name: str) -> dict[str, Any] | None:
+    """The ``config.json`` of run `name` (of the first member of group `name`)."""
+    rec = project.get("runs", name)
+    if rec is None:
+        grec = project.get("groups", name) or {}
+        members = grec.get("runs") or []
+        rec = project.get("runs", members[0]) if members else None
+        name = members[0] if members else name
+    if rec is None:
+        return None
+    run_dir = project.abs(rec["dir"]) if rec.get("dir") else project.state_dir() / "runs" / name
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def like_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What differs between the inputs of a run (`old`, its config) and a re-run of it
+    (`new`): the manifest, the split, the synthetic cycles, the normalisation and the
+    environment (package versions, device, git commit)."""
+    if not old:
+        return []
+    from rsctool.environment import differences
+
+    out = []
+    checks = (("dataset manifest", ("data", "manifest_sha256")), ("split", ("split", "hash")),
+              ("synthetic cycles", ("synthetic", "sha256")),
+              ("normalisation mean", ("normalization", "mean")),
+              ("normalisation std", ("normalization", "std")))
+    for label, (a, b) in checks:
+        x = (old.get(a) or {}).get(b)
+        y = (new.get(a) or {}).get(b)
+        if x != y:
+            out.append(f"{label} {str(x)[:12]} -> {str(y)[:12]}")
+    env = differences(old.get("environment"), new.get("environment"))
+    if env:
+        out.append("environment: " + "; ".join(env))
+    return out
 
 
 # --------------------------------------------------------------------------- command
@@ -691,6 +1254,10 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
 
 def command(
     ctx: typer.Context,
+    more_synthetic: Annotated[list[str] | None, typer.Argument(
+        metavar="VALUES", show_default=False,
+        help="More values of --synthetic (names) or --seeds (integers), so "
+             "`--synthetic A B` and `--seeds 0 1 2` work.")] = None,
     *,
     model: Annotated[str | None, typer.Option(
         help="Model name: ast, grf, film, tafilm, softfilm, add, cnn, resnet.")] = None,
@@ -702,9 +1269,17 @@ def command(
     dataset: Annotated[str | None, typer.Option(
         help="Dataset name in the project (default: the last analysed).")] = None,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Run name; an unfinished run of that name is resumed.")] = None,
+        "--run", help="Run name (with --seeds: the group name, runs NAME-s0, NAME-s1, ...); "
+                      "an unfinished run of that name is resumed.")] = None,
+    seeds: Annotated[list[str] | None, typer.Option(
+        "--seeds", help="One run per seed, recorded as a group: --seeds 5 (seeds 0-4) or "
+                        "--seeds 0 1 2 3 4. `rsctool eval --group NAME` gives mean and std.",
+        show_default=False)] = None,
+    like: Annotated[str | None, typer.Option(
+        "--like", help="Re-run with the options run (or seed group) RUN was started with; "
+                       "options given here override them.", metavar="RUN")] = None,
     config: Annotated[Path | None, typer.Option(
-        help="TOML file with train options (a [train] table or top-level keys).")] = None,
+        help="TOML file with train options (a table named train, or top-level keys).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default 50).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default 16).")] = None,
     lr: Annotated[float | None, typer.Option(
@@ -716,54 +1291,132 @@ def command(
     balanced: Annotated[bool | None, typer.Option(
         "--balanced/--no-balanced", help="Class-balanced sampling.")] = None,
     norm: Annotated[str | None, typer.Option(
-        help="Feature normalisation: audioset (-4.27/4.57) or dataset (train statistics).")
-    ] = None,
+        help="Feature normalisation: audioset (AST pretraining values -4.27/4.57) or "
+             "dataset (the train split's statistics, recorded by analyze).")] = None,
     patience: Annotated[int | None, typer.Option(
         help="Early stopping after this many epochs without validation gain (0: off).")
     ] = None,
     max_steps: Annotated[int | None, typer.Option(
         help="Stop after this many optimizer steps (quick runs).")] = None,
+    clip_seconds: Annotated[float | None, typer.Option(
+        help="Cycle length the model sees, s: shorter cycles are padded by repetition, "
+             "longer ones cropped (default 8).")] = None,
+    num_mel_bins: Annotated[int | None, typer.Option(
+        help="Mel bins of the fbank features (default 128).")] = None,
+    specaugment: Annotated[bool | None, typer.Option(
+        "--specaugment/--no-specaugment", help="SpecAugment time/frequency masks "
+        "(default on).")] = None,
+    log_to: Annotated[list[str] | None, typer.Option(
+        "--log", help="Also log the history to tensorboard or mlflow (repeatable; the "
+                      "package must be installed).")] = None,
+    synthetic: Annotated[list[str] | None, typer.Option(
+        help="Synthetic sets (`rsctool synth`) to add to the training split only: "
+             "--synthetic A B, repeated, or A,B.", show_default=False)] = None,
+    synthetic_ratio: Annotated[float | None, typer.Option(
+        help="At most this many synthetic cycles per real training cycle, shared evenly "
+             "across classes.")] = None,
+    max_synthetic_per_class: Annotated[int | None, typer.Option(
+        help="At most N synthetic cycles per class (0..N sweeps add cycles, never swap "
+             "them).")] = None,
+    adversarial: Annotated[bool | None, typer.Option(
+        "--adversarial/--no-adversarial", help="Adversarial fine-tuning: a real-vs-"
+        "synthetic discriminator on the embedding through gradient reversal.")] = None,
+    adv_weight: Annotated[float | None, typer.Option(
+        help="Scale of the reversed discriminator gradient into the encoder (default 0.1)."
+    )] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Any option as KEY=VALUE; model.KEY / loss.KEY for model/loss config.")
     ] = None,
-    deterministic: Annotated[bool, typer.Option(
-        help="Deterministic algorithms (bit-exact reruns on CPU).")] = False,
+    deterministic: Annotated[bool | None, typer.Option(
+        "--deterministic/--no-deterministic",
+        help="Deterministic algorithms: same seed, same machine, same weights bit for bit "
+             "on CPU (limits on CUDA: docs/reproducing.md).")] = None,
     force: Annotated[bool, typer.Option(help="Retrain a finished run from scratch.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
     = False,
 ) -> None:
     """Train a classifier on the dataset registered by `rsctool analyze` (resumable)."""
     state = get_state(ctx)
+    project = state.load_project(must_exist=True)
+    like_values: dict[str, Any] = {}
+    like_seeds: list[int] | None = None
+    if like is not None:
+        like_values, like_seeds = options_like(project, like)
+        like_values.pop("run", None)
     values: dict[str, Any] = _load_config_file(config)
     model_cfg, loss_cfg, top = _parse_sets(set_ or [])
     values.update(top)
     cli = {"model": model, "size": size, "dataset": dataset, "run": run_name,
            "epochs": epochs, "batch_size": batch_size, "lr": lr, "task": task, "loss": loss,
-           "balanced": balanced, "norm": norm, "patience": patience, "max_steps": max_steps}
+           "balanced": balanced, "norm": norm, "patience": patience, "max_steps": max_steps,
+           "clip_seconds": clip_seconds, "num_mel_bins": num_mel_bins,
+           "specaugment": specaugment}
     values.update({k: v for k, v in cli.items() if v is not None})
     if pretrained is not None:
         values["pretrained"] = pretrained  # "none" (random init) is the builder's to read
     values["model_cfg"] = {**values.get("model_cfg", {}), **model_cfg}
     values["loss_cfg"] = {**values.get("loss_cfg", {}), **loss_cfg}
+    extra_synthetic, extra_seeds = _split_extras(more_synthetic or [], bool(synthetic),
+                                                 seeds is not None)
+    names = [p.strip() for v in (synthetic or []) + extra_synthetic
+             for p in v.split(",") if p.strip()]
+    syn = {"synthetic": names or None, "synthetic_ratio": synthetic_ratio,
+           "max_synthetic_per_class": max_synthetic_per_class, "adversarial": adversarial,
+           "adv_weight": adv_weight}
+    values.update({k: v for k, v in syn.items() if v is not None})
+    if deterministic is not None:
+        values["deterministic"] = deterministic
+    if like_values:  # the recorded options, under everything given now
+        for key in ("model_cfg", "loss_cfg"):
+            values[key] = {**like_values.get(key, {}), **values.get(key, {})}
+        values = {**like_values, **values}
+    explicit = dict(values)
+    seed_source = ctx.parent.get_parameter_source("seed") if ctx.parent else None
+    seed_given = seed_source is not None and seed_source.name not in ("DEFAULT", "DEFAULT_MAP")
+    if seed_given and "seed" not in top and "seed" not in _load_config_file(config):
+        values["seed"] = state.seed  # the global --seed beats the seed of a --like run
     values["seed"] = values.get("seed", state.seed)
-    if deterministic:
-        values["deterministic"] = True
+    if seed_given:
+        explicit["seed"] = values["seed"]
+    seed_list: list[int] | None = None
+    if seeds is not None:
+        if seed_given:
+            raise ConfigError("give either the global --seed N (one run) or train --seeds "
+                              "(a group of runs), not both")
+        seed_list = parse_seeds([*seeds, *extra_seeds])
+    elif like_seeds is not None and not seed_given:
+        seed_list = like_seeds  # --like GROUP: the group's seeds
     try:
         opts = TrainOptions(**values)
     except TypeError as e:
         raise ConfigError(f"invalid train options: {e}") from None
-    project = state.load_project(must_exist=True)
     lines: list[str] = []
 
     def log(msg: str) -> None:
         lines.append(msg)
         info(state, msg)
 
-    result = run(project, opts, device=state.device, progress=not state.quiet and not json_out,
-                 force=force, log=log)
-    doc = {"run": result.run, "dir": str(result.dir), "best": str(result.best),
-           "best_score": result.best_score, "epochs": result.epochs_done,
-           "steps": result.steps, "skipped": result.skipped, "resumed": result.resumed}
+    kwargs: dict[str, Any] = {
+        "device": state.device, "progress": not state.quiet and not json_out, "force": force,
+        "log": log, "trackers": log_to or (), "explicit": explicit, "like": like}
+    if seed_list is not None:
+        group = run_group(project, opts, seed_list, **kwargs)
+        docs = [_result_doc(r) for r in group.results]
+        if json_out:
+            print_json({"group": group.group, "seeds": group.seeds, "runs": docs,
+                        "skipped": all(d["skipped"] for d in docs)})
+        scores = [r.best_score for r in group.results if r.best_score is not None]
+        spread = ""
+        if len(scores) > 1:
+            import statistics
+
+            spread = (f"; best validation score {statistics.fmean(scores):.4f} +- "
+                      f"{statistics.stdev(scores):.4f} over {len(scores)} seeds")
+        info(state, f"group {group.group!r}: runs {', '.join(r.run for r in group.results)}"
+                    f"{spread} (rsctool eval --group {group.group})")
+        return
+    result = run(project, opts, **kwargs)
+    doc = _result_doc(result)
     if json_out:
         print_json(doc)
     if result.skipped:
@@ -772,3 +1425,27 @@ def command(
         score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
         info(state, f"run {result.run!r}: best validation score {score}; "
                     f"checkpoints in {result.dir}")
+
+
+def _result_doc(result: TrainResult) -> dict[str, Any]:
+    return {"run": result.run, "dir": str(result.dir), "best": str(result.best),
+            "best_score": result.best_score, "epochs": result.epochs_done,
+            "steps": result.steps, "skipped": result.skipped, "resumed": result.resumed}
+
+
+def _split_extras(extras: list[str], synthetic: bool, seeds: bool
+                  ) -> tuple[list[str], list[str]]:
+    """Positional values after the options: synthetic set names (`--synthetic A B`) or
+    seeds (`--seeds 0 1 2`); with both options, integers are seeds."""
+    if not extras:
+        return [], []
+    if not synthetic and not seeds:
+        raise ConfigError(f"unexpected argument {extras[0]!r} (synthetic set names go after "
+                          "--synthetic, seeds after --seeds)")
+    if not seeds:
+        return list(extras), []
+    if not synthetic:
+        return [], list(extras)
+    is_int = [e.strip().lstrip("-").isdigit() for e in extras]
+    return ([e for e, i in zip(extras, is_int, strict=True) if not i],
+            [e for e, i in zip(extras, is_int, strict=True) if i])

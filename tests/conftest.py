@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,28 @@ def icbhi_meta() -> Path:
     if not ICBHI_META.is_dir():
         pytest.skip(f"real ICBHI metadata not available ({ICBHI_META} absent: a user checkout)")
     return ICBHI_META
+
+
+@pytest.fixture(scope="session")
+def analysed(tmp_path_factory) -> Path:
+    """A project with the demo dataset analysed (12 patients), built once."""
+    from rsctool.analyze import AnalyzeOptions
+    from rsctool.analyze import run as analyze
+    from rsctool.data.demo import make_demo_dataset
+    from rsctool.project import Project
+
+    root = tmp_path_factory.mktemp("trainproj")
+    make_demo_dataset(root / "data", patients=12, seed=0)
+    analyze(Project.load(root / "rsctool.toml"),
+            AnalyzeOptions(data_dir=root / "data", name="demo", val_fraction=0.2, plots=False))
+    return root
+
+
+@pytest.fixture
+def project(analysed, tmp_path):
+    """A private copy of `analysed` (the audio stays shared), as a loaded Project."""
+    from rsctool.project import Project
+
+    dst = tmp_path / "proj"
+    shutil.copytree(analysed, dst, ignore=shutil.ignore_patterns("data"))
+    return Project.load(dst / "rsctool.toml")

@@ -218,3 +218,115 @@ def test_concurrent_analyze_invocations_lose_nothing(demo_dir, tmp_path):
         assert p.returncode == 0, err.decode()
     datasets = Project.load(proj).section("datasets")
     assert sorted(datasets) == [f"d{i}" for i in range(8)]
+
+
+def _full_read_run(data: Path, root: Path, **kw):
+    """A run on a fresh project (no audio-stats cache): the reference result."""
+    from rsctool.analyze import AnalyzeOptions, run
+
+    return run(Project.load(root / "rsctool.toml"), AnalyzeOptions(data_dir=data, **kw))
+
+
+def test_warm_run_takes_audio_headers_from_the_cache(demo_copy, tmp_path, monkeypatch):
+    import rsctool.audio
+    from rsctool.analyze import AnalyzeOptions, run
+
+    project = Project.load(tmp_path / "p" / "rsctool.toml")
+    first = run(project, AnalyzeOptions(data_dir=demo_copy, plots=False))
+    manifest = first.manifest.read_bytes()
+    calls = []
+    real_info = rsctool.audio.audio_info
+    monkeypatch.setattr(rsctool.audio, "audio_info", lambda p: calls.append(p) or real_info(p))
+    again = run(project, AnalyzeOptions(data_dir=demo_copy, plots=False, force=True))
+    assert calls == []  # neither the reader nor the scanner opened an audio file
+    assert again.report == first.report and again.manifest.read_bytes() == manifest
+    # a replaced audio file (new size/mtime) is read again: its header is not trusted
+    wav = sorted(demo_copy.glob("*.wav"))[0]
+    x, sr = sf.read(wav, dtype="float32")
+    sf.write(wav, x[: len(x) - sr // 10], sr)  # 0.1 s shorter
+    third = run(project, AnalyzeOptions(data_dir=demo_copy, plots=False, force=True))
+    assert str(wav) in calls and third.timings["cache_misses"] == 1
+    ref = _full_read_run(demo_copy, tmp_path / "ref", plots=False)
+    assert third.report["cycles"] == ref.report["cycles"]
+    assert third.manifest.read_bytes() == ref.manifest.read_bytes()
+
+
+def test_cached_headers_defer_to_the_full_read_for_cycles_past_the_audio(demo_copy, tmp_path):
+    # With every header cached, a cycle that starts after the end of its audio must be
+    # reported and dropped exactly as a run without a cache does it (strict: exit 2).
+    from rsctool.analyze import AnalyzeOptions, run
+    from rsctool.errors import DataError
+
+    project = Project.load(tmp_path / "p" / "rsctool.toml")
+    run(project, AnalyzeOptions(data_dir=demo_copy, plots=False, strict=False))
+    txt = sorted(demo_copy.glob("*_*_*_*_*.txt"))[0]
+    txt.write_text(txt.read_text().rstrip("\n") + "\n999.0\t1000.0\t0\t0\n")
+    lenient = run(project, AnalyzeOptions(data_dir=demo_copy, plots=False, strict=False))
+    ref = _full_read_run(demo_copy, tmp_path / "ref", plots=False, strict=False)
+    assert lenient.report["problems"] == ref.report["problems"]
+    assert any("after the end of the audio" in p["message"] for p in ref.report["problems"])
+    assert lenient.manifest.read_bytes() == ref.manifest.read_bytes()
+    with pytest.raises(DataError, match="after the end of the audio"):
+        run(project, AnalyzeOptions(data_dir=demo_copy, plots=False, force=True))
+
+
+def test_fast_manifest_encoding_matches_the_manifest_module(tmp_path):
+    import dataclasses
+
+    from rsctool.analyze import _write_manifest
+    from rsctool.data.manifest import Cycle, write_manifest
+
+    @dataclasses.dataclass
+    class Extra:
+        steps: int
+
+    cycles = [
+        Cycle(id="a_000", audio="/d/a.wav", start=0.0, end=1.25, label="crackle",
+              split="train", crackle=1, wheeze=0, patient="101", age=0.5, sex="F",
+              bmi=None, diagnosis="URTI", sample_rate=4000),
+        Cycle(id="b", audio="ü/b.wav", start=0.1, end=2.0, label="normal", split="test",
+              source="synthetic", generator={"backend": "x", "seed": 3, "prompt": "ä\n",
+                                              "shape": (1, 2), "nested": {"k": [1.5]}},
+              meta={"groups": ["g1", "g2"], "x": None}),
+        Cycle(id="c", audio="c.wav", start=0.0, end=1.0, label="normal", split="val",
+              source="synthetic", generator={"cfg": Extra(4)}),  # asdict turns it into a dict
+    ]
+    sha = _write_manifest(tmp_path / "new.jsonl", cycles)
+    assert sha == write_manifest(tmp_path / "old.jsonl", cycles)
+    assert (tmp_path / "new.jsonl").read_bytes() == (tmp_path / "old.jsonl").read_bytes()
+    mtime = (tmp_path / "new.jsonl").stat().st_mtime_ns
+    time.sleep(0.01)
+    assert _write_manifest(tmp_path / "new.jsonl", cycles) == sha  # unchanged: not rewritten
+    assert (tmp_path / "new.jsonl").stat().st_mtime_ns == mtime
+
+
+def test_dataset_fingerprint_matches_an_os_walk(tmp_path):
+    # The fingerprint is stored in the project: it must not change between versions.
+    from rsctool.analyze import _dataset_fingerprint
+    from rsctool.utils import params_hash
+
+    root = tmp_path / "data"
+    for rel in ("b.wav", "a.txt", ".hidden.txt", "sub/z.wav", "sub/deeper/y.txt",
+                "a_dir/x.wav", ".git/ignored", "sub2/.h/ignored"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    (root / "link").symlink_to(root / "sub", target_is_directory=True)
+    (root / "broken").symlink_to(root / "missing")
+    (tmp_path / "ICBHI_challenge_train_test.txt").write_text("x")
+
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            p = Path(dirpath, f)
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            entries.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    for p in sorted(root.resolve().parent.glob("ICBHI_*.txt")):
+        st = p.stat()
+        entries.append(("../" + p.name, st.st_size, st.st_mtime_ns))
+    digest, stats = _dataset_fingerprint(root)
+    assert digest == params_hash(entries)
+    assert set(stats) == {str(root / e[0]) for e in entries if not e[0].startswith("../")}

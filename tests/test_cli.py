@@ -91,3 +91,22 @@ def test_console_script_entry_point_exit_code(tmp_path):
 def test_bad_options_exit_2(tmp_path, args):
     r = invoke("--project", str(tmp_path / "p.toml"), *args)
     assert r.exit_code == 2, r.output
+
+
+def test_help_texts_survive_rich_rendering():
+    """Help is rendered with rich markup: "[word]" vanishes as a style tag and
+    ":word:" becomes an emoji. No command's or option's help may contain either."""
+    import re
+
+    import typer
+
+    group = typer.main.get_command(app)
+    texts = [group.help or ""]
+    for name, cmd in group.commands.items():
+        texts.append(cmd.help or "")
+        texts += [getattr(p, "help", None) or "" for p in cmd.params]
+        r = invoke(name, "--help")
+        assert r.exit_code == 0, (name, r.output)
+    for text in texts:
+        assert not re.search(r"\[[A-Za-z][A-Za-z _/-]*\]", text), text
+        assert not re.search(r":[A-Za-z_]+:", text), text

@@ -214,6 +214,51 @@ def test_batches_larger_than_one_cpu_chunk():
     assert (out[2].mean() - out[1].mean()).item() == pytest.approx(np.log(100.0), abs=0.2)
 
 
+@pytest.mark.parametrize("window", ["povey", "hamming", "rectangular"])
+@pytest.mark.parametrize("pre,dc", [(0.97, True), (0.0, True), (0.97, False), (1.0, True)])
+def test_cpu_chunks_and_first_column_agree_with_per_frame_path(window, pre, dc):
+    # 7 clips of 0.5 s: several clips per cache-sized chunk and a shorter last chunk.
+    # Windows with a non-zero first sample (hamming, rectangular) take the column-0 fix.
+    # The reference is the plain per-frame formulation (the dither path, noise ~1e-12).
+    cfg = FbankConfig(window=window, preemphasis=pre, remove_dc_offset=dc, num_mel_bins=64)
+    rng = np.random.default_rng(7)
+    batch = torch.from_numpy((0.1 * rng.standard_normal((7, 8000)) + 0.02).astype(np.float32))
+    fast = fbank(batch, cfg)
+    ref = fbank(batch, cfg.replace(dither=1e-12), generator=torch.Generator().manual_seed(0))
+    assert fast.shape == ref.shape == (7, num_frames(8000, cfg), 64)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-4)
+
+
+def test_repeated_and_concurrent_calls_keep_their_outputs():
+    # The CPU path keeps its work buffers between calls (per thread): outputs must be
+    # fresh tensors, and threads must not share buffers.
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(8)
+    clips = [torch.from_numpy((a * rng.standard_normal(16000)).astype(np.float32))
+             for a in (0.01, 0.1, 1.0)]
+    refs = [fbank(c).clone() for c in clips]
+    first = fbank(clips[0])
+    for c in clips[1:]:
+        fbank(c)
+    torch.testing.assert_close(first, refs[0], rtol=0, atol=1e-5)
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(fbank, clips * 4))
+    for i, out in enumerate(outs):  # the clips are 20 dB apart: a mix-up shows as ~4.6
+        torch.testing.assert_close(out, refs[i % 3], rtol=0, atol=1e-5)
+
+
+def test_output_is_an_ordinary_tensor():
+    # The CPU path runs under torch.inference_mode; what it returns must not be an
+    # inference tensor (in-place ops and autograd outside inference mode must work).
+    out = fbank(torch.randn(2, 16000) * 0.1)
+    assert not out.is_inference() and out.is_contiguous()
+    out.mul_(2.0)
+    w = torch.ones(128, requires_grad=True)
+    (out * w).sum().backward()
+    assert w.grad is not None
+
+
 def test_dc_offset_is_removed_per_frame():
     rng = np.random.default_rng(5)
     wav = (0.1 * rng.standard_normal(16000)).astype(np.float32)

@@ -19,7 +19,7 @@ from transformers import ASTConfig, ASTForAudioClassification, ASTModel
 
 from rsctool.errors import ConfigError
 from rsctool.models import create_model
-from rsctool.models.ast import patch_grid, resize_pos_embed
+from rsctool.models.ast import patch_grid, resize_pos_embed, set_attention
 from rsctool.models.metadata import DEFAULT_META_SPEC, META_KEYS
 
 T, FB = 100, 32          # tiny input: 100 frames x 32 mel bins -> 2 x 9 patches
@@ -84,6 +84,24 @@ def test_ast_forward_shapes_and_config_rebuild():
     rebuilt = create_model(name, **cfg).eval()
     rebuilt.load_state_dict(m.state_dict())
     assert torch.equal(rebuilt(x_batch())["logits"], out["logits"])
+
+
+@pytest.mark.parametrize("name", ("ast", *CONDITIONED))
+def test_sdpa_and_eager_attention_compute_the_same_function(name):
+    m = tiny(name)
+    assert m.config["attention"] == "sdpa"
+    x = x_batch()
+    meta = meta_batch() if name != "ast" else None
+    if name in FILM_LIKE or name == "grf":
+        perturb(m)  # conditioning active, not the identity it starts as
+    fast = m(x, meta)["logits"]
+    slow = set_attention(m, "eager")(x, meta)["logits"]
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+    with pytest.raises(ConfigError):
+        set_attention(m, "flash")
+    with pytest.raises(ConfigError):
+        create_model("ast", size="tiny", pretrained="none", input_tdim=T, input_fdim=FB,
+                     attention="flash")
 
 
 def test_ast_sizes_and_bad_config():

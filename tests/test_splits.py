@@ -129,6 +129,22 @@ def test_carve_validation_edge_cases():
             carve_validation(cycles, bad, seed=0)
 
 
+def test_carve_validation_is_stratified_by_label():
+    # Patients carry one class each, and the rare classes live on few patients (the
+    # demo and ICBHI situation): every class must keep most of its cycles in train
+    # and still appear in val.
+    labels = ["normal"] * 12 + ["crackle"] * 6 + ["wheeze"] * 3 + ["both"] * 3
+    cycles = [Cycle(id=f"p{p:03d}_{i:03d}", audio="/x.wav", start=0.0, end=1.0,
+                    label=lab, split="train", patient=f"{100 + p}", recording=f"p{p}")
+              for p, lab in enumerate(labels) for i in range(8 + p % 3)]
+    for seed in range(5):
+        out = carve_validation(cycles, 0.25, seed=seed)
+        for lab in ("normal", "crackle", "wheeze", "both"):
+            n = sum(c.label == lab for c in cycles)
+            n_val = sum(c.label == lab and c.split == "val" for c in out)
+            assert 0 < n_val <= 0.5 * n, (seed, lab, n_val, n)
+
+
 def test_carve_validation_falls_back_to_recordings():
     cycles = [Cycle(id=f"r{r}_{i}", audio="/x.wav", start=0, end=1, label="normal",
                     split="train", recording=f"r{r}") for r in range(10) for i in range(4)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,32 +12,16 @@ from typer.testing import CliRunner
 from rsctool.checkpoint import load_checkpoint
 from rsctool.cli import app
 from rsctool.errors import ConfigError
-from rsctool.project import Project
-from rsctool.train import TrainOptions, cosine_with_warmup, run
+from rsctool.train import (
+    TrainOptions,
+    cosine_with_warmup,
+    is_improvement,
+    run,
+    validation_loss,
+)
 
 runner = CliRunner()
 FAST = {"model": "cnn", "size": "tiny", "clip_seconds": 2.0, "batch_size": 32, "lr": 3e-3}
-
-
-@pytest.fixture(scope="session")
-def analysed(tmp_path_factory) -> Path:
-    """A project with the demo dataset analysed (12 patients), built once."""
-    from rsctool.analyze import AnalyzeOptions
-    from rsctool.analyze import run as analyze
-    from rsctool.data.demo import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("trainproj")
-    make_demo_dataset(root / "data", patients=12, seed=0)
-    analyze(Project.load(root / "rsctool.toml"),
-            AnalyzeOptions(data_dir=root / "data", name="demo", val_fraction=0.2, plots=False))
-    return root
-
-
-@pytest.fixture
-def project(analysed, tmp_path) -> Project:
-    dst = tmp_path / "proj"
-    shutil.copytree(analysed, dst, ignore=shutil.ignore_patterns("data"))
-    return Project.load(dst / "rsctool.toml")
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -62,8 +45,9 @@ def test_train_records_run_and_artifacts(project):
     assert cfg["classes"] == ["normal", "crackle", "wheeze", "both"]
     assert cfg["clip"]["clip_seconds"] == 2.0 and cfg["model"]["name"] == "cnn"
     assert ck.optimizer_state is not None and "torch" in ck.rng
-    # best checkpoint = the epoch with the best validation score
-    best_epoch = max(hist, key=lambda h: h["val_select"])["epoch"]
+    assert all(h["val_loss"] > 0 for h in hist)
+    # best checkpoint = the epoch with the best validation score (ties: lower val loss)
+    best_epoch = max(hist, key=lambda h: (h["val_select"], -h["val_loss"]))["epoch"]
     assert load_checkpoint(run_dir / "best.safetensors").state["best_epoch"] == best_epoch
     # a finished run is a no-op unless forced
     again = run(project, TrainOptions(run=res.run, epochs=2, **FAST))
@@ -123,11 +107,32 @@ def test_lr_schedule():
     assert cosine_with_warmup(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_validation_loss_is_the_mean_nll():
+    probs = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]])
+    expected = -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.8))) / 2
+    assert validation_loss(probs, torch.tensor([0, 1])) == pytest.approx(float(expected))
+    ml = torch.tensor([[0.9, 0.2]])
+    expected = -(torch.log(torch.tensor(0.9)) + torch.log(torch.tensor(0.8))) / 2
+    assert validation_loss(ml, torch.tensor([[1.0, 0.0]])) == pytest.approx(float(expected))
+
+
+def test_model_selection_breaks_score_ties_by_validation_loss():
+    assert is_improvement(0.5, 1.0, None, None)
+    assert is_improvement(0.6, 9.0, 0.5, 0.1)  # higher score wins whatever the loss
+    assert not is_improvement(0.4, 0.01, 0.5, 1.0)
+    assert is_improvement(0.5, 0.9, 0.5, 1.0)  # same score, lower loss
+    assert not is_improvement(0.5, 1.1, 0.5, 1.0)
+    assert not is_improvement(0.5, 1.0, 0.5, 1.0)
+
+
 def test_family_defaults_follow_the_papers():
     ast = TrainOptions(model="ast", epochs=50).resolve()
     assert ast.lr == 3e-5 and ast.warmup_epochs == 10 and ast.weight_decay == 0.01
     cnn = TrainOptions(model="cnn", epochs=50).resolve()
     assert cnn.lr == 1e-3
+    # AudioSet-pretrained AST saw Hanning-window fbanks; the CNNs keep Kaldi's default
+    assert ast.window == "hanning" and cnn.window == "povey"
+    assert TrainOptions(model="tafilm", window="povey").resolve().window == "povey"
     assert TrainOptions(task="multilabel").resolve().loss == "bce"
     with pytest.raises(ConfigError):
         TrainOptions(task="ranking").resolve()
@@ -160,6 +165,43 @@ def test_cli_train_json_and_bad_options(project):
         assert project.path.read_bytes() == before  # validated before anything is written
 
 
+def test_existing_run_with_other_options_is_refused(project):
+    proj = str(project.path)
+    base = ["--project", proj, "train", "--model", "cnn", "--size", "tiny", "--run", "r1",
+            "--clip-seconds", "2", "--batch-size", "32", "--epochs", "1"]
+    r = runner.invoke(app, [*base, "--json"])
+    assert r.exit_code == 0, r.output
+    # same options, or just the name: a finished run is a no-op
+    for args in (base, ["--project", proj, "train", "--run", "r1"]):
+        r = runner.invoke(app, [*args, "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["skipped"] is True
+    before = project.path.read_bytes()
+    r = runner.invoke(app, [*base, "--lr", "0.5", "--set", "model.dropout=0.1"])
+    assert r.exit_code == 2, r.output
+    assert "'r1' exists with other options" in r.stderr and "lr" in r.stderr
+    assert "model_cfg" in r.stderr and "--force" in r.stderr
+    assert project.path.read_bytes() == before
+    r = runner.invoke(app, [*base, "--lr", "0.5", "--force", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["skipped"] is False
+
+
 def test_train_without_project_is_exit_2(tmp_path):
     r = runner.invoke(app, ["--project", str(tmp_path / "none.toml"), "train"])
     assert r.exit_code == 2 and "not found" in r.stderr
+
+
+@pytest.mark.gpu
+def test_cuda_training_with_amp_and_cpu_reload(project):
+    """The CUDA path: AMP (bf16 autocast where supported, else fp16 + GradScaler whose
+    state is saved for resume), pinned memory; the checkpoint reloads on CPU."""
+    res = run(project, TrainOptions(epochs=2, **{**FAST, "model": "tafilm", "size": "tiny",
+                                                 "pretrained": "none", "lr": 1e-3}),
+              device="cuda")
+    rec = project.get("runs", res.run)
+    assert rec["status"] == "done" and rec["device"] == "cuda"
+    ck = load_checkpoint(res.dir / "last.safetensors", device="cpu")
+    assert (ck.state["scaler"] is None) == torch.cuda.is_bf16_supported()
+    assert all(t.device.type == "cpu" for t in ck.model_state.values())
+    assert all(torch.isfinite(t).all() for t in _weights(res.dir / "best.safetensors").values())

@@ -261,11 +261,61 @@ def _pick_groups(sizes: dict[Hashable, int], target: float, rng: random.Random,
     return set(chosen)
 
 
+def _pick_groups_stratified(counts: dict[Hashable, Counter], fraction: float,
+                            rng: random.Random, min_groups: int, max_groups: int,
+                            restarts: int = 64) -> set[Hashable]:
+    """Whole groups whose per-class counts approximate `fraction` of every class.
+
+    `counts` maps a group to its label counts. Greedy passes over seeded random group
+    orders (as in `_pick_groups`, a group is taken only when it brings the selection
+    closer to the target) are scored by the class-wise relative error plus the size
+    error, and the best of `restarts` passes wins. Without stratification a small
+    dataset easily moves most of one rare class into validation, which leaves training
+    without it (and model selection measuring a different class mix).
+    """
+    classes = sorted({lab for c in counts.values() for lab in c})
+    total = Counter()
+    for c in counts.values():
+        total.update(c)
+    target = {lab: fraction * total[lab] for lab in classes}
+    n_target = fraction * sum(total.values())
+
+    def cost(sel: Counter, n: int) -> float:
+        # relative error per class (a rare class counts as much as a common one) plus
+        # the size error, each normalised by its target
+        err = sum(abs(sel[lab] - target[lab]) / (target[lab] + 1.0) for lab in classes)
+        return err / max(1, len(classes)) + abs(n - n_target) / (n_target + 1.0)
+
+    keys = _sorted_keys(counts)
+    best: tuple[float, list[Hashable]] | None = None
+    for _ in range(max(1, restarts)):
+        order = list(keys)
+        rng.shuffle(order)
+        chosen: list[Hashable] = []
+        sel: Counter = Counter()
+        n = 0
+        for k in order:
+            if len(chosen) >= max_groups:
+                break
+            size = sum(counts[k].values())
+            cand = sel + counts[k]
+            if len(chosen) < min_groups or cost(cand, n + size) < cost(sel, n):
+                chosen.append(k)
+                sel, n = cand, n + size
+        c = cost(sel, n)
+        if best is None or c < best[0]:
+            best = (c, chosen)
+    assert best is not None
+    return set(best[1])
+
+
 # --------------------------------------------------------------------------- splits
 
 def carve_validation(cycles: Sequence[Cycle], fraction: float, seed: int = 0, *,
                      group_by: str | None = None) -> list[Cycle]:
-    """Move whole groups (patients by default) from train to val.
+    """Move whole groups (patients by default) from train to val, stratified by label:
+    the moved groups are chosen so that every class keeps about `fraction` of its
+    train cycles in val (as far as whole groups allow).
 
     Args:
         cycles: any mix of splits; only ``train`` cycles are considered.
@@ -286,11 +336,14 @@ def carve_validation(cycles: Sequence[Cycle], fraction: float, seed: int = 0, *,
     if fraction == 0:
         return cycles
     key = lambda c: group_key(c, group_by)  # noqa: E731
-    sizes = _groups((c for c in cycles if c.split == "train"), key)
-    if len(sizes) < 2:
+    counts: dict[Hashable, Counter] = defaultdict(Counter)
+    for c in cycles:
+        if c.split == "train":
+            counts[key(c)][c.label] += 1
+    if len(counts) < 2:
         return cycles
-    target = fraction * sum(sizes.values())
-    chosen = _pick_groups(sizes, target, random.Random(f"val:{seed}"), 1, len(sizes) - 1)
+    chosen = _pick_groups_stratified(dict(counts), fraction, random.Random(f"val:{seed}"),
+                                     1, len(counts) - 1)
     return [dataclasses.replace(c, split="val") if c.split == "train" and key(c) in chosen
             else c for c in cycles]
 
@@ -377,6 +430,15 @@ def random_split(cycles: Sequence[Cycle], train: float, val: float, seed: int = 
 def split_hash(cycles: Iterable[Cycle]) -> str:
     """sha256 (hex) over the sorted ``(id, split)`` pairs: fingerprint of a split."""
     pairs = sorted((c.id, c.split) for c in cycles)
+    text = json.dumps(pairs, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def train_test_hash(cycles: Iterable[Cycle]) -> str:
+    """`split_hash` with validation counted as train: the fingerprint of the train/test
+    assignment alone, the same for every ``--val-fraction``. For ICBHI's ``official``
+    split it identifies the challenge file's assignment (tests pin its value)."""
+    pairs = sorted((c.id, "train" if c.split == "val" else c.split) for c in cycles)
     text = json.dumps(pairs, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

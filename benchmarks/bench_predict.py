@@ -1,0 +1,249 @@
+"""Prediction speed on CPU: onnxruntime vs torch eager, int8 vs fp32, CLI start-up.
+
+    python benchmarks/bench_predict.py [--models ast cnn] [--threads 2] [--repeats 5]
+
+Models: ``ast`` base (86 M parameters, random initialisation: nothing is downloaded) and
+``cnn`` base, both on 8 s clips at 16 kHz with 128 mel bins (798 x 128 features), exported
+with `rsctool.export` exactly as ``rsctool export`` does (TorchScript exporter, opset 17,
+eager attention, dynamic batch) and int8-quantised as ``--quantize int8`` does. torch runs
+the model as trained (AST: fused scaled-dot-product attention). Rows:
+
+* latency, batch 1 (median of `--repeats` calls after a warm-up), and throughput,
+  batch 32 (best of `--batch32-repeats` calls), for torch eager (``torch.inference_mode``;
+  the baseline), onnxruntime fp32 and onnxruntime int8, the backends taking turns call by
+  call so that load from other processes hits them alike;
+* CLI start-up of the installed ``rsctool`` console script, median of `--repeats` runs:
+  ``rsctool predict --help``, and ``rsctool predict`` on one 8 s recording with the cnn
+  run's ONNX export (the default backend) and with ``--backend torch``; the baseline is
+  the torch backend. The run is a 1-step cnn (base) on a 2-patient demo dataset, exported
+  with ``rsctool export`` (timed too).
+
+torch and onnxruntime get the same number of threads (`--threads`, default all cores).
+Ratios are against the named baseline measured in the same run; on a shared machine
+absolute times vary by tens of percent between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import rsctool  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+T, F = 798, 128
+
+
+def _interleaved(fns: dict, rounds: int, warmup: bool) -> dict[str, list[float]]:
+    """Wall times of each function over `rounds` round-robin rounds.
+
+    Round-robin spreads bursts of load from other processes over every backend instead
+    of penalising whichever happened to run during one.
+    """
+    if warmup:  # allocations, thread pools, onnxruntime's first-run work
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def bench_model(name: str, tmp: Path, threads: int, repeats: int,
+                batch32_repeats: int) -> list[dict]:
+    import onnxruntime as ort
+    import torch
+
+    from rsctool.export import export_wrapper, quantize_int8, write_onnx
+    from rsctool.models import create_model
+
+    torch.manual_seed(0)
+    kw = {"pretrained": None} if name == "ast" else {}
+    model = create_model(name, size="base", input_tdim=T, input_fdim=F, num_classes=4, **kw)
+    model.eval()
+    wrapper = export_wrapper(model, task="multiclass", needs_metadata=False)
+    fp32 = tmp / f"{name}.onnx"
+    t0 = time.perf_counter()
+    write_onnx(wrapper, (torch.randn(2, T, F),), fp32, ["features"], 17)
+    t_export = time.perf_counter() - t0
+    int8 = tmp / f"{name}.int8.onnx"
+    quantize_int8(fp32, int8)
+    if "attention" in model.config:
+        # export_wrapper switched the AST attention to eager for the graph; torch eager
+        # runs what `--backend torch` runs: the trained config's fused SDPA attention.
+        from rsctool.models.ast import set_attention
+
+        set_attention(model, model.config["attention"])
+
+    def session(path: Path):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as rsctool
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    s32, s8 = session(fp32), session(int8)
+    rng = np.random.default_rng(0)
+    x1 = (0.5 * rng.standard_normal((1, T, F))).astype(np.float32)
+    x32 = (0.5 * rng.standard_normal((32, T, F))).astype(np.float32)
+    tx1, tx32 = torch.from_numpy(x1), torch.from_numpy(x32)
+
+    def torch_run(x):
+        with torch.inference_mode():
+            return model(x)["logits"]
+
+    with torch.inference_mode():
+        ref = model(tx1)["logits"].numpy()
+    diff = float(np.abs(s32.run(["logits"], {"features": x1})[0] - ref).max())
+    backends = {
+        "torch eager": (lambda: torch_run(tx1), lambda: torch_run(tx32)),
+        "onnxruntime fp32": (lambda: s32.run(["logits"], {"features": x1}),
+                             lambda: s32.run(["logits"], {"features": x32})),
+        "onnxruntime int8": (lambda: s8.run(["logits"], {"features": x1}),
+                             lambda: s8.run(["logits"], {"features": x32})),
+    }
+    # Batch 32 without a separate warm-up: a call of AST base takes about a minute on
+    # 2 cores, and the batch-1 rounds have warmed every backend up already.
+    lat = _interleaved({k: v[0] for k, v in backends.items()}, repeats, warmup=True)
+    big = _interleaved({k: v[1] for k, v in backends.items()}, max(1, batch32_repeats),
+                       warmup=False)
+    rows = []
+    for backend in backends:
+        t1 = statistics.median(lat[backend])
+        thr = 32 / min(big[backend])
+        rows.append({"model": name, "backend": backend, "latency_ms": 1000 * t1,
+                     "throughput": thr})
+        print(f"  {name:4s} {backend:17s} batch 1: {1000 * t1:8.1f} ms   batch 32: "
+              f"{thr:7.2f} clips/s", flush=True)
+    mb = {p: os.path.getsize(p) / 1e6 for p in (fp32, int8)}
+    print(f"  {name}: export {t_export:.1f} s, fp32 {mb[fp32]:.1f} MB, int8 {mb[int8]:.1f} MB, "
+          f"max |onnx - torch| {diff:.1e}", flush=True)
+    return rows
+
+
+def _cli_runner(args: list[str], cwd: Path):
+    exe = shutil.which("rsctool") or str(Path(sys.executable).with_name("rsctool"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def run() -> None:
+        r = subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"rsctool {' '.join(args)} failed: {r.stderr.strip()[-500:]}")
+
+    return run
+
+
+def bench_cli(tmp: Path, repeats: int) -> list[dict]:
+    from rsctool.analyze import AnalyzeOptions
+    from rsctool.analyze import run as analyze
+    from rsctool.data.demo import make_demo_dataset
+    from rsctool.project import Project
+    from rsctool.train import TrainOptions
+    from rsctool.train import run as train
+
+    root = tmp / "proj"
+    make_demo_dataset(root / "data", patients=2, seed=0)
+    project = Project.load(root / "rsctool.toml")
+    analyze(project, AnalyzeOptions(data_dir=root / "data", name="demo", plots=False))
+    train(project, TrainOptions(model="cnn", size="base", max_steps=1, epochs=1,
+                                batch_size=8, clip_seconds=8.0), device="cpu")
+    t0 = time.perf_counter()
+    r = subprocess.run([shutil.which("rsctool") or "rsctool", "-q", "export"], cwd=root,
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if r.returncode != 0:
+        raise SystemExit(f"rsctool export failed: {r.stderr}")
+    t_export = time.perf_counter() - t0
+    from rsctool.audio import write_audio
+
+    wav = root / "one.wav"  # one 8 s recording, no annotation: one window
+    write_audio(wav, (0.1 * np.random.default_rng(0).standard_normal(8 * 16000)), 16000)
+    rows = [
+        ("rsctool predict --help", ["predict", "--help"]),
+        ("rsctool predict one.wav (onnx, default)", ["-q", "predict", "one.wav",
+                                                     "--format", "json"]),
+        ("rsctool predict one.wav --backend torch", ["-q", "predict", "one.wav",
+                                                     "--backend", "torch", "--format",
+                                                     "json"]),
+    ]
+    # warm-up round: the page cache
+    times = _interleaved({label: _cli_runner(args, root) for label, args in rows}, repeats,
+                         warmup=True)
+    out = [{"what": label, "seconds": statistics.median(times[label])} for label, _ in rows]
+    print(f"  rsctool export (cnn base, 8 s clips): {t_export:.1f} s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["ast", "cnn"])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed calls for batch-1 latency and CLI start-up (median)")
+    ap.add_argument("--batch32-repeats", type=int, default=2,
+                    help="timed batch-32 calls (best of)")
+    ap.add_argument("--no-cli", action="store_true", help="skip the CLI start-up rows")
+    args = ap.parse_args(argv)
+
+    import onnxruntime
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+          f"{args.threads} thread(s), {os.cpu_count()} CPU(s), load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench_predict.") as d:
+        tmp = Path(d)
+        for name in args.models:
+            rows += bench_model(name, tmp, args.threads, args.repeats,
+                                args.batch32_repeats)
+        cli = [] if args.no_cli else bench_cli(tmp, args.repeats)
+
+    print("\n| model | backend | batch 1 latency (ms) | vs torch | batch 32 (clips/s) "
+          "| vs torch | vs onnx fp32 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in args.models:
+        rs = {r["backend"]: r for r in rows if r["model"] == name}
+        base, f32 = rs["torch eager"], rs["onnxruntime fp32"]
+        for b, r in rs.items():
+            speed1 = base["latency_ms"] / r["latency_ms"]
+            speed32 = r["throughput"] / base["throughput"]
+            vs32 = (f"{f32['latency_ms'] / r['latency_ms']:.2f}x / "
+                    f"{r['throughput'] / f32['throughput']:.2f}x" if b.endswith("int8") else "")
+            print(f"| {name} | {b}{' (baseline)' if b == 'torch eager' else ''} | "
+                  f"{r['latency_ms']:.1f} | {speed1:.2f}x | {r['throughput']:.1f} | "
+                  f"{speed32:.2f}x | {vs32} |")
+    if cli:
+        base = cli[-1]["seconds"]
+        print("\n| command | seconds | vs torch backend |\n|---|---:|---:|")
+        for r in cli:
+            print(f"| `{r['what']}` | {r['seconds']:.2f} | {base / r['seconds']:.2f}x |")
+    summary = []
+    for name in args.models:
+        rs = {r["backend"]: r for r in rows if r["model"] == name}
+        r1 = rs["torch eager"]["latency_ms"] / rs["onnxruntime fp32"]["latency_ms"]
+        r8 = rs["onnxruntime fp32"]["latency_ms"] / rs["onnxruntime int8"]["latency_ms"]
+        summary.append(f"{name}: onnx fp32 {r1:.2f}x torch at batch 1, int8 {r8:.2f}x fp32")
+    if cli:
+        summary.append(f"start-up: predict --help {cli[0]['seconds']:.2f} s, one file "
+                       f"onnx {cli[1]['seconds']:.2f} s vs torch {cli[2]['seconds']:.2f} s")
+    print("\nsummary: " + "; ".join(summary))
+
+
+if __name__ == "__main__":
+    main()

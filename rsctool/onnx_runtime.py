@@ -1,0 +1,398 @@
+"""Exported models: their self-description, and running them with onnxruntime (no torch).
+
+An ONNX file written by `rsctool export` carries everything needed to feed it in its
+``metadata_props`` (`ModelSpec`): class names, task and thresholds, sample rate, clip
+length and pad mode, the filter-bank options with the normalisation statistics, the
+metadata encoder's vocabularies and train statistics, the model name and the rsctool
+version. Its graph::
+
+    inputs   features  float32 (B, T, F)  normalised log-mel  (or, exported with
+                                         --with-features: waveform float32 (B, N))
+             device, site, sex  int64 (B,)     (metadata-conditioned models only;
+             num, num_mask      float32 (B, K)  see rsctool.models.metadata)
+    outputs  logits  float32 (B, C)   (multilabel: C = 2, crackle and wheeze)
+             probs   float32 (B, C)   softmax, or sigmoid for multilabel
+
+Everything here is numpy + onnxruntime, so `rsctool predict --model FILE.onnx` starts
+without importing torch. `encode_metadata` is the numpy twin of
+`MetadataEncoder.encode_values` and `decide` the decision rule of `Trainer.predict`;
+tests check both against the torch code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsctool.errors import ConfigError, DataError
+
+FORMAT = "rsctool-onnx"
+FORMAT_VERSION = 1
+#: Graph input names of the metadata batch, in order (= models.metadata.META_KEYS).
+META_INPUTS: tuple[str, ...] = ("device", "site", "sex", "num", "num_mask")
+#: Numeric metadata fields, in column order of ``num`` (= models.metadata.NUM_FIELDS).
+NUM_FIELDS: tuple[str, ...] = ("age", "bmi", "duration")
+SEX_CODES: dict[str, int] = {"M": 1, "F": 2}
+#: Metadata values a record may hold (`encode_metadata`).
+META_FIELDS: tuple[str, ...] = ("device", "site", "sex", *NUM_FIELDS)
+#: The four ICBHI classes a multilabel (crackle, wheeze) model's outputs map to.
+MULTILABEL_CLASSES = ["normal", "crackle", "wheeze", "both"]
+
+
+@dataclass
+class ModelSpec:
+    """How to feed a model and read its outputs (stored in the ONNX metadata).
+
+    Attributes:
+        classes: class names, in output order of the decision (`decide`).
+        task: ``multiclass`` (softmax over classes) or ``multilabel`` (crackle and
+            wheeze sigmoids, combined into the four ICBHI classes).
+        thresholds: multilabel crackle/wheeze thresholds chosen on validation (None:
+            0.5 each).
+        sample_rate: Hz the audio is resampled to.
+        clip_seconds: every cycle/window is padded (repeat + fades) or cropped to this.
+        pad_mode: ``repeat|zero``.
+        fbank: `FbankConfig` dict, incl. the normalisation ``mean``/``std``.
+        norm: where those come from: ``audioset`` (AST's pretraining values) or
+            ``dataset`` (the training split's statistics); None in older exports.
+        provenance: the run's data and split (spec, hash, official), and the rsctool,
+            torch and transformers versions and git commit it was trained with.
+        needs_metadata: the graph takes the metadata inputs.
+        metadata_encoder: `MetadataEncoder.to_dict()` (vocabularies, train mean/std).
+        model: registered model name; model_config its builder config.
+        run, checkpoint: the training run and checkpoint (best|last) it came from.
+        with_features: the graph computes the filter bank (input ``waveform``).
+        quantize: ``none`` or ``int8``.
+        rsctool_version: the rsctool that wrote the file.
+    """
+
+    classes: list[str]
+    task: str = "multiclass"
+    thresholds: list[float] | None = None
+    sample_rate: int = 16000
+    clip_seconds: float = 8.0
+    pad_mode: str = "repeat"
+    fbank: dict[str, Any] = field(default_factory=dict)
+    norm: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    needs_metadata: bool = False
+    metadata_encoder: dict[str, Any] | None = None
+    model: str = ""
+    model_config: dict[str, Any] = field(default_factory=dict)
+    run: str | None = None
+    checkpoint: str | None = None
+    with_features: bool = False
+    quantize: str = "none"
+    rsctool_version: str = ""
+
+    # ----- derived ------------------------------------------------------------------
+    @property
+    def clip_samples(self) -> int:
+        """N: samples per clip at `sample_rate`."""
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        return {"mean": self.fbank.get("mean"), "std": self.fbank.get("std"),
+                "norm": self.norm, "formula": "(log_mel - mean) / (2 * std)"}
+
+    def input_names(self) -> list[str]:
+        return ["waveform" if self.with_features else "features",
+                *(META_INPUTS if self.needs_metadata else ())]
+
+    # ----- metadata_props ---------------------------------------------------------
+    def to_props(self) -> dict[str, str]:
+        """``metadata_props`` of the ONNX file: strings, JSON for non-string values.
+
+        Besides the spec's fields (``rsctool.*`` keys, read back by `from_props`), a few
+        plainly named keys describe the file to other tools.
+        """
+        props = {"rsctool.format": FORMAT, "rsctool.format_version": str(FORMAT_VERSION)}
+        for k, v in asdict(self).items():
+            props[f"rsctool.{k}"] = json.dumps(v, sort_keys=True)
+        props.update({
+            "class_names": json.dumps(self.classes),
+            "task": self.task,
+            "thresholds": json.dumps(self.thresholds),
+            "sample_rate": str(self.sample_rate),
+            "clip_seconds": str(self.clip_seconds),
+            "feature_config": json.dumps(self.fbank, sort_keys=True),
+            "normalization": json.dumps(self.normalization),
+            "metadata_encoder": json.dumps(self.metadata_encoder, sort_keys=True),
+            "inputs": ", ".join(self.input_names()),
+            "model_name": self.model,
+            "rsctool_version": self.rsctool_version,
+        })
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], path: str | os.PathLike | None = None
+                   ) -> ModelSpec:
+        """Inverse of `to_props`.
+
+        Raises:
+            DataError: not an rsctool export, a newer format, or malformed values.
+        """
+        if props.get("rsctool.format") != FORMAT:
+            raise DataError("not an ONNX model exported by `rsctool export` (no rsctool "
+                            "metadata: class names, features and thresholds are unknown)", path)
+        try:
+            version = int(props.get("rsctool.format_version", "0"))
+        except ValueError:
+            version = -1
+        if not 1 <= version <= FORMAT_VERSION:
+            raise DataError(f"ONNX export format version {props.get('rsctool.format_version')!r}"
+                            f" is not one this rsctool reads ({FORMAT_VERSION}); upgrade "
+                            "rsctool or export again", path)
+        kw: dict[str, Any] = {}
+        names = set(cls.__dataclass_fields__)
+        for key, raw in props.items():
+            if key.startswith("rsctool.") and key[8:] in names:
+                try:
+                    kw[key[8:]] = json.loads(raw)
+                except ValueError:
+                    raise DataError(f"malformed ONNX metadata {key!r}", path) from None
+        if "classes" not in kw:
+            raise DataError("ONNX metadata lacks the class names", path)
+        spec = cls(**kw)
+        spec.validate(path)
+        return spec
+
+    def validate(self, path: str | os.PathLike | None = None) -> ModelSpec:
+        if not self.classes or not all(isinstance(c, str) for c in self.classes):
+            raise DataError(f"ONNX metadata: bad class names {self.classes!r}", path)
+        if self.task not in ("multiclass", "multilabel"):
+            raise DataError(f"ONNX metadata: unknown task {self.task!r}", path)
+        if self.task == "multilabel" and self.classes != MULTILABEL_CLASSES:
+            raise DataError(f"ONNX metadata: a multilabel model needs the classes "
+                            f"{MULTILABEL_CLASSES}, got {self.classes}", path)
+        if self.needs_metadata and not self.metadata_encoder:
+            raise DataError("ONNX metadata: a metadata model without its encoder", path)
+        if self.sample_rate <= 0 or self.clip_seconds <= 0:
+            raise DataError("ONNX metadata: bad sample rate or clip length", path)
+        return self
+
+    @classmethod
+    def from_run(cls, loaded: Any, *, with_features: bool = False, quantize: str = "none"
+                 ) -> ModelSpec:
+        """The spec of a run loaded by `rsctool.eval.load_run` (no torch needed here)."""
+        from rsctool import __version__
+
+        config = loaded.config
+        clip = config["clip"]
+        needs = bool(config.get("needs_metadata"))
+        return cls(
+            classes=list(loaded.classes), task=loaded.task,
+            thresholds=list(loaded.thresholds) if loaded.thresholds else None,
+            sample_rate=int(clip["sample_rate"]), clip_seconds=float(clip["clip_seconds"]),
+            pad_mode=str(clip.get("pad_mode", "repeat")), fbank=dict(clip["fbank"]),
+            norm=(config.get("normalization") or {}).get("norm")
+            or (config.get("options") or {}).get("norm"),
+            provenance=_provenance(config),
+            needs_metadata=needs,
+            metadata_encoder=config.get("metadata_encoder") if needs else None,
+            model=str(config["model"].get("name", "")),
+            model_config=dict(config["model"]), run=loaded.name, checkpoint=loaded.which,
+            with_features=with_features, quantize=quantize, rsctool_version=__version__,
+        ).validate(loaded.checkpoint)
+
+
+def _provenance(config: dict[str, Any]) -> dict[str, Any]:
+    """The compact provenance of a run config (`rsctool.train.Trainer.provenance`)."""
+    split = config.get("split") or {}
+    data = config.get("data") or {}
+    env = config.get("environment") or {}
+    pk = env.get("packages") or {}
+    out = {"dataset": data.get("dataset"), "manifest_sha256": data.get("manifest_sha256"),
+           "split": split.get("spec"), "split_hash": split.get("hash"),
+           "official_split": split.get("official"),
+           "seed": (config.get("options") or {}).get("seed"),
+           "trained_with": {k: v for k, v in (("rsctool", env.get("rsctool")),
+                                               ("torch", pk.get("torch")),
+                                               ("transformers", pk.get("transformers")),
+                                               ("git", (env.get("git") or {}).get("commit")))
+                            if v is not None}}
+    return {k: v for k, v in out.items() if v not in (None, {})}
+
+
+# --------------------------------------------------------------------------- metadata
+
+def _number(value: Any, name: str, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{where}: {name} must be a number or null, got {value!r}")
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _category(value: Any, name: str, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {name} must be a string or null, got {value!r}")
+    return value
+
+
+def _sex_code(value: Any, where: str) -> int:
+    if value is None or value == "":
+        return 0
+    if not isinstance(value, str) or value.upper() not in SEX_CODES:
+        raise DataError(f"{where}: sex must be 'M', 'F' or null, got {value!r}")
+    return SEX_CODES[value.upper()]
+
+
+def encode_metadata(records: Sequence[Mapping[str, Any]], encoder: Mapping[str, Any]
+                    ) -> dict[str, np.ndarray]:
+    """Numpy twin of `MetadataEncoder.encode_values` (same rules, same errors).
+
+    Args:
+        records: per item ``device, site`` (str), ``sex`` (M/F), ``age`` (years), ``bmi``
+            (kg/m^2), ``duration`` (s); absent or None = missing (index 0 / mask 0, never
+            imputed); an optional ``id`` names the record in errors.
+        encoder: `MetadataEncoder.to_dict()`.
+
+    Returns:
+        ``device, site, sex`` int64 `(B,)`; ``num, num_mask`` float32 `(B, K)`.
+    """
+    if list(encoder.get("num_fields", [])) != list(NUM_FIELDS):
+        raise ConfigError(f"metadata encoder encodes {encoder.get('num_fields')}; this "
+                          f"rsctool expects {list(NUM_FIELDS)}")
+    dev_index = {d: i + 1 for i, d in enumerate(encoder["devices"])}
+    site_index = {s: i + 1 for i, s in enumerate(encoder["sites"])}
+    mean, std = encoder["mean"], encoder["std"]
+    n, k = len(records), len(NUM_FIELDS)
+    out = {"device": np.zeros(n, np.int64), "site": np.zeros(n, np.int64),
+           "sex": np.zeros(n, np.int64), "num": np.zeros((n, k), np.float32),
+           "num_mask": np.zeros((n, k), np.float32)}
+    for i, rec in enumerate(records):
+        where = rec.get("id") or f"metadata record {i + 1}"
+        unknown = sorted(set(rec) - set(META_FIELDS) - {"id"})
+        if unknown:
+            raise DataError(f"{where}: unknown metadata field(s) {unknown}; "
+                            f"known: {list(META_FIELDS)}")
+        dev = _category(rec.get("device"), "device", where)
+        loc = _category(rec.get("site"), "site", where)
+        out["device"][i] = dev_index.get(dev, 0) if dev else 0
+        out["site"][i] = site_index.get(loc, 0) if loc else 0
+        out["sex"][i] = _sex_code(rec.get("sex"), where)
+        for j, name in enumerate(NUM_FIELDS):
+            v = _number(rec.get(name), name, where)
+            if v is not None:
+                # float32 arithmetic on float64 inputs, as torch writes into a float tensor
+                out["num"][i, j] = (v - mean[j]) / std[j]
+                out["num_mask"][i, j] = 1.0
+    return out
+
+
+# --------------------------------------------------------------------------- decisions
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow
+
+
+def decide(logits: np.ndarray, task: str, thresholds: Sequence[float] | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predicted classes from logits `(B, C)`, as `Trainer.predict` decides.
+
+    Multiclass: argmax of the softmax. Multilabel: crackle = sigmoid >= threshold (and
+    wheeze likewise; 0.5 when no thresholds), mapped to normal/crackle/wheeze/both; the
+    class probabilities are then (1-c)(1-w), c(1-w), (1-c)w, cw.
+
+    Returns:
+        ``(pred (B,) int, class_probs (B, C') float, raw_probs (B, C))`` where raw_probs
+        are the softmax or the two sigmoids.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if task == "multilabel":
+        p = sigmoid(logits)
+        t = list(thresholds) if thresholds else [0.5, 0.5]
+        crackle, wheeze = p[:, 0] >= t[0], p[:, 1] >= t[1]
+        pred = crackle.astype(np.int64) + 2 * wheeze.astype(np.int64)
+        c, w = p[:, 0], p[:, 1]
+        class_probs = np.stack([(1 - c) * (1 - w), c * (1 - w), (1 - c) * w, c * w], axis=1)
+        return pred, class_probs, p
+    p = softmax(logits)
+    return p.argmax(axis=1), p, p
+
+
+# --------------------------------------------------------------------------- runtime
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+class OnnxModel:
+    """An rsctool ONNX export in an onnxruntime session.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (None: onnxruntime's default, one per core).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError("ONNX model not found", self.path)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # onnxruntime's warnings are not the user's business
+        # Idle worker threads sleep instead of spinning: on a shared or busy CPU, spinning
+        # threads take cores from other work (and from each other) for no gain here.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(os.fspath(self.path), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise DataError(f"not a readable ONNX model ({_short(e)})", self.path) from None
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.spec = ModelSpec.from_props(props, self.path)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        want = self.spec.input_names()
+        if self.inputs != want:
+            raise DataError(f"ONNX graph inputs {self.inputs} do not match its metadata "
+                            f"({want})", self.path)
+        self._fbank = None
+
+    def logits(self, x: np.ndarray, meta: Mapping[str, np.ndarray] | None = None
+               ) -> np.ndarray:
+        """`(B, C)` logits of a batch: `x` is `(B, T, F)` normalised features, or `(B, N)`
+        waveforms for a ``with_features`` export; `meta` the `encode_metadata` batch."""
+        feed = {self.inputs[0]: np.ascontiguousarray(x, dtype=np.float32)}
+        if self.spec.needs_metadata:
+            if meta is None:
+                raise ConfigError(f"{self.path}: the model needs metadata inputs")
+            for k in META_INPUTS:
+                feed[k] = meta[k]
+        return self.session.run(["logits"], feed)[0]
+
+    def features(self, wav: np.ndarray) -> np.ndarray:
+        """What `logits` takes for `(B, N)` waveforms: normalised numpy fbank features,
+        or the waveforms themselves for a ``with_features`` export."""
+        if self.spec.with_features:
+            return np.ascontiguousarray(wav, dtype=np.float32)
+        if self._fbank is None:
+            from rsctool.features_np import FbankNumpy, FbankSpec
+
+            # no dither at prediction: the same recording always gives the same answer
+            self._fbank = FbankNumpy(FbankSpec.from_dict({**self.spec.fbank, "dither": 0.0}),
+                                     normalize=True)
+        return self._fbank(wav)

@@ -1,0 +1,1070 @@
+"""`rsctool synth`: synthetic minority-class breathing cycles, and their use in training.
+
+Backends (`rsctool.generators`): ``audioldm`` (default) and ``audioldm2`` generate
+from text prompts (`--prompts FILE`, several per class); ``diffwave`` trains a
+mel-conditioned DiffWave vocoder on the dataset's real train cycles (once; resumable;
+recorded under ``[vocoders.NAME]``) and re-synthesises perturbed mels of real cycles of
+the requested class. Every sample is post-processed alike: resampled to the project
+rate, cropped or padded to the cycle length, peak-normalised, faded in and out. With
+`--min-confidence P` a trained run of the project scores each sample and only those it
+assigns to their intended class with probability >= P are kept.
+
+Output folder (``.rsctool/synthetic/NAME`` unless `--out`)::
+
+    crackle/901_00000_Syn_sc_audioldm.wav  .txt     one ICBHI-format recording per sample
+    crackle/ICBHI_challenge_train_test.txt          all of the folder's samples: train
+    annotations/crackle.txt                         stem, start, end, crackles, wheezes
+    manifest.jsonl                                  DESIGN.md fields, source = synthetic
+    generation_summary.json                         settings, seeds, counts, s/sample
+    rejected.jsonl                                  samples the quality filter dropped
+
+so `rsctool.data.icbhi.read_icbhi(OUT / "crackle")` reads a class folder back. File
+stems follow the ICBHI pattern ``<patient>_<index>_<site>_<mode>_<device>`` with the
+patient field a class code (900 normal, 901 crackle, 902 wheeze, 903 both), the
+sample index, site ``Syn`` and the backend as device.
+
+Sample `i` of class `c` is a pure function of ``(--seed, c, i)`` and the settings, so an
+interrupted run continues from the first missing sample, re-running with the same
+options is a no-op, and a larger `--n` later extends a set instead of starting over.
+
+Training (`rsctool train --synthetic NAME ...`) calls `mix_synthetic`: synthetic cycles
+join the training split only (never validation or test), selected by `select_synthetic`
+(`--max-synthetic-per-class`, `--synthetic-ratio`); the run stores the list of ids used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rsctool.console import StepProgress, get_state, info, print_json, warn
+from rsctool.data.manifest import ICBHI_CLASSES, Cycle, icbhi_label
+from rsctool.errors import ConfigError, DataError
+from rsctool.generators import BACKENDS
+from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
+
+#: Patient field of synthetic file names, per class (ICBHI patient ids are 101-226).
+CLASS_CODES: dict[str, int] = {"normal": 900, "crackle": 901, "wheeze": 902, "both": 903}
+#: Site and mode fields of synthetic file names.
+SITE, MODE = "Syn", "sc"
+#: Classes made when neither --classes nor --balance says otherwise.
+DEFAULT_CLASSES: tuple[str, ...] = ("crackle", "wheeze", "both")
+DEFAULT_N = 100
+SPLIT_FILE = "ICBHI_challenge_train_test.txt"
+#: Bumped when a change here changes the samples a given set of options makes.
+SYNTH_VERSION = 1
+
+
+# --------------------------------------------------------------------------- options
+
+@dataclass
+class SynthOptions:
+    """Resolved options of one `synth` invocation (stored in the summary).
+
+    Attributes:
+        backend: ``audioldm|audioldm2|diffwave``.
+        classes: ICBHI classes to make (None: crackle, wheeze, both; with `balance`
+            the plan's classes that need samples).
+        n: samples per class (None: 100, or the plan with `balance`).
+        balance: per-class counts from the analyze report's synthesis plan.
+        name: set name in the project (None: reuse a set made with the same options,
+            else the backend name plus a counter).
+        out: output folder (None: ``.rsctool/synthetic/NAME``).
+        dataset: dataset in the project (None: the last analysed).
+        seed: seeds every sample (see `generators.sample_seed`).
+        sample_rate: Hz of the written files (the training rate).
+        seconds: cycle length (s); None: 8 s for the text-to-audio backends, the
+            (stretched) source cycle's length for diffwave.
+        max_seconds: diffwave: longest source excerpt re-synthesised (s).
+        peak: peak level after normalisation (0: keep the generator's level).
+        fade_ms: fade in/out length (ms).
+        batch_size: samples per generator call (None: 4 on CUDA, 1 on CPU).
+        model: text-to-audio model (hub id or folder; None: the backend's default).
+        prompts: prompt TOML file (None: the packaged one).
+        steps: denoising steps (text-to-audio).
+        guidance: classifier-free guidance (None: 7.5 AudioLDM, 3.5 AudioLDM 2).
+        negative_prompt: overrides the prompt file's negative prompt.
+        vocoder: diffwave: vocoder record name (None: ``diffwave-DATASET``).
+        vocoder_size: ``base`` (30 layers, 64 channels, 80 mels, hop 256) or ``tiny``.
+        vocoder_layers, vocoder_channels: override the size's residual layers/channels.
+        vocoder_steps, vocoder_batch_size, vocoder_segment_frames, vocoder_lr,
+            vocoder_checkpoint_every: vocoder training (`VocoderTrainOptions`).
+        sampler: ``fast`` (6 steps) or ``full`` (all 50 training steps).
+        stretch, mel_noise, gain_db: diffwave mel perturbation (`perturb_mel`).
+        min_confidence: keep only samples the filter run gives their class with at
+            least this probability (None: no filter).
+        filter_run: run that scores samples (None: the last finished run).
+        max_tries: with a filter, give up on a class after n * max_tries samples.
+        force: regenerate a set made with other options (its folder is deleted).
+    """
+
+    backend: str = "audioldm"
+    classes: list[str] | None = None
+    n: int | None = None
+    balance: bool = False
+    name: str | None = None
+    out: str | None = None
+    dataset: str | None = None
+    seed: int = 0
+    sample_rate: int = 16000
+    seconds: float | None = None
+    max_seconds: float = 8.0
+    peak: float = 0.95
+    fade_ms: float = 10.0
+    batch_size: int | None = None
+    model: str | None = None
+    prompts: str | None = None
+    steps: int = 50
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    vocoder: str | None = None
+    vocoder_size: str = "base"
+    vocoder_layers: int | None = None
+    vocoder_channels: int | None = None
+    vocoder_steps: int = 50_000
+    vocoder_batch_size: int = 16
+    vocoder_segment_frames: int = 62
+    vocoder_lr: float = 2e-4
+    vocoder_checkpoint_every: int = 1000
+    sampler: str = "fast"
+    stretch: float = 0.1
+    mel_noise: float = 0.02
+    gain_db: float = 3.0
+    min_confidence: float | None = None
+    filter_run: str | None = None
+    max_tries: int = 4
+    force: bool = False
+
+    def validate(self) -> SynthOptions:
+        """Check what needs no project; returns a copy with classes de-duplicated."""
+        o = dataclasses.replace(self, classes=None if self.classes is None else
+                                list(dict.fromkeys(self.classes)))
+        if o.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, "
+                              f"got {o.backend!r}")
+        for c in o.classes or []:
+            if c not in ICBHI_CLASSES:
+                raise ConfigError(f"--classes: unknown class {c!r} (synth makes the ICBHI "
+                                  f"classes {', '.join(ICBHI_CLASSES)})")
+        if o.classes is not None and not o.classes:
+            raise ConfigError("--classes: no class given")
+        if o.n is not None and (isinstance(o.n, bool) or not isinstance(o.n, int) or o.n < 1):
+            raise ConfigError(f"--n must be an integer >= 1 (samples per class), got {o.n!r}")
+        if o.n is not None and o.balance:
+            raise ConfigError("--n and --balance exclude each other (--balance takes the "
+                              "counts from the analyze report's synthesis plan)")
+        checks = [("--sample-rate", o.sample_rate >= 1000), ("--steps", o.steps >= 1),
+                  ("--max-seconds", o.max_seconds > 0), ("--peak", 0 <= o.peak <= 1),
+                  ("--fade-ms", o.fade_ms >= 0), ("--max-tries", o.max_tries >= 1),
+                  ("--stretch", 0 <= o.stretch < 1), ("--mel-noise", o.mel_noise >= 0),
+                  ("--gain-db", o.gain_db >= 0)]
+        if o.seconds is not None:
+            checks.append(("--seconds", o.seconds > 0))
+        if o.guidance is not None:
+            checks.append(("--guidance", o.guidance >= 0))
+        if o.batch_size is not None:
+            checks.append(("--batch-size", o.batch_size >= 1))
+        for flag, ok in checks:
+            if not ok:
+                raise ConfigError(f"{flag}: value out of range ({_option_value(o, flag)!r})")
+        if o.min_confidence is not None and not 0 < o.min_confidence <= 1:
+            raise ConfigError(f"--min-confidence must be in (0, 1], got {o.min_confidence}")
+        if o.filter_run is not None and o.min_confidence is None:
+            raise ConfigError("--filter-run needs --min-confidence (the probability a "
+                              "sample's class must reach to be kept)")
+        if o.sampler not in ("fast", "full"):
+            raise ConfigError(f"--sampler must be fast or full, got {o.sampler!r}")
+        return o
+
+
+def _option_value(o: SynthOptions, flag: str) -> Any:
+    return getattr(o, flag.lstrip("-").replace("-", "_"), None)
+
+
+@dataclass
+class SynthResult:
+    """What `run` did.
+
+    Attributes:
+        name: set name in the project.
+        dir: output folder.
+        counts: kept samples per class (in the set, not only made this time).
+        made: samples written by this invocation.
+        rejected: samples dropped by the quality filter (in the set).
+        skipped: nothing to do (a finished set with the same options).
+        seconds_per_sample: mean generation time over the set's samples.
+        summary: the generation_summary.json document.
+    """
+
+    name: str
+    dir: Path
+    counts: dict[str, int]
+    made: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    skipped: bool = False
+    seconds_per_sample: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def stem_for(label: str, index: int, backend: str) -> str:
+    """ICBHI-style file stem of sample `index` of class `label` (``901_00007_Syn_sc_diffwave``)."""
+    return f"{CLASS_CODES[label]}_{index:05d}_{SITE}_{MODE}_{backend}"
+
+
+def cycle_id(set_name: str, label: str, index: int, backend: str) -> str:
+    """Manifest id of a synthetic sample; the set name keeps it apart from real ids."""
+    return f"{set_name}:{stem_for(label, index, backend)}"
+
+
+def _flags(label: str) -> tuple[int, int]:
+    return int(label in ("crackle", "both")), int(label in ("wheeze", "both"))
+
+
+def _dataset(project: Any, name: str | None, required: bool) -> tuple[str | None, dict | None,
+                                                                       list[Cycle]]:
+    """The dataset record and its cycles, or (None, None, []) when optional and absent."""
+    from rsctool.train import load_dataset_cycles, pick_dataset
+
+    if name is None and not project.section("datasets") and not required:
+        return None, None, []
+    ds_name, record = pick_dataset(project, name)
+    return ds_name, record, load_dataset_cycles(project, record)
+
+
+def _plan_counts(project: Any, ds_name: str, record: dict) -> dict[str, int]:
+    """The synthesis plan of the analyze report of dataset `ds_name`."""
+    path = project.abs(record["report"]) if record.get("report") else None
+    if path is None or not path.exists():
+        raise ConfigError(f"--balance: dataset {ds_name!r} has no analyze report "
+                          "(re-run `rsctool analyze`)")
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8")).get("synthesis_plan") or {}
+    except (OSError, ValueError) as e:
+        raise DataError(f"unreadable analyze report ({e})", path) from None
+    return {str(k): int(v) for k, v in plan.items()}
+
+
+def _resolve_counts(opts: SynthOptions, project: Any, ds_name: str | None,
+                    record: dict | None) -> dict[str, int]:
+    """``{class: samples}`` to reach, in class order."""
+    if opts.balance:
+        if ds_name is None or record is None:
+            raise ConfigError("--balance needs an analysed dataset (run `rsctool analyze`)")
+        plan = _plan_counts(project, ds_name, record)
+        classes = opts.classes or [c for c in ICBHI_CLASSES if plan.get(c, 0) > 0]
+        counts = {c: plan.get(c, 0) for c in classes if plan.get(c, 0) > 0}
+        if not counts:
+            raise ConfigError(f"--balance: the synthesis plan of dataset {ds_name!r} needs no "
+                              f"samples for {', '.join(classes)} (already balanced)")
+        return counts
+    classes = opts.classes or list(DEFAULT_CLASSES)
+    return dict.fromkeys(classes, opts.n or DEFAULT_N)
+
+
+def _default_filter_run(project: Any) -> str:
+    runs = project.section("runs")
+    done = [n for n, r in runs.items() if r.get("status") == "done"]
+    if not done:
+        raise ConfigError("--min-confidence needs a trained classifier to score samples: "
+                          "pass --filter-run RUN (the project has no finished run; "
+                          "train one with `rsctool train`)")
+    return done[-1]
+
+
+class QualityFilter:
+    """Scores synthetic samples with a trained run, fed exactly like in training.
+
+    `confidence(wav, rate, label)` is the run's probability of class `label` for the
+    waveform: resampled to the run's rate, padded (repeat) or cropped to its clip length,
+    Kaldi fbank, the run's normalisation; multilabel runs turn their crackle/wheeze
+    sigmoids into the four class probabilities.
+    """
+
+    def __init__(self, project: Any, run: str, min_confidence: float, device: str):
+        from rsctool.data.manifest import file_sha256
+        from rsctool.eval import load_run
+
+        self.run = run
+        self.min_confidence = min_confidence
+        self.device = device
+        self.loaded = load_run(project, run, "best", device)
+        self.sha256 = file_sha256(self.loaded.checkpoint)
+
+    def check_classes(self, labels: Sequence[str]) -> None:
+        missing = [c for c in labels if c not in self.loaded.classes]
+        if missing:
+            raise ConfigError(f"--filter-run {self.run}: the run does not predict "
+                              f"{', '.join(missing)} (its classes: "
+                              f"{', '.join(self.loaded.classes)})")
+
+    def identity(self) -> dict[str, Any]:
+        return {"run": self.run, "checkpoint_sha256": self.sha256,
+                "min_confidence": self.min_confidence}
+
+    def confidence(self, wav: Any, sample_rate: int, label: str, cycle: Cycle) -> float:
+        import numpy as np
+        import torch
+
+        from rsctool.audio import pad_or_crop, resample
+        from rsctool.features import fbank
+
+        lr = self.loaded
+        clip = lr.clip
+        x = resample(np.asarray(wav, dtype=np.float32), sample_rate, clip.sample_rate)
+        x = pad_or_crop(x, clip.num_samples, clip.sample_rate, clip.pad_mode)
+        feats = fbank(torch.from_numpy(x), clip.fbank)
+        feats = (feats - clip.fbank.mean) / (2.0 * clip.fbank.std)
+        meta = None
+        if lr.config.get("needs_metadata") and lr.encoder is not None:
+            meta = {k: v.to(self.device) for k, v in lr.encoder.encode([cycle]).items()}
+        with torch.no_grad():
+            logits = lr.model(feats.to(self.device), meta)["logits"].float().cpu()
+        if lr.task == "multilabel":
+            c, w = torch.sigmoid(logits[0]).tolist()
+            probs = {"normal": (1 - c) * (1 - w), "crackle": c * (1 - w),
+                     "wheeze": (1 - c) * w, "both": c * w}
+            return float(probs[label])
+        return float(torch.softmax(logits[0], -1)[lr.classes.index(label)])
+
+
+# --------------------------------------------------------------------------- vocoder
+
+def ensure_vocoder(project: Any, opts: SynthOptions, ds_name: str, record: dict,
+                   train_cycles: Sequence[Cycle], device: str, progress: bool,
+                   log: Callable[[str], None]) -> tuple[str, Path]:
+    """The DiffWave vocoder of `ds_name`: trained now (or resumed, or extended to more
+    steps) unless the project already records one trained to `vocoder_steps`.
+
+    Returns:
+        ``(vocoder name, checkpoint path)``.
+    """
+    from rsctool.generators.diffwave import (
+        AudioStore,
+        DiffWaveConfig,
+        VocoderTrainer,
+        VocoderTrainOptions,
+    )
+
+    name = opts.vocoder or f"diffwave-{ds_name}"
+    cfg = DiffWaveConfig.sized(opts.vocoder_size, residual_layers=opts.vocoder_layers,
+                               residual_channels=opts.vocoder_channels,
+                               sample_rate=opts.sample_rate)
+    topts = VocoderTrainOptions(steps=opts.vocoder_steps, batch_size=opts.vocoder_batch_size,
+                                segment_frames=opts.vocoder_segment_frames, lr=opts.vocoder_lr,
+                                checkpoint_every=opts.vocoder_checkpoint_every, seed=opts.seed)
+    topts.validate()
+    rec = project.get("vocoders", name)
+    folder = (project.abs(rec["dir"]) if rec and rec.get("dir")
+              else project.state_dir() / "vocoders" / name)
+    ckpt = folder / "last.safetensors"
+    if rec is not None:
+        try:
+            old = DiffWaveConfig.from_dict(rec.get("config") or {})
+        except (ConfigError, TypeError):
+            old = None
+        if (old != cfg or rec.get("dataset") != ds_name
+                or rec.get("dataset_sha256") != record.get("sha256")):
+            raise ConfigError(f"vocoder {name!r} was trained with another architecture, rate "
+                              "or dataset; pass --vocoder NEW_NAME to train a new one")
+        if rec.get("status") == "done" and int(rec.get("step", 0)) >= topts.steps \
+                and ckpt.exists():
+            return name, ckpt
+    if not train_cycles:
+        raise ConfigError(f"dataset {ds_name!r} has no real train cycles to train the "
+                          "vocoder on")
+    todo = topts.steps - (int(rec.get("step", 0)) if rec else 0)
+    if device == "cpu" and cfg.residual_layers * cfg.residual_channels >= 30 * 64 \
+            and todo > 100:
+        # measured: ~2 min per step of batch 16 on a 2-core CPU (docs/synth.md)
+        warn(f"training the {cfg.residual_layers}-layer DiffWave vocoder on the CPU takes "
+             f"minutes per step ({todo} steps to go); use a GPU (--device cuda), or "
+             "--vocoder-size tiny / fewer --vocoder-steps for a trial")
+    log(f"vocoder {name!r}: reading {len(train_cycles)} real train cycles")
+    store = AudioStore.build(folder / "audio", list(train_cycles), cfg.sample_rate)
+    trainer = VocoderTrainer(cfg, topts, store, folder, device)
+    if ckpt.exists():
+        trainer.restore(ckpt)
+        log(f"vocoder {name!r}: resuming at step {trainer.step} of {topts.steps}")
+    project.update_record(
+        "vocoders", name, backend="diffwave", dataset=ds_name,
+        dataset_sha256=record.get("sha256"), config=cfg.to_dict(), dir=project.rel(folder),
+        checkpoint=project.rel(ckpt), steps=topts.steps, step=trainer.step, status="running",
+        parameters=trainer.model.num_parameters(), device=device,
+        training={k: v for k, v in asdict(topts).items() if k != "extra"})
+    bar = StepProgress(progress, f"vocoder {name}", topts.steps, trainer.step)
+    try:
+        summary = trainer.fit(on_step=lambda step, loss: bar.update(loss=loss))
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            project.update_record("vocoders", name, status="interrupted", step=trainer.step)
+        raise
+    finally:
+        bar.close()
+    done = max(1, summary["trained_steps"])
+    project.update_record("vocoders", name, status="done", step=trainer.step,
+                          loss=summary["loss"], seconds=round(trainer.seconds, 3),
+                          seconds_per_step=round(trainer.seconds / max(1, trainer.step), 6))
+    log(f"vocoder {name!r}: trained to step {trainer.step} ({summary['trained_steps']} steps "
+        f"now, {summary['seconds'] / done:.3g} s/step overall), loss {summary['loss']}")
+    return name, ckpt
+
+
+# --------------------------------------------------------------------------- outputs
+
+class _Rejected:
+    """``rejected.jsonl``: samples the quality filter dropped (so a resume skips them)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.items: dict[tuple[str, int], dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    d = json.loads(line)
+                    self.items[(d["label"], int(d["index"]))] = d
+                except (ValueError, KeyError, TypeError):
+                    break  # a torn last line: that sample is simply made again
+        self._fh = None
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key in self.items
+
+    def add(self, item: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # rewrite the good lines first: drops a torn tail before appending
+            atomic_write_text(self.path, "".join(json.dumps(d) + "\n"
+                                                 for d in self.items.values()))
+            self._fh = self.path.open("a", encoding="utf-8")
+        self.items[(item["label"], int(item["index"]))] = item
+        self._fh.write(json.dumps(item) + "\n")
+        self._fh.flush()
+
+    def counts(self) -> Counter:
+        return Counter(label for label, _ in self.items)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _write_indexes(out: Path, cycles: Sequence[Cycle]) -> None:
+    """Per-class split files and batch annotation files for the samples in `cycles`."""
+    by_label: dict[str, list[Cycle]] = {}
+    for c in sorted(cycles, key=lambda c: c.id):
+        by_label.setdefault(c.label, []).append(c)
+    for label, items in by_label.items():
+        # one split file per class folder: the ICBHI reader checks that every name in
+        # it exists in the folder it reads
+        atomic_write_text(out / label / SPLIT_FILE,
+                          "".join(f"{c.recording}\ttrain\n" for c in items))
+        atomic_write_text(out / "annotations" / f"{label}.txt", "".join(
+            f"{c.recording}\t{c.start:.3f}\t{c.end:.3f}\t{c.crackle}\t{c.wheeze}\n"
+            for c in items))
+
+
+def _summary(name: str, opts: SynthOptions, backend_info: dict[str, Any],
+             counts: dict[str, int], cycles: Sequence[Cycle], rejected: Counter,
+             prompts: dict[str, list[str]] | None, extra: dict[str, Any]) -> dict[str, Any]:
+    from rsctool import __version__
+
+    per: dict[str, list[Cycle]] = {c: [] for c in counts}
+    for c in cycles:
+        per.setdefault(c.label, []).append(c)
+    secs = {k: [float(c.generator.get("seconds", 0.0)) for c in v] for k, v in per.items()}
+    all_secs = [s for v in secs.values() for s in v]
+    return {
+        "name": name,
+        "backend": opts.backend,
+        "model": backend_info.get("model"),
+        "settings": backend_info,
+        "prompts": {c: prompts.get(c, []) for c in counts} if prompts else None,
+        "negative_prompt": backend_info.get("negative_prompt"),
+        "steps": backend_info.get("steps"),
+        "guidance": backend_info.get("guidance"),
+        "seed": opts.seed,
+        "seeds": {k: [c.generator["seed"] for c in sorted(v, key=lambda c: c.id)]
+                  for k, v in per.items()},
+        "requested": counts,
+        "counts": {k: len(v) for k, v in per.items()},
+        "rejected": dict(rejected),
+        "seconds_per_sample": {**{k: (sum(v) / len(v) if v else None)
+                                  for k, v in secs.items()},
+                               "all": sum(all_secs) / len(all_secs) if all_secs else None},
+        "sample_rate": opts.sample_rate,
+        "options": asdict(opts),
+        "rsctool": __version__,
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------- run
+
+def _find_set(project: Any, opts: SynthOptions, gen_hash: str) -> tuple[str | None,
+                                                                        dict | None]:
+    sets = project.section("synthetic")
+    if opts.name is not None:
+        return opts.name, sets.get(opts.name)
+    for name, rec in reversed(list(sets.items())):
+        if rec.get("gen_hash") == gen_hash:
+            return name, rec
+    return None, None
+
+
+def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: bool = False,
+        log: Callable[[str], None] | None = None) -> SynthResult:
+    """Generate (or resume, extend, or skip) a synthetic set and record it in the project."""
+    from rsctool.data.manifest import ManifestWriter, file_sha256, iter_manifest
+    from rsctool.generators import Request, postprocess, sample_seed
+    from rsctool.train import resolve_device
+
+    log = log or (lambda msg: None)
+    opts = opts.validate()
+    dev = resolve_device(device)
+    text = opts.backend in ("audioldm", "audioldm2")
+    ds_name, ds_record, cycles = _dataset(project, opts.dataset, required=not text)
+    counts = _resolve_counts(opts, project, ds_name, ds_record)
+    if ds_record is not None:
+        known = ds_record.get("classes") or sorted({c.label for c in cycles})
+        unknown = [c for c in counts if c not in known]
+        if unknown:
+            raise ConfigError(f"--classes: unknown class {unknown[0]!r} for dataset {ds_name!r} "
+                              f"(its classes: {', '.join(known)})")
+    qf = None
+    if opts.min_confidence is not None:
+        run_name = opts.filter_run or _default_filter_run(project)
+        qf = QualityFilter(project, run_name, opts.min_confidence, dev)
+        qf.check_classes(list(counts))
+
+    prompts: dict[str, list[str]] | None = None
+    extra: dict[str, Any] = {"dataset": ds_name}
+    if text:
+        from rsctool.generators.audioldm import (
+            DEFAULT_GUIDANCE,
+            DEFAULT_MODELS,
+            AudioLDMBackend,
+            load_prompts,
+            prompt_for,
+        )
+
+        prompts, negative, prompts_sha = load_prompts(opts.prompts)
+        missing = [c for c in counts if c not in prompts]
+        if missing:
+            where = opts.prompts or "the packaged prompt file"
+            raise ConfigError(f"{where}: no prompts for class {missing[0]!r} (add "
+                              f"`{missing[0]} = [\"...\"]` under [prompts])")
+        seconds = opts.seconds or 8.0
+        backend: Any = AudioLDMBackend(
+            opts.backend, opts.model or DEFAULT_MODELS[opts.backend], device=dev,
+            steps=opts.steps, guidance=(opts.guidance if opts.guidance is not None
+                                        else DEFAULT_GUIDANCE[opts.backend]),
+            seconds=seconds,
+            negative_prompt=opts.negative_prompt if opts.negative_prompt is not None
+            else negative)
+        extra["prompts_file"] = str(Path(opts.prompts).resolve()) if opts.prompts else None
+        extra["prompts_sha256"] = prompts_sha
+    else:
+        from rsctool.generators.diffwave import DiffWaveBackend
+
+        assert ds_name is not None and ds_record is not None
+        real_train = [c for c in cycles if c.split == "train" and c.source == "real"]
+        sources = {c: [x for x in real_train if x.label == c] for c in counts}
+        empty = [c for c, v in sources.items() if not v]
+        if empty:
+            raise ConfigError(f"diffwave: dataset {ds_name!r} has no real train cycles of "
+                              f"class {empty[0]!r} to re-synthesise")
+        voc_name, ckpt = ensure_vocoder(project, opts, ds_name, ds_record, real_train, dev,
+                                        progress, log)
+        backend = DiffWaveBackend(ckpt, sources, device=dev, fast=opts.sampler == "fast",
+                                  max_seconds=opts.max_seconds, stretch=opts.stretch,
+                                  mel_noise=opts.mel_noise, gain_db=opts.gain_db,
+                                  vocoder=voc_name)
+        seconds = opts.seconds
+        extra["vocoder"] = voc_name
+        extra["dataset_sha256"] = ds_record.get("sha256")
+    described = backend.describe()
+    # text-to-audio: `model_id` (a folder's resolved path and index hash) names the
+    # weights, not the string the user typed; diffwave: the vocoder's checkpoint hash
+    settings = {k: v for k, v in described.items() if k != "model"} if text else described
+    gen_params = {
+        "version": SYNTH_VERSION, "backend": opts.backend, "classes": list(counts),
+        "settings": settings,
+        "prompts_sha256": extra.get("prompts_sha256"), "seed": opts.seed,
+        "sample_rate": opts.sample_rate, "seconds": opts.seconds, "peak": opts.peak,
+        "fade_ms": opts.fade_ms, "dataset": ds_name, "dataset_sha256":
+        extra.get("dataset_sha256"), "filter": qf.identity() if qf else None,
+        "max_tries": opts.max_tries if qf else None,
+    }
+    gen_hash = params_hash(gen_params)
+
+    name, rec = _find_set(project, opts, gen_hash)
+    if rec is not None and rec.get("gen_hash") not in (None, gen_hash) and not opts.force:
+        raise ConfigError(f"synthetic set {name!r} was made with other options (backend, "
+                          "model, prompts, seed, classes or filter); use --force to "
+                          "regenerate it, or another --name")
+    if rec is not None and not opts.force:
+        before = {str(k): int(v) for k, v in (rec.get("requested") or {}).items()}
+        smaller = [c for c in counts if counts[c] < before.get(c, 0)]
+        if smaller:
+            c = smaller[0]
+            raise ConfigError(f"synthetic set {name!r} already holds {before[c]} {c} samples; "
+                              f"asking for {counts[c]} would shrink it: use --force or "
+                              "another --name")
+        mpath = project.abs(rec["manifest"]) if rec.get("manifest") else None
+        if (rec.get("status") == "done" and before == counts and mpath is not None
+                and mpath.exists() and file_sha256(mpath) == rec.get("sha256")):
+            summary_path = project.abs(rec["summary"])
+            summary = (json.loads(summary_path.read_text(encoding="utf-8"))
+                       if summary_path.exists() else {})
+            return SynthResult(name, project.abs(rec["dir"]), dict(rec.get("counts", {})),
+                               skipped=True, summary=summary,
+                               rejected=dict(summary.get("rejected", {})),
+                               seconds_per_sample=(summary.get("seconds_per_sample") or {})
+                               .get("all"))
+
+    if text:
+        backend.pipe  # noqa: B018 - load the model now: a bad --model fails before any write
+    if name is None or rec is None:
+        name = project.reserve_name("synthetic", name or opts.backend,
+                                    {"backend": opts.backend, "status": "running"})
+        rec = None
+    out = (Path(opts.out).resolve() if opts.out else
+           project.abs(rec["dir"]) if rec and rec.get("dir") else
+           project.state_dir() / "synthetic" / name)
+    if opts.force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.jsonl"
+    summary_path = out / "generation_summary.json"
+    project.update_record(
+        "synthetic", name, backend=opts.backend, model=described.get("model"), dataset=ds_name,
+        classes=list(counts), n=None if opts.balance else (opts.n or DEFAULT_N),
+        requested=counts,
+        balance=opts.balance, seed=opts.seed, dir=project.rel(out),
+        manifest=project.rel(manifest_path), summary=project.rel(summary_path),
+        gen_hash=gen_hash, status="running", device=dev, vocoder=extra.get("vocoder"),
+        filter_run=qf.run if qf else None, min_confidence=opts.min_confidence)
+
+    batch_size = opts.batch_size or (4 if dev == "cuda" and text else 1)
+    fade_s = opts.fade_ms / 1000.0
+    writer = ManifestWriter(manifest_path)
+    existing = {c.id: c for c in iter_manifest(manifest_path)} \
+        if manifest_path.stat().st_size else {}
+    rejected = _Rejected(out / "rejected.jsonl")
+    source_meta = {c.id: c for c in cycles}
+    kept = Counter(c.label for c in existing.values())
+    made = 0
+    total = sum(counts.values())
+    bar = StepProgress(progress, f"synth {name}", total,
+                       sum(min(kept[c], n) for c, n in counts.items()))
+    last_index = time.monotonic()
+    try:
+        for label in counts:
+            target = counts[label]
+            limit = target * (opts.max_tries if qf else 1)
+            i = 0
+            while kept[label] < target and i < limit:
+                batch: list[Any] = []
+                while i < limit and kept[label] + len(batch) < target \
+                        and len(batch) < batch_size:
+                    cid = cycle_id(name, label, i, opts.backend)
+                    if cid not in writer and (label, i) not in rejected:
+                        seed = sample_seed(opts.seed, label, i)
+                        batch.append(Request(label, i, seed, prompt_for(prompts, label, i)
+                                             if prompts else None))
+                    i += 1
+                if not batch:
+                    continue
+                for req, gen in zip(batch, backend.generate(batch), strict=True):
+                    length = opts.seconds or gen.target_seconds or seconds or 8.0
+                    wav = postprocess(gen.wav, gen.sample_rate, opts.sample_rate, length,
+                                      peak=opts.peak, fade_s=fade_s)
+                    cyc = _make_cycle(name, opts, out, req, gen, wav, described,
+                                      source_meta.get(gen.info.get("source_cycle")))
+                    if qf is not None:
+                        conf = qf.confidence(wav, opts.sample_rate, label, cyc)
+                        cyc.generator["confidence"] = round(conf, 6)
+                        if conf < qf.min_confidence:
+                            rejected.add({"label": label, "index": req.index, "seed": req.seed,
+                                          "confidence": conf, **gen.info})
+                            continue
+                    _write_sample(out, cyc, wav, opts.sample_rate)
+                    writer.write(cyc)
+                    existing[cyc.id] = cyc
+                    kept[label] += 1
+                    made += 1
+                    bar.update(label=label)
+                if time.monotonic() - last_index > 10:
+                    _write_indexes(out, list(existing.values()))
+                    last_index = time.monotonic()
+            if kept[label] < target:
+                warn(f"synthetic set {name!r}: only {kept[label]} of {target} {label} samples "
+                     f"passed --min-confidence {opts.min_confidence} in {limit} tries "
+                     "(lower it or raise --max-tries)")
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            writer.close()
+            rejected.close()
+            _write_indexes(out, list(existing.values()))
+            project.update_record("synthetic", name, status="interrupted",
+                                  counts=dict(Counter(c.label for c in existing.values())))
+        raise
+    finally:
+        bar.close()
+        writer.close()
+        rejected.close()
+
+    # everything generated: indexes, summary, then the record says done
+    all_cycles = sorted(existing.values(), key=lambda c: c.id)
+    _write_indexes(out, all_cycles)
+    sha = file_sha256(manifest_path)
+    final_counts = {c: sum(1 for x in all_cycles if x.label == c) for c in counts}
+    summary = _summary(name, opts, described, counts, all_cycles, rejected.counts(), prompts,
+                       {**extra, "manifest": str(manifest_path), "manifest_sha256": sha,
+                        "gen_hash": gen_hash, "device": dev,
+                        "filter": qf.identity() if qf else None})
+    atomic_write_json(summary_path, summary)
+    project.update_record("synthetic", name, status="done", counts=final_counts, sha256=sha,
+                          samples=len(all_cycles),
+                          seconds_per_sample=summary["seconds_per_sample"]["all"])
+    return SynthResult(name, out, final_counts, made=made, rejected=dict(rejected.counts()),
+                       seconds_per_sample=summary["seconds_per_sample"]["all"],
+                       summary=summary)
+
+
+def _make_cycle(name: str, opts: SynthOptions, out: Path, req: Any, gen: Any, wav: Any,
+                described: dict[str, Any], source: Cycle | None) -> Cycle:
+    """The manifest record of one sample (metadata inherited from a diffwave source)."""
+    stem = stem_for(req.label, req.index, opts.backend)
+    crackle, wheeze = _flags(req.label)
+    generator = {"backend": opts.backend, "model": described.get("model"), "set": name,
+                 "index": req.index, "seed": req.seed, "steps": described.get("steps"),
+                 "guidance": described.get("guidance"), **gen.info,
+                 "seconds": round(float(gen.seconds), 6)}
+    meta: dict[str, Any] = {}
+    if source is not None:
+        # the re-synthesised mel carries its recording's device, site and patient
+        meta = {k: getattr(source, k) for k in ("patient", "device", "site", "mode", "age",
+                                                 "sex", "bmi", "diagnosis")}
+    return Cycle(id=f"{name}:{stem}", audio=str(out / req.label / f"{stem}.wav"), start=0.0,
+                 end=len(wav) / opts.sample_rate, label=req.label, split="train",
+                 crackle=crackle, wheeze=wheeze, recording=stem,
+                 sample_rate=opts.sample_rate, source="synthetic", generator=generator,
+                 **meta)
+
+
+def _write_sample(out: Path, cycle: Cycle, wav: Any, sample_rate: int) -> None:
+    """The wav and its one-line ICBHI annotation (both written atomically)."""
+    from rsctool.audio import write_audio
+
+    assert cycle.label == icbhi_label(cycle.crackle or 0, cycle.wheeze or 0)
+    write_audio(cycle.audio, wav, sample_rate, "PCM_16")
+    atomic_write_text(Path(cycle.audio).with_suffix(".txt"),
+                      f"{cycle.start:.3f}\t{cycle.end:.3f}\t{cycle.crackle}\t{cycle.wheeze}\n")
+
+
+# --------------------------------------------------------------------------- training mix
+
+def load_synthetic(project: Any, names: Sequence[str]) -> list[Cycle]:
+    """The cycles of finished synthetic sets `names` (manifests verified by sha256).
+
+    Raises:
+        ConfigError: an unknown or unfinished set.
+        DataError: a missing or changed manifest, or a record that is not synthetic
+            training data.
+    """
+    from rsctool.data.manifest import file_sha256, read_manifest
+
+    sets = project.section("synthetic")
+    out: list[Cycle] = []
+    for name in names:
+        rec = sets.get(name)
+        if rec is None:
+            known = ", ".join(sets) or "none"
+            raise ConfigError(f"--synthetic {name!r} is not in the project (known synthetic "
+                              f"sets: {known}); make it with `rsctool synth`")
+        if rec.get("status") != "done":
+            raise ConfigError(f"--synthetic {name!r} is not finished (status "
+                              f"{rec.get('status')}); run `rsctool synth --name {name}` again "
+                              "to complete it")
+        path = project.abs(rec["manifest"])
+        if not path.exists():
+            raise DataError("synthetic manifest is missing (re-run `rsctool synth`)", path)
+        if rec.get("sha256") and file_sha256(path) != rec["sha256"]:
+            raise DataError("synthetic manifest changed since synth recorded it", path)
+        for c in read_manifest(path):
+            if c.source != "synthetic" or c.split != "train":
+                raise DataError(f"{c.id}: not a synthetic training record", path)
+            out.append(c)
+    ids = [c.id for c in out]
+    if len(ids) != len(set(ids)):
+        raise ConfigError("--synthetic: a set is named twice")
+    return out
+
+
+def _rank(seed: int, cycle_id_: str) -> str:
+    return hashlib.sha256(f"{seed}:{cycle_id_}".encode()).hexdigest()
+
+
+def select_synthetic(synthetic: Sequence[Cycle], real_train: Sequence[Cycle],
+                     classes: Sequence[str], *, ratio: float | None = None,
+                     max_per_class: int | None = None, seed: int = 0) -> list[Cycle]:
+    """Which synthetic cycles join the training split.
+
+    Each class's synthetic cycles are ranked by a hash of ``(seed, id)``; a class keeps
+    its first `max_per_class`. With `ratio`, at most ``floor(ratio * len(real_train))``
+    synthetic cycles are used in all, shared out evenly across classes (a class with
+    fewer takes what it has, the rest is split among the others). Because ranks do not
+    depend on the caps, the selection for N is a prefix of the one for any larger N:
+    a sweep over `max_per_class` adds cycles, never swaps them.
+
+    Args:
+        synthetic: candidate cycles (``source == "synthetic"``).
+        real_train: the real training cycles (the ratio's reference).
+        classes: the run's classes; a synthetic label outside them is an error.
+        ratio: synthetic-to-real budget (> 0), or None for no budget.
+        max_per_class: cap per class (>= 0), or None for no cap.
+        seed: ranking seed.
+
+    Returns:
+        The selected cycles, by class (in `classes` order) then rank.
+
+    Raises:
+        ConfigError: a label the run does not train, a bad ratio or cap.
+    """
+    if ratio is not None and not ratio > 0:
+        raise ConfigError(f"--synthetic-ratio must be > 0, got {ratio}")
+    if max_per_class is not None and max_per_class < 0:
+        raise ConfigError(f"--max-synthetic-per-class must be >= 0, got {max_per_class}")
+    by_class: dict[str, list[Cycle]] = {c: [] for c in classes}
+    for c in synthetic:
+        if c.source != "synthetic":
+            raise ConfigError(f"{c.id}: not a synthetic cycle")
+        if c.label not in by_class:
+            raise ConfigError(f"synthetic cycle {c.id} has label {c.label!r}, which the run "
+                              f"does not train (classes: {', '.join(classes)})")
+        by_class[c.label].append(c)
+    for items in by_class.values():
+        items.sort(key=lambda c: _rank(seed, c.id))
+        if max_per_class is not None:
+            del items[max_per_class:]
+    if ratio is not None:
+        budget = math.floor(ratio * len(real_train))
+        take = dict.fromkeys(by_class, 0)
+        left = budget
+        open_ = [label for label in by_class if by_class[label]]
+        while left > 0 and open_:  # water-filling: equal shares, capped by availability
+            share = max(1, left // len(open_))
+            for label in list(open_):
+                extra = min(share, len(by_class[label]) - take[label], left)
+                take[label] += extra
+                left -= extra
+                if take[label] >= len(by_class[label]):
+                    open_.remove(label)
+                if left == 0:
+                    break
+        for label in by_class:
+            del by_class[label][take[label]:]
+    return [c for label in classes for c in by_class[label]]
+
+
+@dataclass
+class SyntheticSelection:
+    """The synthetic cycles a run trains on, and how to name them.
+
+    Attributes:
+        names: the synthetic sets asked for.
+        cycles: the selected cycles.
+        counts: selected per class.
+        sha256: hash of the sorted id list (the ids file's content).
+    """
+
+    names: list[str] = field(default_factory=list)
+    cycles: list[Cycle] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    sha256: str | None = None
+
+    def ids_text(self) -> str:
+        return "".join(f"{i}\n" for i in sorted(c.id for c in self.cycles))
+
+    def summary(self) -> dict[str, Any] | None:
+        """What the run config records (None when no synthetic set is used)."""
+        if not self.names:
+            return None
+        return {"sets": self.names, "count": len(self.cycles), "counts": self.counts,
+                "sha256": self.sha256, "ids_file": "synthetic_ids.txt"}
+
+    def write(self, run_dir: Path) -> Path | None:
+        """``run_dir/synthetic_ids.txt``: one id per line, sorted (None when unused)."""
+        if not self.names:
+            return None
+        path = Path(run_dir) / "synthetic_ids.txt"
+        atomic_write_text(path, self.ids_text())
+        return path
+
+
+def mix_synthetic(project: Any, opts: Any, real_train: Sequence[Cycle], classes: Sequence[str],
+                  log: Callable[[str], None] | None = None) -> SyntheticSelection:
+    """The synthetic selection of a training run (`TrainOptions`: ``synthetic``,
+    ``synthetic_ratio``, ``max_synthetic_per_class``, ``seed``); empty without sets."""
+    names = list(getattr(opts, "synthetic", None) or [])
+    if not names:
+        return SyntheticSelection()
+    pool = load_synthetic(project, names)
+    chosen = select_synthetic(pool, real_train, classes, ratio=opts.synthetic_ratio,
+                              max_per_class=opts.max_synthetic_per_class, seed=opts.seed)
+    sel = SyntheticSelection(names=names, cycles=chosen,
+                             counts={c: sum(1 for x in chosen if x.label == c)
+                                     for c in classes})
+    sel.sha256 = hashlib.sha256(sel.ids_text().encode("utf-8")).hexdigest()
+    if log is not None:
+        log(f"synthetic: {len(chosen)} of {len(pool)} cycles from {', '.join(names)} join the "
+            "training split (" + ", ".join(f"{k} +{v}" for k, v in sel.counts.items() if v)
+            + ")")
+    return sel
+
+
+# --------------------------------------------------------------------------- command
+
+def _split_names(values: Sequence[str] | None) -> list[str]:
+    """Repeated options, comma-separated lists and trailing words, flattened."""
+    out: list[str] = []
+    for v in values or []:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+def command(
+    ctx: typer.Context,
+    more_classes: Annotated[list[str] | None, typer.Argument(
+        metavar="CLASS", show_default=False,
+        help="More classes, so `--classes crackle wheeze` works.")] = None,
+    *,
+    backend: Annotated[str, typer.Option(
+        help="audioldm, audioldm2 (text to audio) or diffwave (vocoder trained on the "
+             "dataset).")] = "audioldm",
+    classes: Annotated[list[str] | None, typer.Option(
+        "--classes", "-c", show_default=False,
+        help="Classes to make: normal, crackle, wheeze, both (default crackle wheeze both; "
+             "repeat, comma-separate or list them).")] = None,
+    n: Annotated[int | None, typer.Option(
+        "--n", "-n", help="Samples per class (default 100).", show_default=False)] = None,
+    balance: Annotated[bool, typer.Option(
+        help="Per-class counts from the analyze report's synthesis plan.")] = False,
+    name: Annotated[str | None, typer.Option(
+        help="Set name (default: the set made with the same options, else BACKEND-N).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default .rsctool/synthetic/NAME).")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="Dataset in the project (default: the last analysed).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Text-to-audio model: hub id or local folder (default "
+             "cvssp/audioldm-s-full-v2; cvssp/audioldm2 for audioldm2).")] = None,
+    prompts: Annotated[Path | None, typer.Option(
+        help="Prompt TOML file (default: the packaged one; see docs/synth.md).")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps (text to audio).")] = 50,
+    guidance: Annotated[float | None, typer.Option(
+        help="Guidance scale (default 7.5 AudioLDM, 3.5 AudioLDM 2).")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(
+        help="Negative prompt (default: the prompt file's).")] = None,
+    seconds: Annotated[float | None, typer.Option(
+        help="Cycle length in s (default 8 for text to audio; diffwave: the source "
+             "cycle's).")] = None,
+    max_seconds: Annotated[float, typer.Option(
+        help="diffwave: longest excerpt of a source cycle re-synthesised (s).")] = 8.0,
+    sample_rate: Annotated[int, typer.Option(help="Rate of the written files (Hz).")] = 16000,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Samples per generator call (default 4 on CUDA, 1 on CPU).")] = None,
+    vocoder: Annotated[str | None, typer.Option(
+        help="diffwave: vocoder name in the project (default diffwave-DATASET).")] = None,
+    vocoder_size: Annotated[str, typer.Option(
+        help="diffwave: base (30 layers, 64 channels) or tiny.")] = "base",
+    vocoder_layers: Annotated[int | None, typer.Option(
+        help="diffwave: residual layers (overrides the size).")] = None,
+    vocoder_channels: Annotated[int | None, typer.Option(
+        help="diffwave: residual channels (overrides the size).")] = None,
+    vocoder_steps: Annotated[int, typer.Option(
+        help="diffwave: vocoder training steps (more resumes training).")] = 50_000,
+    vocoder_batch_size: Annotated[int, typer.Option(
+        help="diffwave: segments per training step.")] = 16,
+    vocoder_segment_frames: Annotated[int, typer.Option(
+        help="diffwave: mel frames per training segment.")] = 62,
+    vocoder_lr: Annotated[float, typer.Option(
+        help="diffwave: vocoder learning rate (Adam).")] = 2e-4,
+    vocoder_checkpoint_every: Annotated[int, typer.Option(
+        help="diffwave: steps between vocoder checkpoints.")] = 1000,
+    sampler: Annotated[str, typer.Option(
+        help="diffwave: fast (6 steps) or full (50 steps).")] = "fast",
+    stretch: Annotated[float, typer.Option(
+        help="diffwave: max relative time stretch of the source mel.")] = 0.1,
+    mel_noise: Annotated[float, typer.Option(
+        help="diffwave: std of noise added to the normalised mel.")] = 0.02,
+    gain_db: Annotated[float, typer.Option(
+        help="diffwave: max level change of the source mel (dB).")] = 3.0,
+    min_confidence: Annotated[float | None, typer.Option(
+        help="Keep only samples the filter run assigns to their class with at least this "
+             "probability.")] = None,
+    filter_run: Annotated[str | None, typer.Option(
+        help="Run that scores samples for --min-confidence (default: the last finished).")
+    ] = None,
+    max_tries: Annotated[int, typer.Option(
+        help="With a filter: give up on a class after N x this many samples.")] = 4,
+    force: Annotated[bool, typer.Option(
+        help="Regenerate a set made with other options (deletes its files).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+    = False,
+) -> None:
+    """Generate synthetic minority-class cycles (AudioLDM, AudioLDM 2 or DiffWave)."""
+    state = get_state(ctx)
+    listed = _split_names(classes) + _split_names(more_classes)
+    if more_classes and not classes:
+        raise ConfigError(f"unexpected argument {more_classes[0]!r} (classes go after "
+                          "--classes)")
+    opts = SynthOptions(
+        backend=backend, classes=listed or None, n=n, balance=balance, name=name,
+        out=str(out) if out else None, dataset=dataset, seed=state.seed,
+        sample_rate=sample_rate, seconds=seconds, max_seconds=max_seconds,
+        batch_size=batch_size, model=model,
+        prompts=str(prompts) if prompts else None, steps=steps, guidance=guidance,
+        negative_prompt=negative_prompt, vocoder=vocoder, vocoder_size=vocoder_size,
+        vocoder_layers=vocoder_layers, vocoder_channels=vocoder_channels,
+        vocoder_steps=vocoder_steps, vocoder_batch_size=vocoder_batch_size,
+        vocoder_segment_frames=vocoder_segment_frames, vocoder_lr=vocoder_lr,
+        vocoder_checkpoint_every=vocoder_checkpoint_every, sampler=sampler, stretch=stretch,
+        mel_noise=mel_noise, gain_db=gain_db, min_confidence=min_confidence,
+        filter_run=filter_run, max_tries=max_tries, force=force)
+    opts = opts.validate()  # bad options fail before the project is read
+    project = state.load_project(must_exist=opts.backend == "diffwave" or opts.balance
+                                 or opts.min_confidence is not None)
+    result = run(project, opts, device=state.device, progress=not state.quiet and not json_out,
+                 log=lambda msg: info(state, msg))
+    doc = {"name": result.name, "dir": str(result.dir), "counts": result.counts,
+           "made": result.made, "rejected": result.rejected, "skipped": result.skipped,
+           "seconds_per_sample": result.seconds_per_sample}
+    if json_out:
+        print_json(doc)
+    if result.skipped:
+        info(state, f"synthetic set {result.name!r} is already complete: nothing to do "
+                    "(--force regenerates it)")
+    else:
+        sps = ("n/a" if result.seconds_per_sample is None
+               else f"{result.seconds_per_sample:.3g} s/sample")
+        made = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+        info(state, f"synthetic set {result.name!r}: {made} ({result.made} new, {sps}) in "
+                    f"{result.dir}")

@@ -1,0 +1,82 @@
+"""Adversarial fine-tuning: gradient reversal into the embedding, the discriminator's
+own learning, statistics and the lambda schedule (the training run is in test_synth)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsctool.adversarial import AdversarialObjective, embedding_dim
+from rsctool.errors import ConfigError
+from rsctool.models import create_model
+
+
+def test_reversal_flips_and_scales_gradients_into_the_embedding():
+    torch.manual_seed(0)
+    adv = AdversarialObjective(8, weight=0.3, hidden=16, dropout=0.0)
+    emb = torch.randn(6, 8, requires_grad=True)
+    domain = torch.tensor([0, 1, 0, 1, 1, 0])
+    adv({"embedding": emb, "logits": torch.zeros(6, 4)}, domain).backward()
+    reversed_grad = emb.grad.clone()
+    head_grads = [p.grad.clone() for p in adv.head.parameters()]
+    # the same loss without the reversal layer
+    emb.grad = None
+    adv.zero_grad()
+    F.cross_entropy(adv.head(emb), domain).backward()
+    assert torch.allclose(reversed_grad, -0.3 * emb.grad, atol=1e-7)
+    assert reversed_grad.abs().sum() > 0
+    # the discriminator itself gets the plain gradient: it learns to tell domains apart
+    for g, p in zip(head_grads, adv.head.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-7)
+
+
+def test_zero_weight_blocks_the_encoder_but_trains_the_discriminator():
+    adv = AdversarialObjective(4, weight=0.0, hidden=0)
+    emb = torch.randn(5, 4, requires_grad=True)
+    adv(emb, torch.tensor([0, 0, 1, 1, 1])).backward()
+    assert torch.count_nonzero(emb.grad) == 0
+    assert adv.head[-1].weight.grad.abs().sum() > 0
+
+
+def test_dann_schedule_ramps_lambda():
+    adv = AdversarialObjective(4, weight=0.5, schedule="dann")
+    assert adv.coefficient(0.0) == 0.0
+    assert adv.coefficient(1.0) == pytest.approx(0.5, abs=1e-4)
+    assert 0 < adv.coefficient(0.1) < adv.coefficient(0.3) < 0.5
+    assert AdversarialObjective(4, weight=0.5).coefficient(0.0) == 0.5
+    with pytest.raises(ConfigError, match="adv-schedule"):
+        AdversarialObjective(4, schedule="cosine")
+    with pytest.raises(ConfigError, match="adv-weight"):
+        AdversarialObjective(4, weight=-1)
+
+
+def test_epoch_statistics():
+    adv = AdversarialObjective(2, hidden=0)
+    with torch.no_grad():
+        adv.head[-1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        adv.head[-1].bias.zero_()
+        adv.head[0].weight.fill_(1.0)
+        adv.head[0].bias.zero_()
+    # LayerNorm of (a, b) is (+1, -1) or (-1, +1): domain = argmax
+    emb = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
+    adv(emb, torch.tensor([0, 1, 1, 0]))
+    stats = adv.epoch_stats()
+    assert stats["disc_accuracy"] == pytest.approx(0.75)
+    assert stats["disc_balanced_accuracy"] == pytest.approx(0.75)  # (2/2 + 1/2) / 2
+    assert stats["disc_loss"] > 0
+    assert adv.epoch_stats() == {"disc_accuracy": None, "disc_balanced_accuracy": None,
+                                 "disc_loss": None}
+
+
+@pytest.mark.parametrize("name", ["cnn", "ast", "add"])
+def test_embedding_width_of_registered_models(name):
+    model = create_model(name, size="tiny", num_classes=4, input_tdim=64, input_fdim=32)
+    out = model(torch.randn(2, 64, 32))
+    assert out["embedding"].shape[1] == embedding_dim(model)
+
+
+def test_models_without_an_embedding_width_are_refused():
+    with pytest.raises(ConfigError, match="embedding width"):
+        embedding_dim(nn.Sequential(nn.Linear(3, 2)))
