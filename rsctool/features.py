@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rsctool import features_np as _fnp
 from rsctool.errors import ConfigError, DataError
 from rsctool.utils import sha256_text
 
@@ -195,34 +196,15 @@ class FbankConfig:
 
 def num_frames(num_samples: int, cfg: FbankConfig = FbankConfig()) -> int:
     """Number of frames T that `fbank` returns for `num_samples` samples."""
-    w, s = cfg.window_size, cfg.window_shift
-    if cfg.snip_edges:
-        return 0 if num_samples < w else 1 + (num_samples - w) // s
-    return (num_samples + s // 2) // s
+    return _fnp.num_frames(num_samples, cfg)
 
 
 # ----- constant matrices -----------------------------------------------------------------
+# Computed in float64 numpy by `rsctool.features_np` (the torch-free twin used by the
+# onnx predict path), so both front ends share one definition of the window and filters.
 def window_function(cfg: FbankConfig) -> torch.Tensor:
     """`(W,)` float64 analysis window (Kaldi's symmetric definitions)."""
-    w = cfg.window_size
-    n = np.arange(w, dtype=np.float64)
-    a = 2.0 * math.pi / (w - 1)
-    if cfg.window in ("hanning", "povey"):
-        win = 0.5 - 0.5 * np.cos(a * n)
-        if cfg.window == "povey":
-            win = np.power(np.maximum(win, 0.0), 0.85)
-    elif cfg.window == "hamming":
-        win = 0.54 - 0.46 * np.cos(a * n)
-    elif cfg.window == "blackman":
-        b = cfg.blackman_coeff
-        win = b - 0.5 * np.cos(a * n) + (0.5 - b) * np.cos(2 * a * n)
-    else:  # rectangular
-        win = np.ones(w)
-    return torch.from_numpy(win)
-
-
-def _mel(f: np.ndarray | float) -> np.ndarray:
-    return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
+    return torch.from_numpy(_fnp.window_function(cfg))
 
 
 def mel_filterbank(cfg: FbankConfig = FbankConfig()) -> torch.Tensor:
@@ -232,19 +214,7 @@ def mel_filterbank(cfg: FbankConfig = FbankConfig()) -> torch.Tensor:
         `(n_fft // 2 + 1, F)` float32; row k weights FFT bin k (k * sr / n_fft Hz); the
         Nyquist row is zero, as in Kaldi.
     """
-    nf = cfg.num_mel_bins
-    n_bins = cfg.n_fft // 2
-    lo, hi = _mel(cfg.low_freq), _mel(cfg.high_freq_hz)
-    delta = (hi - lo) / (nf + 1)
-    b = np.arange(nf, dtype=np.float64)[:, None]
-    left, center, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
-    mel = _mel(cfg.sample_rate / cfg.n_fft * np.arange(n_bins, dtype=np.float64))[None, :]
-    up = (mel - left) / (center - left)
-    down = (right - mel) / (right - center)
-    banks = np.maximum(0.0, np.minimum(up, down))  # (F, n_fft/2)
-    out = np.zeros((n_bins + 1, nf), dtype=np.float32)
-    out[:n_bins] = banks.T
-    return torch.from_numpy(out)
+    return torch.from_numpy(_fnp.mel_filterbank(cfg))
 
 
 def _frame_operator(cfg: FbankConfig) -> np.ndarray:
