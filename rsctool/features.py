@@ -29,13 +29,9 @@ Two equivalent implementations share the configuration:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 import threading
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,13 +39,7 @@ import torch.nn.functional as F
 
 from rsctool import features_np as _fnp
 from rsctool.errors import ConfigError, DataError
-from rsctool.utils import sha256_text
-
-#: Bumped whenever a change to this module changes feature values: part of `FbankConfig.key`,
-#: so feature caches written by an older implementation are not reused.
-FEATURES_VERSION = 1
-
-WINDOWS: tuple[str, ...] = ("povey", "hanning", "hamming", "rectangular", "blackman")
+from rsctool.features_np import FbankConfig
 
 #: ``numeric_limits<float>::epsilon()``: Kaldi's floor before the log.
 _EPS = float(torch.finfo(torch.float32).eps)
@@ -59,139 +49,6 @@ _MS = 0.001  # the same float expression as torchaudio, so int() truncates ident
 #: or several short ones). Chunks keep the passes and the FFT in cache: 32 clips of 8 s run
 #: ~2x faster in chunks than as one batch tensor.
 _CPU_CHUNK_ELEMENTS = 1 << 19
-
-
-@dataclass(frozen=True)
-class FbankConfig:
-    """Options of the Kaldi filterbank (Kaldi's defaults, except `num_mel_bins` = 128).
-
-    AST's front end is ``torchaudio.compliance.kaldi.fbank(wav, htk_compat=True,
-    sample_frequency=sr, use_energy=False, window_type='hanning', num_mel_bins=128,
-    dither=0.0, frame_shift=10)``: the defaults here, with ``window="hanning"``
-    (``htk_compat`` only moves the energy column, which AST does not use).
-
-    Attributes:
-        sample_rate: Hz of the input waveform.
-        num_mel_bins: F, the number of triangular mel filters (> 3).
-        frame_length_ms, frame_shift_ms: window length and hop in ms
-            (W = int(sr * ms * 0.001) samples, as Kaldi truncates).
-        window: ``povey|hanning|hamming|rectangular|blackman`` (symmetric windows).
-        blackman_coeff: the Blackman window's a0.
-        dither: std of Gaussian noise added to each frame (0 = off; training only).
-        preemphasis: coefficient c of ``y[t] = x[t] - c x[t-1]`` within each frame.
-        remove_dc_offset: subtract each frame's mean first.
-        low_freq: Hz, lower edge of the first mel filter.
-        high_freq: Hz, upper edge of the last filter; <= 0 means nyquist + high_freq.
-        round_to_power_of_two: zero-pad frames to the next power of two for the FFT.
-        snip_edges: only frames that fit entirely in the signal; otherwise
-            ``(N + S//2) // S`` frames with the signal mirrored at its ends.
-        use_log_fbank: log of the filter energies (else linear).
-        use_power: power spectrum (else magnitude).
-        mean, std: normalisation statistics, applied as ``(x - mean) / (2 * std)``
-            (AST's AudioSet values by default).
-    """
-
-    sample_rate: int = 16000
-    num_mel_bins: int = 128
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    window: str = "povey"
-    blackman_coeff: float = 0.42
-    dither: float = 0.0
-    preemphasis: float = 0.97
-    remove_dc_offset: bool = True
-    low_freq: float = 20.0
-    high_freq: float = 0.0
-    round_to_power_of_two: bool = True
-    snip_edges: bool = True
-    use_log_fbank: bool = True
-    use_power: bool = True
-    mean: float = -4.2677393
-    std: float = 4.5689974
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            kind = f.type if isinstance(f.type, str) else f.type.__name__
-            ok = {
-                "int": isinstance(v, int) and not isinstance(v, bool),
-                "float": isinstance(v, (int, float)) and not isinstance(v, bool),
-                "bool": isinstance(v, bool),
-                "str": isinstance(v, str),
-            }[kind]
-            if not ok or (kind == "float" and not math.isfinite(v)):
-                raise ConfigError(f"fbank option {f.name} must be a finite {kind}, got {v!r}")
-            if kind == "float":  # store 16000 and 16000.0 alike: key() must not depend on it
-                object.__setattr__(self, f.name, float(v))
-        if self.sample_rate <= 0:
-            raise ConfigError(f"fbank sample_rate must be positive, got {self.sample_rate}")
-        if self.window not in WINDOWS:
-            raise ConfigError(f"unknown fbank window {self.window!r} ({'|'.join(WINDOWS)})")
-        if self.num_mel_bins <= 3:
-            raise ConfigError(f"fbank num_mel_bins must be > 3, got {self.num_mel_bins}")
-        if self.window_size < 2 or self.window_shift < 1:
-            raise ConfigError(
-                f"fbank frame_length_ms={self.frame_length_ms} / frame_shift_ms="
-                f"{self.frame_shift_ms} give {self.window_size} / {self.window_shift} samples "
-                f"at {self.sample_rate} Hz (need >= 2 / >= 1)")
-        if self.n_fft % 2:
-            raise ConfigError(f"fbank FFT size {self.n_fft} is odd; use round_to_power_of_two")
-        if self.dither < 0:
-            raise ConfigError(f"fbank dither must be >= 0, got {self.dither}")
-        if self.std <= 0:
-            raise ConfigError(f"fbank std must be positive, got {self.std}")
-        nyquist = 0.5 * self.sample_rate
-        high = self.high_freq_hz
-        if not (0.0 <= self.low_freq < nyquist and 0.0 < high <= nyquist
-                and self.low_freq < high):
-            raise ConfigError(
-                f"fbank low_freq={self.low_freq} / high_freq={self.high_freq} do not fit "
-                f"0 <= low < high <= nyquist ({nyquist} Hz)")
-
-    # ----- derived sizes --------------------------------------------------------------
-    @property
-    def window_size(self) -> int:
-        """W: samples per frame."""
-        return int(self.sample_rate * self.frame_length_ms * _MS)
-
-    @property
-    def window_shift(self) -> int:
-        """S: hop in samples."""
-        return int(self.sample_rate * self.frame_shift_ms * _MS)
-
-    @property
-    def n_fft(self) -> int:
-        """FFT size: W, or the next power of two."""
-        w = self.window_size
-        return 1 << (w - 1).bit_length() if self.round_to_power_of_two else w
-
-    @property
-    def high_freq_hz(self) -> float:
-        """The upper edge of the last mel filter in Hz."""
-        return self.high_freq + 0.5 * self.sample_rate if self.high_freq <= 0 else self.high_freq
-
-    # ----- serialisation ----------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FbankConfig:
-        """Build from a dict (project file, ONNX metadata); unknown keys raise ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"fbank config must be a table/dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown fbank option(s) {unknown} (known: {sorted(known)})")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> FbankConfig:
-        return dataclasses.replace(self, **changes)
-
-    def key(self) -> str:
-        """Stable 16-hex-digit hash of every field and `FEATURES_VERSION` (for caches)."""
-        payload = {"version": FEATURES_VERSION, **self.to_dict()}
-        return sha256_text(json.dumps(payload, sort_keys=True, separators=(",", ":")))[:16]
 
 
 def num_frames(num_samples: int, cfg: FbankConfig = FbankConfig()) -> int:

@@ -2,10 +2,10 @@
 
 `rsctool predict` on an ONNX model must start fast, and importing torch costs seconds,
 so this module reimplements `rsctool.features.fbank` with numpy (float64 inside, float32
-out). It reads the same options: `FbankSpec` mirrors `rsctool.features.FbankConfig` field
-for field (the dict stored in checkpoints and ONNX metadata) without importing torch;
-tests check the two agree on every field and derived size, and that the features agree
-with the torch implementation to ~1e-4 on every filter within 60 dB of its frame's
+out). It also holds `FbankConfig`, the options of both implementations (the dict stored in
+checkpoints and ONNX metadata), so that reading them needs no torch;
+`rsctool.features` re-exports it. Tests check that the features agree with the torch
+implementation to ~1e-4 on every filter within 60 dB of its frame's
 strongest one (in deeper valleys float32 rounding of the torch FFT dominates).
 
 Dither is never applied here: prediction is deterministic.
@@ -14,6 +14,7 @@ Dither is never applied here: prediction is deterministic.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,22 +22,49 @@ from typing import Any
 import numpy as np
 
 from rsctool.errors import ConfigError, DataError
+from rsctool.utils import sha256_text
 
 #: ``numeric_limits<float>::epsilon()``, Kaldi's floor before the log (as features._EPS).
 EPS = float(np.finfo(np.float32).eps)
 _MS = 0.001  # the same float expression as features.py, so int() truncates identically
-WINDOWS = ("povey", "hanning", "hamming", "rectangular", "blackman")
+WINDOWS: tuple[str, ...] = ("povey", "hanning", "hamming", "rectangular", "blackman")
+#: Bumped whenever a change to the filter bank (here or in `rsctool.features`) changes
+#: feature values: part of `FbankConfig.key`, so feature caches written by an older
+#: implementation are not reused.
+FEATURES_VERSION = 1
 #: Frames per FFT call: bounds the float64 work buffer (~4 MB for 512-point frames).
 _CHUNK_FRAMES = 1024
 _BAND = 16
 
 
 @dataclass(frozen=True)
-class FbankSpec:
-    """Torch-free twin of `rsctool.features.FbankConfig` (same fields, same meaning).
+class FbankConfig:
+    """Options of the Kaldi filterbank (Kaldi's defaults, except `num_mel_bins` = 128).
 
-    See `FbankConfig` for the attributes; `mean`/`std` are the normalisation statistics
-    applied as ``(x - mean) / (2 * std)``.
+    AST's front end is ``torchaudio.compliance.kaldi.fbank(wav, htk_compat=True,
+    sample_frequency=sr, use_energy=False, window_type='hanning', num_mel_bins=128,
+    dither=0.0, frame_shift=10)``: the defaults here, with ``window="hanning"``
+    (``htk_compat`` only moves the energy column, which AST does not use).
+
+    Attributes:
+        sample_rate: Hz of the input waveform.
+        num_mel_bins: F, the number of triangular mel filters (> 3).
+        frame_length_ms, frame_shift_ms: window length and hop in ms
+            (W = int(sr * ms * 0.001) samples, as Kaldi truncates).
+        window: ``povey|hanning|hamming|rectangular|blackman`` (symmetric windows).
+        blackman_coeff: the Blackman window's a0.
+        dither: std of Gaussian noise added to each frame (0 = off; training only).
+        preemphasis: coefficient c of ``y[t] = x[t] - c x[t-1]`` within each frame.
+        remove_dc_offset: subtract each frame's mean first.
+        low_freq: Hz, lower edge of the first mel filter.
+        high_freq: Hz, upper edge of the last filter; <= 0 means nyquist + high_freq.
+        round_to_power_of_two: zero-pad frames to the next power of two for the FFT.
+        snip_edges: only frames that fit entirely in the signal; otherwise
+            ``(N + S//2) // S`` frames with the signal mirrored at its ends.
+        use_log_fbank: log of the filter energies (else linear).
+        use_power: power spectrum (else magnitude).
+        mean, std: normalisation statistics, applied as ``(x - mean) / (2 * std)``
+            (AST's AudioSet values by default).
     """
 
     sample_rate: int = 16000
@@ -57,22 +85,46 @@ class FbankSpec:
     mean: float = -4.2677393
     std: float = 4.5689974
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FbankSpec:
-        """From a FbankConfig dict (ONNX metadata); unknown keys raise ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"fbank config must be a table/dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown fbank option(s) {unknown} (known: {sorted(known)})")
-        spec = cls(**d)
-        if spec.window not in WINDOWS:
-            raise ConfigError(f"unknown fbank window {spec.window!r} ({'|'.join(WINDOWS)})")
-        if spec.window_size < 2 or spec.window_shift < 1 or spec.std <= 0:
-            raise ConfigError(f"invalid fbank config {d!r}")
-        return spec
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            ok = {
+                "int": isinstance(v, int) and not isinstance(v, bool),
+                "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                "bool": isinstance(v, bool),
+                "str": isinstance(v, str),
+            }[kind]
+            if not ok or (kind == "float" and not math.isfinite(v)):
+                raise ConfigError(f"fbank option {f.name} must be a finite {kind}, got {v!r}")
+            if kind == "float":  # store 16000 and 16000.0 alike: key() must not depend on it
+                object.__setattr__(self, f.name, float(v))
+        if self.sample_rate <= 0:
+            raise ConfigError(f"fbank sample_rate must be positive, got {self.sample_rate}")
+        if self.window not in WINDOWS:
+            raise ConfigError(f"unknown fbank window {self.window!r} ({'|'.join(WINDOWS)})")
+        if self.num_mel_bins <= 3:
+            raise ConfigError(f"fbank num_mel_bins must be > 3, got {self.num_mel_bins}")
+        if self.window_size < 2 or self.window_shift < 1:
+            raise ConfigError(
+                f"fbank frame_length_ms={self.frame_length_ms} / frame_shift_ms="
+                f"{self.frame_shift_ms} give {self.window_size} / {self.window_shift} samples "
+                f"at {self.sample_rate} Hz (need >= 2 / >= 1)")
+        if self.n_fft % 2:
+            raise ConfigError(f"fbank FFT size {self.n_fft} is odd; use round_to_power_of_two")
+        if self.dither < 0:
+            raise ConfigError(f"fbank dither must be >= 0, got {self.dither}")
+        if self.std <= 0:
+            raise ConfigError(f"fbank std must be positive, got {self.std}")
+        nyquist = 0.5 * self.sample_rate
+        high = self.high_freq_hz
+        if not (0.0 <= self.low_freq < nyquist and 0.0 < high <= nyquist
+                and self.low_freq < high):
+            raise ConfigError(
+                f"fbank low_freq={self.low_freq} / high_freq={self.high_freq} do not fit "
+                f"0 <= low < high <= nyquist ({nyquist} Hz)")
 
+    # ----- derived sizes --------------------------------------------------------------
     @property
     def window_size(self) -> int:
         """W: samples per frame."""
@@ -85,15 +137,40 @@ class FbankSpec:
 
     @property
     def n_fft(self) -> int:
+        """FFT size: W, or the next power of two."""
         w = self.window_size
         return 1 << (w - 1).bit_length() if self.round_to_power_of_two else w
 
     @property
     def high_freq_hz(self) -> float:
+        """The upper edge of the last mel filter in Hz."""
         return self.high_freq + 0.5 * self.sample_rate if self.high_freq <= 0 else self.high_freq
 
+    # ----- serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-def num_frames(num_samples: int, spec: FbankSpec) -> int:
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FbankConfig:
+        """Build from a dict (project file, ONNX metadata); unknown keys raise ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"fbank config must be a table/dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown fbank option(s) {unknown} (known: {sorted(known)})")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> FbankConfig:
+        return dataclasses.replace(self, **changes)
+
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of every field and `FEATURES_VERSION` (for caches)."""
+        payload = {"version": FEATURES_VERSION, **self.to_dict()}
+        return sha256_text(json.dumps(payload, sort_keys=True, separators=(",", ":")))[:16]
+
+
+def num_frames(num_samples: int, spec: FbankConfig) -> int:
     """Frames T for `num_samples` samples (as `rsctool.features.num_frames`)."""
     w, s = spec.window_size, spec.window_shift
     if spec.snip_edges:
@@ -101,7 +178,7 @@ def num_frames(num_samples: int, spec: FbankSpec) -> int:
     return (num_samples + s // 2) // s
 
 
-def window_function(spec: FbankSpec) -> np.ndarray:
+def window_function(spec: FbankConfig) -> np.ndarray:
     """`(W,)` float64 analysis window (Kaldi's symmetric definitions)."""
     w = spec.window_size
     n = np.arange(w, dtype=np.float64)
@@ -124,7 +201,7 @@ def _mel(f: np.ndarray | float) -> np.ndarray:
     return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
 
 
-def mel_filterbank(spec: FbankSpec) -> np.ndarray:
+def mel_filterbank(spec: FbankConfig) -> np.ndarray:
     """`(n_fft // 2 + 1, F)` float32 triangular HTK-mel filters (Nyquist row zero)."""
     nf = spec.num_mel_bins
     n_bins = spec.n_fft // 2
@@ -140,7 +217,7 @@ def mel_filterbank(spec: FbankSpec) -> np.ndarray:
     return out
 
 
-def _mirror_pad(x: np.ndarray, spec: FbankSpec, frames: int) -> np.ndarray:
+def _mirror_pad(x: np.ndarray, spec: FbankConfig, frames: int) -> np.ndarray:
     """Kaldi's mirrored edges (snip_edges=False), as `features._mirror_pad`."""
     n = x.shape[-1]
     pad = spec.window_size // 2 - spec.window_shift // 2
@@ -157,7 +234,7 @@ class FbankNumpy:
     not rebuild them.
     """
 
-    def __init__(self, spec: FbankSpec, normalize: bool = True):
+    def __init__(self, spec: FbankConfig, normalize: bool = True):
         self.spec = spec
         self.normalize = normalize
         self.window = window_function(spec)
@@ -219,7 +296,7 @@ class FbankNumpy:
         return out
 
 
-def fbank(wav: np.ndarray, spec: FbankSpec, normalize: bool = False) -> np.ndarray:
+def fbank(wav: np.ndarray, spec: FbankConfig, normalize: bool = False) -> np.ndarray:
     """`(B, T, F)` float32 filter bank of a `(N,)` or `(B, N)` float waveform at
     ``spec.sample_rate`` Hz; with `normalize`, ``(x - mean) / (2 * std)``."""
     return FbankNumpy(spec, normalize)(wav)

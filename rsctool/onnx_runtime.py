@@ -14,15 +14,14 @@ version. Its graph::
              probs   float32 (B, C)   softmax, or sigmoid for multilabel
 
 Everything here is numpy + onnxruntime, so `rsctool predict --model FILE.onnx` starts
-without importing torch. `encode_metadata` is the numpy twin of
-`MetadataEncoder.encode_values` and `decide` the decision rule of `Trainer.predict`;
-tests check both against the torch code.
+without importing torch. Metadata is encoded by `rsctool.metadata_np`, the code the
+training encoder runs too; `decide` is the decision rule of `Trainer.predict` (tests
+check it against the torch code).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,16 +31,14 @@ from typing import Any
 import numpy as np
 
 from rsctool.errors import ConfigError, DataError
+from rsctool.metadata_np import META_KEYS as META_INPUTS
+from rsctool.metadata_np import encode_metadata
+
+__all__ = ["FORMAT", "META_INPUTS", "MULTILABEL_CLASSES", "ModelSpec", "OnnxModel", "decide",
+           "encode_metadata", "sigmoid", "softmax"]
 
 FORMAT = "rsctool-onnx"
 FORMAT_VERSION = 1
-#: Graph input names of the metadata batch, in order (= models.metadata.META_KEYS).
-META_INPUTS: tuple[str, ...] = ("device", "site", "sex", "num", "num_mask")
-#: Numeric metadata fields, in column order of ``num`` (= models.metadata.NUM_FIELDS).
-NUM_FIELDS: tuple[str, ...] = ("age", "bmi", "duration")
-SEX_CODES: dict[str, int] = {"M": 1, "F": 2}
-#: Metadata values a record may hold (`encode_metadata`).
-META_FIELDS: tuple[str, ...] = ("device", "site", "sex", *NUM_FIELDS)
 #: The four ICBHI classes a multilabel (crackle, wheeze) model's outputs map to.
 MULTILABEL_CLASSES = ["normal", "crackle", "wheeze", "both"]
 
@@ -222,76 +219,6 @@ def _provenance(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v not in (None, {})}
 
 
-# --------------------------------------------------------------------------- metadata
-
-def _number(value: Any, name: str, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(f"{where}: {name} must be a number or null, got {value!r}")
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _category(value: Any, name: str, where: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise DataError(f"{where}: {name} must be a string or null, got {value!r}")
-    return value
-
-
-def _sex_code(value: Any, where: str) -> int:
-    if value is None or value == "":
-        return 0
-    if not isinstance(value, str) or value.upper() not in SEX_CODES:
-        raise DataError(f"{where}: sex must be 'M', 'F' or null, got {value!r}")
-    return SEX_CODES[value.upper()]
-
-
-def encode_metadata(records: Sequence[Mapping[str, Any]], encoder: Mapping[str, Any]
-                    ) -> dict[str, np.ndarray]:
-    """Numpy twin of `MetadataEncoder.encode_values` (same rules, same errors).
-
-    Args:
-        records: per item ``device, site`` (str), ``sex`` (M/F), ``age`` (years), ``bmi``
-            (kg/m^2), ``duration`` (s); absent or None = missing (index 0 / mask 0, never
-            imputed); an optional ``id`` names the record in errors.
-        encoder: `MetadataEncoder.to_dict()`.
-
-    Returns:
-        ``device, site, sex`` int64 `(B,)`; ``num, num_mask`` float32 `(B, K)`.
-    """
-    if list(encoder.get("num_fields", [])) != list(NUM_FIELDS):
-        raise ConfigError(f"metadata encoder encodes {encoder.get('num_fields')}; this "
-                          f"rsctool expects {list(NUM_FIELDS)}")
-    dev_index = {d: i + 1 for i, d in enumerate(encoder["devices"])}
-    site_index = {s: i + 1 for i, s in enumerate(encoder["sites"])}
-    mean, std = encoder["mean"], encoder["std"]
-    n, k = len(records), len(NUM_FIELDS)
-    out = {"device": np.zeros(n, np.int64), "site": np.zeros(n, np.int64),
-           "sex": np.zeros(n, np.int64), "num": np.zeros((n, k), np.float32),
-           "num_mask": np.zeros((n, k), np.float32)}
-    for i, rec in enumerate(records):
-        where = rec.get("id") or f"metadata record {i + 1}"
-        unknown = sorted(set(rec) - set(META_FIELDS) - {"id"})
-        if unknown:
-            raise DataError(f"{where}: unknown metadata field(s) {unknown}; "
-                            f"known: {list(META_FIELDS)}")
-        dev = _category(rec.get("device"), "device", where)
-        loc = _category(rec.get("site"), "site", where)
-        out["device"][i] = dev_index.get(dev, 0) if dev else 0
-        out["site"][i] = site_index.get(loc, 0) if loc else 0
-        out["sex"][i] = _sex_code(rec.get("sex"), where)
-        for j, name in enumerate(NUM_FIELDS):
-            v = _number(rec.get(name), name, where)
-            if v is not None:
-                # float32 arithmetic on float64 inputs, as torch writes into a float tensor
-                out["num"][i, j] = (v - mean[j]) / std[j]
-                out["num_mask"][i, j] = 1.0
-    return out
-
-
 # --------------------------------------------------------------------------- decisions
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -390,9 +317,9 @@ class OnnxModel:
         if self.spec.with_features:
             return np.ascontiguousarray(wav, dtype=np.float32)
         if self._fbank is None:
-            from rsctool.features_np import FbankNumpy, FbankSpec
+            from rsctool.features_np import FbankConfig, FbankNumpy
 
             # no dither at prediction: the same recording always gives the same answer
-            self._fbank = FbankNumpy(FbankSpec.from_dict({**self.spec.fbank, "dither": 0.0}),
+            self._fbank = FbankNumpy(FbankConfig.from_dict({**self.spec.fbank, "dither": 0.0}),
                                      normalize=True)
         return self._fbank(wav)

@@ -4,7 +4,6 @@ metadata, backends, output formats, bad input, and a torch-free ONNX path."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import subprocess
@@ -18,7 +17,6 @@ from onnx_helpers import copy_project, trained_project
 from typer.testing import CliRunner
 
 from rsctool.cli import app
-from rsctool.features_np import FbankSpec
 from rsctool.features_np import fbank as np_fbank
 from rsctool.onnx_runtime import decide, encode_metadata
 from rsctool.predict import merge_segments, parse_meta_value
@@ -81,7 +79,7 @@ def test_numpy_fbank_matches_the_torch_fbank(kw):
     from rsctool.features import FbankConfig, fbank, normalize_fbank
 
     cfg = FbankConfig(**kw)
-    spec = FbankSpec.from_dict(cfg.to_dict())
+    spec = cfg
     rng = np.random.default_rng(len(kw))
     n = int(1.3 * cfg.sample_rate)
     t = np.arange(n) / cfg.sample_rate
@@ -108,24 +106,28 @@ def test_numpy_fbank_is_the_exact_kaldi_recipe():
     cfg = FbankConfig()
     wav = (0.1 * np.random.default_rng(1).standard_normal(16000)).astype(np.float32)
     ref = _kaldi_fbank_float64(wav.astype(np.float64), cfg)
-    assert np.abs(np_fbank(wav, FbankSpec.from_dict(cfg.to_dict()))[0] - ref).max() < 1e-5
+    assert np.abs(np_fbank(wav, cfg)[0] - ref).max() < 1e-5
 
 
-def test_fbank_spec_mirrors_fbank_config():
-    from rsctool.features import FbankConfig, num_frames
-    from rsctool.features_np import num_frames as np_num_frames
+def test_fbank_config_is_shared_and_torch_free():
+    # One config class for both implementations, importable without torch (predict's
+    # onnx path reads it from the model's metadata).
+    import subprocess
+    import sys
 
-    assert [(f.name, f.default) for f in dataclasses.fields(FbankConfig)] == \
-        [(f.name, f.default) for f in dataclasses.fields(FbankSpec)]
+    from rsctool import features, features_np
+
+    assert features.FbankConfig is features_np.FbankConfig
+    code = ("import sys; from rsctool.features_np import FbankConfig; "
+            "FbankConfig(window='hanning').key(); assert 'torch' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     for kw in FBANK_CONFIGS:
-        cfg = FbankConfig(**kw)
-        spec = FbankSpec.from_dict(cfg.to_dict())
-        for prop in ("window_size", "window_shift", "n_fft", "high_freq_hz"):
-            assert getattr(spec, prop) == getattr(cfg, prop), prop
+        cfg = features.FbankConfig(**kw)
         for n in (0, 399, 400, 401, 12345):
-            assert np_num_frames(n, spec) == num_frames(n, cfg)
+            assert features_np.num_frames(n, cfg) == features.num_frames(n, cfg)
     with pytest.raises(Exception, match="unknown fbank option"):
-        FbankSpec.from_dict({"nope": 1})
+        features_np.FbankConfig.from_dict({"nope": 1})
 
 
 def test_numpy_metadata_encoding_matches_the_torch_encoder():

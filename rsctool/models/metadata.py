@@ -29,45 +29,21 @@ import torch
 
 from rsctool.data.manifest import Cycle
 from rsctool.errors import ConfigError, DataError
-
-#: Keys of a metadata batch, in the order ONNX exports list them as graph inputs.
-META_KEYS: tuple[str, ...] = ("device", "site", "sex", "num", "num_mask")
-#: Numeric features, in column order of ``meta["num"]``.
-NUM_FIELDS: tuple[str, ...] = ("age", "bmi", "duration")
-SEX_CODES: dict[str, int] = {"M": 1, "F": 2}
+from rsctool.metadata_np import (  # noqa: F401  (re-exported)
+    META_FIELDS,
+    META_KEYS,
+    NUM_FIELDS,
+    SEX_CODES,
+    encode_values,
+    number,
+    vocabulary_index,
+)
 
 #: meta_spec for ICBHI 2017 (4 devices, 7 chest locations, each plus "unknown"):
 #: what conditioned models are built with when no encoder is at hand (tests, sizing).
 DEFAULT_META_SPEC: dict[str, int] = {"n_devices": 5, "n_sites": 8, "n_num": len(NUM_FIELDS)}
 
-_VALUE_FIELDS = ("device", "site", "sex", *NUM_FIELDS)
 _FORMAT_VERSION = 1
-
-
-def _number(value: Any, field: str, where: str) -> float | None:
-    """A finite float, or None when missing (None / NaN); DataError for non-numbers."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(f"{where}: {field} must be a number or null, got {value!r}")
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _sex_code(value: Any, where: str) -> int:
-    if value is None or value == "":
-        return 0
-    if not isinstance(value, str) or value.upper() not in SEX_CODES:
-        raise DataError(f"{where}: sex must be 'M', 'F' or null, got {value!r}")
-    return SEX_CODES[value.upper()]
-
-
-def _category(value: Any, field: str, where: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise DataError(f"{where}: {field} must be a string or null, got {value!r}")
-    return value
 
 
 def _cycle_values(c: Cycle) -> dict[str, Any]:
@@ -95,8 +71,8 @@ class MetadataEncoder:
         self.sites = list(sites)
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
-        self._device_index = {d: i + 1 for i, d in enumerate(self.devices)}
-        self._site_index = {s: i + 1 for i, s in enumerate(self.sites)}
+        self._device_index = vocabulary_index(self.devices)
+        self._site_index = vocabulary_index(self.sites)
 
     @classmethod
     def fit(cls, cycles: Iterable[Cycle], splits: Sequence[str] | None = ("train",)
@@ -117,7 +93,7 @@ class MetadataEncoder:
         mean, std = [], []
         for field in NUM_FIELDS:
             vals = [v for c in used
-                    if (v := _number(_cycle_values(c)[field], field, c.id)) is not None]
+                    if (v := number(_cycle_values(c)[field], field, c.id)) is not None]
             m = sum(vals) / len(vals) if vals else 0.0
             var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
             mean.append(m)
@@ -140,30 +116,10 @@ class MetadataEncoder:
 
         Raises:
             DataError: an unknown key or a value of the wrong type (names record number).
-        """
-        n, k = len(records), len(NUM_FIELDS)
-        device = torch.zeros(n, dtype=torch.long)
-        site = torch.zeros(n, dtype=torch.long)
-        sex = torch.zeros(n, dtype=torch.long)
-        num = torch.zeros(n, k)
-        mask = torch.zeros(n, k)
-        for i, rec in enumerate(records):
-            where = rec.get("id") or f"metadata record {i + 1}"
-            unknown = sorted(set(rec) - set(_VALUE_FIELDS) - {"id"})
-            if unknown:
-                raise DataError(f"{where}: unknown metadata field(s) {unknown}; "
-                                f"known: {list(_VALUE_FIELDS)}")
-            dev = _category(rec.get("device"), "device", where)
-            loc = _category(rec.get("site"), "site", where)
-            device[i] = self._device_index.get(dev, 0) if dev else 0
-            site[i] = self._site_index.get(loc, 0) if loc else 0
-            sex[i] = _sex_code(rec.get("sex"), where)
-            for j, field in enumerate(NUM_FIELDS):
-                v = _number(rec.get(field), field, where)
-                if v is not None:
-                    num[i, j] = (v - self.mean[j]) / self.std[j]
-                    mask[i, j] = 1.0
-        return {"device": device, "site": site, "sex": sex, "num": num, "num_mask": mask}
+        """  # the rules live in rsctool.metadata_np, shared with the torch-free predict
+        arrays = encode_values(records, self._device_index, self._site_index, self.mean,
+                               self.std)
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
     def encode(self, cycles: Sequence[Cycle]) -> dict[str, torch.Tensor]:
         """Encode manifest records into a metadata batch (see the module docstring)."""
