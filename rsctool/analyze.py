@@ -47,6 +47,8 @@ class AnalyzeOptions:
         val_fraction: patient-wise share of train moved to validation (0 disables).
         seed: seed of every random split.
         strict: stop at the first problem (exit 2) instead of skipping it with a warning.
+        allow_unknown_codes: ICBHI format: accept site/mode/device codes in recording
+            names outside the ICBHI 2017 sets (otherwise each is a problem).
         target_ratio: synthesis plan target, as a fraction of the largest train class.
         max_synthetic_per_class: cap of the synthesis plan per class.
         plots: write PNG plots next to report.json.
@@ -63,6 +65,7 @@ class AnalyzeOptions:
     val_fraction: float = 0.1
     seed: int = 0
     strict: bool = True
+    allow_unknown_codes: bool = False
     target_ratio: float = 0.5
     max_synthetic_per_class: int = 500
     plots: bool = True
@@ -285,7 +288,8 @@ def _read_cycles(root: Path, fmt: str, opts: AnalyzeOptions, problems: list, *,
         from rsctool.data.icbhi import read_icbhi
 
         kwargs = {"split": opts.split or "official", "val_fraction": opts.val_fraction,
-                  "seed": opts.seed, "strict": opts.strict}
+                  "seed": opts.seed, "strict": opts.strict,
+                  "allow_unknown_codes": opts.allow_unknown_codes}
         if scanner is not None and file_stats is not None:
             cycles = _read_icbhi_cached(root, kwargs, scanner, file_stats, problems)
             if cycles is not None:
@@ -727,6 +731,9 @@ def command(
     strict: Annotated[bool, typer.Option(
         "--strict/--lenient",
         help="Stop at the first bad file or line (exit 2), or skip it with a warning.")] = True,
+    allow_unknown_codes: Annotated[bool, typer.Option(
+        help="ICBHI layout: accept chest-location, mode and device codes in recording names "
+             "other than ICBHI 2017's (e.g. another stethoscope).")] = False,
     target_ratio: Annotated[float, typer.Option(
         help="Synthesis plan: bring each class to this fraction of the largest train class.")
     ] = 0.5,
@@ -745,7 +752,7 @@ def command(
     state = get_state(ctx)
     opts = AnalyzeOptions(data_dir=data_dir, name=name, format=format, split=split,
                           val_fraction=val_fraction, seed=state.seed, strict=strict,
-                          target_ratio=target_ratio,
+                          allow_unknown_codes=allow_unknown_codes, target_ratio=target_ratio,
                           max_synthetic_per_class=max_synthetic_per_class, plots=plots,
                           fbank_stats=fbank_stats, force=force)
     project = state.load_project()

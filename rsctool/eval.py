@@ -23,6 +23,7 @@ import fnmatch
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -165,8 +166,7 @@ def checkpoint_path(project: Any, name: str, record: dict[str, Any], which: str)
     """The `which` (best|last) checkpoint file of run `name` (it may not exist)."""
     if record.get(which):
         return project.abs(record[which])
-    run_dir = (project.abs(record["dir"]) if record.get("dir")
-               else project.state_dir() / "runs" / name)
+    run_dir = project.record_dir("runs", name, record)
     return run_dir / f"{which}.safetensors"
 
 
@@ -205,6 +205,18 @@ class LoadedRun:
     thresholds: list[float] | None
 
 
+def _run_files(files: dict[str, Any], run_dir: Path, *, absolute: bool = False
+               ) -> dict[str, Any]:
+    """The ``files`` of a metrics document relative to `run_dir` (as stored, so that a
+    moved project folder still finds them), or back to absolute paths."""
+    def one(p: str) -> str:
+        return (str(run_dir / p) if absolute
+                else Path(os.path.relpath(p, run_dir)).as_posix())
+
+    return {k: [one(p) for p in v] if isinstance(v, list) else
+            one(v) if isinstance(v, str) else v for k, v in files.items()}
+
+
 def load_run(project: Any, name: str, which: str = "best", device: str = "cpu") -> LoadedRun:
     """Rebuild run `name`'s model from its `which` checkpoint, in eval mode on `device`.
 
@@ -220,6 +232,7 @@ def load_run(project: Any, name: str, which: str = "best", device: str = "cpu") 
     if record is None:
         known = ", ".join(project.section("runs")) or "none"
         raise ConfigError(f"run {name!r} is not in the project (known runs: {known})")
+    run_dir = project.record_dir("runs", name, record)  # where eval writes: checked
     path = checkpoint_path(project, name, record, which)
     if not path.exists():
         status = record.get("status", "unknown")
@@ -244,7 +257,7 @@ def load_run(project: Any, name: str, which: str = "best", device: str = "cpu") 
                if config.get("metadata_encoder") else None)
     thresholds = ck.state.get("thresholds")
     return LoadedRun(
-        name=name, record=record, dir=path.parent, checkpoint=path, which=which,
+        name=name, record=record, dir=run_dir, checkpoint=path, which=which,
         config=config, state=ck.state, model=model, clip=ClipConfig.from_dict(config["clip"]),
         encoder=encoder, classes=list(config["classes"]), task=config.get("task", "multiclass"),
         thresholds=[float(t) for t in thresholds] if thresholds else None)
@@ -592,6 +605,8 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
             old = json.loads(metrics_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             old = None
+        if isinstance(old, dict):  # stored relative to the run folder (it may have moved)
+            old["files"] = _run_files(old.get("files") or {}, run_dir, absolute=True)
         if (isinstance(old, dict) and old.get("inputs_hash") == inputs_hash
                 and (not opts.plots or (old.get("files", {}).get("plots")
                                         and all(Path(p).exists()
@@ -693,7 +708,7 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
                     "plots": plots}
     doc["inputs_hash"] = inputs_hash
     doc["seconds"] = round(time.perf_counter() - t0, 3)
-    atomic_write_json(metrics_path, doc)
+    atomic_write_json(metrics_path, {**doc, "files": _run_files(doc["files"], run_dir)})
     project.update_record(
         "runs", name, **{
             f"eval_{tag}_score": doc["score"], f"eval_{tag}_sp": doc["specificity"],

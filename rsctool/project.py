@@ -463,6 +463,32 @@ class Project:
             return p
         return Path(os.path.normpath(self.root / p))
 
+    def record_dir(self, section: str, name: str, record: dict | None, *,
+                   marker: str | None = None) -> Path:
+        """The folder of record `name` in `section`: its recorded ``dir``, or the default
+        ``.rsctool/<section>/<name>``.
+
+        rsctool writes (and, with ``--force``, deletes) inside this folder, so a recorded
+        ``dir`` must lie inside the project folder: a hand-edited or foreign project file
+        cannot point rsctool's writes elsewhere. A folder outside is accepted only when
+        it already holds `marker`, a file that rsctool itself wrote there (e.g. a
+        ``synth --out`` folder's manifest).
+
+        Raises:
+            ProjectError: a recorded ``dir`` outside the project folder (without `marker`).
+        """
+        _check_name(section, name, self.path)
+        if not record or not record.get("dir"):
+            return self.state_dir() / section / name
+        folder = self.abs(record["dir"])
+        inside = folder.resolve().is_relative_to(self.root.resolve())
+        if not inside and not (marker is not None and (folder / marker).is_file()):
+            raise ProjectError(
+                f"{section}.{name}.dir = {record['dir']!r} lies outside the project folder "
+                f"{self.root}; rsctool does not write there (fix or remove that record)",
+                self.path)
+        return folder
+
     @property
     def lock_path(self) -> Path:
         """The lock file beside the project file (``rsctool.toml.lock``)."""

@@ -50,6 +50,7 @@ from typing import Annotated, Any
 import typer
 
 from rsctool.console import StepProgress, get_state, info, print_json, warn
+from rsctool.data.icbhi import SYNTHETIC_SITE
 from rsctool.data.manifest import ICBHI_CLASSES, Cycle, icbhi_label
 from rsctool.errors import ConfigError, DataError
 from rsctool.generators import BACKENDS
@@ -58,7 +59,7 @@ from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 #: Patient field of synthetic file names, per class (ICBHI patient ids are 101-226).
 CLASS_CODES: dict[str, int] = {"normal": 900, "crackle": 901, "wheeze": 902, "both": 903}
 #: Site and mode fields of synthetic file names.
-SITE, MODE = "Syn", "sc"
+SITE, MODE = SYNTHETIC_SITE, "sc"
 #: Classes made when neither --classes nor --balance says otherwise.
 DEFAULT_CLASSES: tuple[str, ...] = ("crackle", "wheeze", "both")
 DEFAULT_N = 100
@@ -220,6 +221,21 @@ class SynthResult:
 
 # --------------------------------------------------------------------------- helpers
 
+def _check_removable(out: Path) -> None:
+    """``--force`` deletes a synthetic set's folder: only when it is missing, empty or
+    holds what synth writes (its manifest or summary). A user's folder given as ``--out``
+    by mistake is refused (ConfigError), never emptied."""
+    if out.is_dir() and any(out.iterdir()) and not (
+            (out / "manifest.jsonl").is_file() or (out / "generation_summary.json").is_file()):
+        raise ConfigError(f"--force would delete {out}, which is not a synth output folder "
+                          "(no manifest.jsonl); choose another --out")
+
+
+def _remove_synth_folder(out: Path) -> None:
+    _check_removable(out)
+    shutil.rmtree(out)
+
+
 def stem_for(label: str, index: int, backend: str) -> str:
     """ICBHI-style file stem of sample `index` of class `label` (``901_00007_Syn_sc_diffwave``)."""
     return f"{CLASS_CODES[label]}_{index:05d}_{SITE}_{MODE}_{backend}"
@@ -368,8 +384,7 @@ def ensure_vocoder(project: Any, opts: SynthOptions, ds_name: str, record: dict,
                                 checkpoint_every=opts.vocoder_checkpoint_every, seed=opts.seed)
     topts.validate()
     rec = project.get("vocoders", name)
-    folder = (project.abs(rec["dir"]) if rec and rec.get("dir")
-              else project.state_dir() / "vocoders" / name)
+    folder = project.record_dir("vocoders", name, rec)
     ckpt = folder / "last.safetensors"
     if rec is not None:
         try:
@@ -539,6 +554,12 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     text = opts.backend in ("audioldm", "audioldm2")
     ds_name, ds_record, cycles = _dataset(project, opts.dataset, required=not text)
     counts = _resolve_counts(opts, project, ds_name, ds_record)
+    # Output-folder checks before any model is loaded or vocoder trained (nothing written)
+    if opts.out and opts.force:
+        _check_removable(Path(opts.out).resolve())
+    if opts.name and not opts.out and project.get("synthetic", opts.name) is not None:
+        project.record_dir("synthetic", opts.name, project.get("synthetic", opts.name),
+                           marker="manifest.jsonl")
     if ds_record is not None:
         known = ds_record.get("classes") or sorted({c.label for c in cycles})
         unknown = [c for c in counts if c not in known]
@@ -644,10 +665,9 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                                     {"backend": opts.backend, "status": "running"})
         rec = None
     out = (Path(opts.out).resolve() if opts.out else
-           project.abs(rec["dir"]) if rec and rec.get("dir") else
-           project.state_dir() / "synthetic" / name)
+           project.record_dir("synthetic", name, rec, marker="manifest.jsonl"))
     if opts.force and out.exists():
-        shutil.rmtree(out)
+        _remove_synth_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.jsonl"
     summary_path = out / "generation_summary.json"
@@ -773,6 +793,12 @@ def _write_sample(out: Path, cycle: Cycle, wav: Any, sample_rate: int) -> None:
     from rsctool.audio import write_audio
 
     assert cycle.label == icbhi_label(cycle.crackle or 0, cycle.wheeze or 0)
+    audio = Path(cycle.audio)
+    # Temp files of this very sample left by a killed run (each sample has one writer,
+    # even when ranks share a set, so these are never another process's live files).
+    for stale in audio.parent.glob(f".{audio.stem}.*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     write_audio(cycle.audio, wav, sample_rate, "PCM_16")
     atomic_write_text(Path(cycle.audio).with_suffix(".txt"),
                       f"{cycle.start:.3f}\t{cycle.end:.3f}\t{cycle.crackle}\t{cycle.wheeze}\n")

@@ -849,8 +849,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     if opts.run is not None and opts.run in runs:
         rec = runs[opts.run]
         name = opts.run
-        run_dir = (project.abs(rec["dir"]) if rec.get("dir")
-                   else project.state_dir() / "runs" / name)
+        run_dir = project.record_dir("runs", name, rec)
         last = run_dir / "last.safetensors"
         if group is not None and rec.get("group") != group:
             raise ConfigError(f"run {name!r} exists and is not part of seed group {group!r}; "
@@ -1002,8 +1001,7 @@ def _group_options(project: Any, grec: dict[str, Any]) -> dict[str, Any] | None:
         rec = runs.get(m)
         if rec is None:
             continue
-        run_dir = (project.abs(rec["dir"]) if rec.get("dir")
-                   else project.state_dir() / "runs" / m)
+        run_dir = project.record_dir("runs", m, rec)
         found = recorded_options(run_dir)
         if found is not None:
             return found
@@ -1140,8 +1138,7 @@ def options_like(project: Any, name: str) -> tuple[dict[str, Any], list[int] | N
     runs = project.section("runs")
     if name in runs:
         rec = runs[name]
-        run_dir = (project.abs(rec["dir"]) if rec.get("dir")
-                   else project.state_dir() / "runs" / name)
+        run_dir = project.record_dir("runs", name, rec)
         found = recorded_options(run_dir)
         if found is None:
             raise ConfigError(f"--like {name!r}: the run has no recorded options yet (no "
@@ -1172,7 +1169,7 @@ def _like_config(project: Any, name: str) -> dict[str, Any] | None:
         name = members[0] if members else name
     if rec is None:
         return None
-    run_dir = project.abs(rec["dir"]) if rec.get("dir") else project.state_dir() / "runs" / name
+    run_dir = project.record_dir("runs", name, rec)
     try:
         return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

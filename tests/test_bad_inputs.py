@@ -210,13 +210,29 @@ def test_the_base_dataset_is_good(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_unknown_device_and_site_are_kept_not_invented(tmp_path):
-    """Device, site and mode outside the ICBHI set are data, not errors: analyze keeps
-    them as named, and the metadata models map values unseen in training to "unknown"."""
+@pytest.mark.parametrize(("stem", "field", "value"), [
+    ("104_1b1_Xy_sc_Meditron", "site", "Xy"),
+    ("104_1b1_Al_zz_Meditron", "mode", "zz"),
+    ("104_1b1_Al_sc_Meditorn", "device", "Meditorn"),  # a typo, not a fifth device
+])
+def test_unknown_site_mode_or_device_codes_are_refused(tmp_path, stem, field, value):
+    root = _dataset(tmp_path / "db", {A: ROWS, B: ROWS[:2], stem: ROWS[1:]})
+    project = tmp_path / "rsctool.toml"
+    result = _invoke(project, *ANALYZE, root)
+    line = _check_exit_2(result, project, None, re.escape(f"{stem}.txt"))
+    assert f"unknown {field} {value!r}" in line and "--allow-unknown-codes" in line, line
+    # --lenient skips that recording only
+    result = _invoke(project, *ANALYZE, root, "--lenient")
+    assert result.exit_code == 0, result.output
+
+
+def test_allow_unknown_codes_keeps_them_as_named(tmp_path):
+    """Another stethoscope (a dataset recorded like ICBHI): kept as named with the
+    option, and the metadata models map values unseen in training to "unknown"."""
     odd = "104_1b1_Xy_zz_PhoneMic3"
     root = _dataset(tmp_path / "db", {A: ROWS, B: ROWS[:2], odd: ROWS[1:]})
     project = tmp_path / "rsctool.toml"
-    result = _invoke(project, *ANALYZE, root, "--json")
+    result = _invoke(project, *ANALYZE, root, "--allow-unknown-codes", "--json")
     assert result.exit_code == 0, result.output
     from rsctool.data.manifest import read_manifest
     from rsctool.project import Project
@@ -368,6 +384,55 @@ PROJECT_CASES = [
     ("crafted-record-name", _append('\n[synthetic."../../escape"]\nstatus = "done"\n'),
      TOML + ": invalid synthetic name '../../escape'"),
 ]
+
+#: Recorded output folders pointing out of the project folder (a hand-edited or foreign
+#: project file): the stages that would write there refuse, naming the record.
+DIR_CASES = [
+    ("run-dir-outside", _edit('dir = ".rsctool/runs/r1"', 'dir = "../../outside"'),
+     ["eval", "train-r1"], TOML + ": runs.r1.dir = '../../outside' lies outside"),
+    ("run-dir-absolute", _edit('dir = ".rsctool/runs/r1"', 'dir = "/tmp"'),
+     ["eval", "train-r1"], TOML + ": runs.r1.dir = '/tmp' lies outside"),
+    ("synthetic-dir-outside",
+     _append('\n[synthetic.s1]\nbackend = "diffwave"\nstatus = "running"\ndir = "/tmp"\n'),
+     ["synth-s1"], TOML + ": synthetic.s1.dir = '/tmp' lies outside"),
+]
+
+
+@pytest.mark.parametrize(("make", "stage", "where"),
+                         [(c[1], s, c[3]) for c in DIR_CASES for s in c[2]],
+                         ids=[f"{c[0]}-{s}" for c in DIR_CASES for s in c[2]])
+def test_recorded_folders_outside_the_project_are_refused(base_project, tmp_path, make,
+                                                          stage, where):
+    import shutil
+
+    root = tmp_path / "p"
+    shutil.copytree(base_project, root, symlinks=True)
+    make(root)
+    project = root / "rsctool.toml"
+    before = project.read_bytes()
+    args = {"train-r1": ["train", "--model", "cnn", "--size", "tiny", "--epochs", "1",
+                         "--run", "r1", "--dataset", "d", "--force"],
+            "synth-s1": ["synth", "--backend", "diffwave", "--classes", "crackle", "--n", "1",
+                         "--name", "s1", "--vocoder-size", "tiny", "--vocoder-steps", "1"],
+            }.get(stage) or _stage_args(stage, root)
+    _check_exit_2(_invoke(project, *args), project, before, where)
+
+
+def test_synth_force_never_empties_a_foreign_folder(base_project, tmp_path):
+    import shutil
+
+    root = tmp_path / "p"
+    shutil.copytree(base_project, root, symlinks=True)
+    mine = tmp_path / "my-data"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    project = root / "rsctool.toml"
+    before = project.read_bytes()
+    result = _invoke(project, "synth", "--backend", "diffwave", "--classes", "crackle", "--n",
+                     "1", "--out", str(mine), "--force", "--vocoder-size", "tiny",
+                     "--vocoder-steps", "1")
+    _check_exit_2(result, project, before, "--force would delete .*my-data")
+    assert (mine / "keep.txt").read_text() == "precious"
 
 
 @pytest.mark.parametrize(("make", "where"), [c[1:] for c in PROJECT_CASES],

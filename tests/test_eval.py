@@ -314,3 +314,18 @@ def test_film_statistics_match_a_direct_computation():
     assert stats["by_device"]["b"]["n"] == 6
     cnn = create_model("cnn", size="tiny", input_tdim=64, input_fdim=32)
     assert film_statistics(cnn, meta) is None
+
+
+def test_moved_project_folder_is_still_up_to_date(proj, tmp_path):
+    """Metrics documents name their files relative to the run folder: after the whole
+    project folder moves, a re-run is still a no-op and reports the new locations."""
+    first = invoke(proj, "eval", "--run", "cnn", "--no-plots", "--json")
+    assert first.exit_code == 0, first.output
+    dst = tmp_path / "moved"
+    shutil.move(proj.parent, dst)
+    again = invoke(dst / "rsctool.toml", "eval", "--run", "cnn", "--no-plots", "--json")
+    assert again.exit_code == 0, again.output
+    a, b = json.loads(first.stdout), json.loads(again.stdout)
+    assert b["skipped"] and b["score"] == a["score"]
+    assert Path(b["files"]["metrics"]).is_relative_to(dst)
+    assert Path(b["files"]["predictions"]).is_file()

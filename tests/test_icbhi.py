@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -47,10 +46,7 @@ def small_dataset(tmp_path: Path, **kw) -> Path:
 @pytest.fixture(scope="module")
 def real_db(icbhi_meta, tmp_path_factory) -> Path:
     """The real 920 annotation files with synthetic noise audio (written once)."""
-    t0 = time.perf_counter()
-    db = synthesize_icbhi_audio(icbhi_meta, tmp_path_factory.mktemp("icbhi"))
-    assert time.perf_counter() - t0 < 30
-    return db
+    return synthesize_icbhi_audio(icbhi_meta, tmp_path_factory.mktemp("icbhi"))
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +111,9 @@ def test_real_metadata_spot_checks(real_cycles):
     assert (first.site, first.mode) == ("Al", "sc")
 
 
-def test_real_read_is_fast_and_deterministic(real_db, real_cycles):
-    t0 = time.perf_counter()
+def test_real_read_is_deterministic(real_db, real_cycles):
+    # (its speed is benchmarks/bench_analyze.py's business, not a timed unit test's)
     again = read_icbhi(real_db)
-    assert time.perf_counter() - t0 < 3.0
     assert split_hash(again) == split_hash(real_cycles)
     assert is_icbhi_dir(real_db)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 
 import numpy as np
@@ -41,10 +40,8 @@ def test_registered_with_sizes():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_tiny_builds_fast_forward_backward(name):
-    t0 = time.perf_counter()
+def test_tiny_builds_forward_backward(name):
     model = _model(name, num_classes=3)
-    assert time.perf_counter() - t0 < 1.0
     x = torch.randn(2, T, FD)
     out = model(x)
     assert out["logits"].shape == (2, 3)

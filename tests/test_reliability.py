@@ -87,7 +87,11 @@ def test_sigkill_then_rerun_matches_uninterrupted(project_dir):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resumes(project_dir):
-    proc = _rsctool(project_dir, *TRAIN, "--run", "intr")
+    # batch 4: ~4x the steps of TRAIN, so that on a loaded machine the signal still lands
+    # long before the last step (it once arrived after training had finished)
+    args = [*TRAIN[:TRAIN.index("--batch-size")], "--batch-size", "4",
+            *TRAIN[TRAIN.index("--batch-size") + 2:], "--run", "intr"]
+    proc = _rsctool(project_dir, *args)
     ckpt = project_dir / ".rsctool" / "runs" / "intr" / "last.safetensors"
     _wait_for_step(ckpt, 2, proc)
     proc.send_signal(signal.SIGINT)
@@ -97,7 +101,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(project_dir):
     assert "interrupted" in text and "Traceback" not in text
     rec = Project.load(project_dir / "rsctool.toml").get("runs", "intr")
     assert rec["status"] == "interrupted"
-    again = _rsctool(project_dir, *TRAIN, "--run", "intr")
+    again = _rsctool(project_dir, *args)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err.decode()
     assert Project.load(project_dir / "rsctool.toml").get("runs", "intr")["status"] == "done"
@@ -117,3 +121,133 @@ def test_checkpoint_loader_rejects_pickle(tmp_path):
     with pytest.raises(DataError):
         load_checkpoint(tmp_path / "torch.pt")
     assert not Path("/tmp/rsctool-pwned").exists()
+
+
+# ------------------------------------------------ synth and export: kill and re-run (slow)
+
+SYNTH = ["synth", "--classes", "crackle", "--n", "6", "--steps", "2", "--seconds", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_ldm(tmp_path_factory) -> Path:
+    from rsctool.testing import write_tiny_audioldm
+
+    return write_tiny_audioldm(tmp_path_factory.mktemp("models") / "tiny-audioldm", "audioldm")
+
+
+def _wavs(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.wav"))}
+
+
+def _wait_for_file(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float = 180
+                   ) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None or any(folder.rglob(pattern)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {pattern} in {folder}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0, 3])
+def test_sigkill_during_synth_then_rerun_matches_uninterrupted(project_dir, tiny_ldm, after):
+    """Killed after `after` samples are on disk (0: while the pipeline loads), `synth`
+    never records a set as done; the re-run writes exactly the uninterrupted bytes."""
+    ref = _rsctool(project_dir, *SYNTH, "--model", str(tiny_ldm), "--name", f"ref{after}")
+    _, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err.decode()
+    name = f"victim{after}"
+    victim = _rsctool(project_dir, *SYNTH, "--model", str(tiny_ldm), "--name", name)
+    if after:
+        folder = project_dir / ".rsctool" / "synthetic" / name
+        t0 = time.time()
+        while len(list(folder.rglob("*.wav"))) < after and victim.poll() is None:
+            assert time.time() - t0 < 300, "timed out waiting for samples"
+            time.sleep(0.02)
+    else:
+        time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    p = Project.load(project_dir / "rsctool.toml")  # valid TOML whatever the moment
+    rec = p.get("synthetic", name)
+    assert rec is None or rec["status"] != "done" or victim.returncode == 0
+    again = _rsctool(project_dir, *SYNTH, "--model", str(tiny_ldm), "--name", name)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err.decode()
+    p = Project.load(project_dir / "rsctool.toml")
+    a, b = p.get("synthetic", f"ref{after}"), p.get("synthetic", name)
+    assert b["status"] == "done" and b["counts"] == a["counts"]
+    assert _wavs(p.abs(b["dir"])) == _wavs(p.abs(a["dir"]))
+    from rsctool.data.manifest import file_sha256, read_manifest
+
+    assert file_sha256(p.abs(b["manifest"])) == b["sha256"]
+    assert [c.id.split(":", 1)[1] for c in read_manifest(p.abs(b["manifest"]))] == \
+        [c.id.split(":", 1)[1] for c in read_manifest(p.abs(a["manifest"]))]
+
+
+@pytest.fixture(scope="module")
+def trained_dir(project_dir) -> Path:
+    proc = _rsctool(project_dir, *TRAIN[:-1], "--epochs", "1", "--max-steps", "2",
+                    "--run", "exp")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()
+    return project_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.5, 2.5, 5.0])
+def test_sigkill_during_export_never_records_partial_output(trained_dir, delay):
+    """Killed at some point, `export` has recorded nothing, or a done record whose file is
+    complete (hash matches); no file at the output path is ever partial; the re-run ends
+    with a checked export."""
+    import onnxruntime as ort
+
+    from rsctool.data.manifest import file_sha256
+
+    out = trained_dir / f"kill-{delay}.onnx"
+    victim = _rsctool(trained_dir, "export", "--run", "exp", "--out", str(out))
+    time.sleep(delay)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    p = Project.load(trained_dir / "rsctool.toml")
+    recs = [r for r in (p.section("exports") or {}).values() if r.get("onnx") == p.rel(out)]
+    for rec in recs:
+        if rec.get("status") == "done":
+            assert file_sha256(out) == rec["sha256"]
+    if out.exists():  # only ever moved into place complete
+        ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    again = _rsctool(trained_dir, "export", "--run", "exp", "--out", str(out), "--json")
+    stdout, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err.decode()
+    import json
+
+    doc = json.loads(stdout)
+    assert doc["status"] == "done" and doc["parity_max_abs"] <= 1e-4
+    assert file_sha256(out) == doc["sha256"]
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+
+# ------------------------------------------------------------------ concurrency (slow)
+
+@pytest.mark.slow
+def test_eight_parallel_train_invocations_lose_no_record(project_dir):
+    """A sweep of 8 `rsctool train` processes against one project file: every run is
+    recorded done, every earlier record survives, the file stays valid TOML."""
+    before = Project.load(project_dir / "rsctool.toml")
+    datasets = before.section("datasets")
+    procs = {f"par{i}": _rsctool(project_dir, "--seed", str(i), *TRAIN[:-1], "--epochs", "1",
+                                 "--max-steps", "1", "--run", f"par{i}")
+             for i in range(8)}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"{name}: {err.decode()}"
+    p = Project.load(project_dir / "rsctool.toml")
+    runs = p.section("runs")
+    assert set(procs) <= set(runs)
+    for n in procs:
+        assert runs[n]["status"] == "done" and runs[n]["step"] == 1, (n, runs[n])
+        assert runs[n]["seed"] == int(n[3:])
+        assert p.abs(runs[n]["last"]).is_file() and p.abs(runs[n]["best"]).is_file()
+    assert p.section("datasets") == datasets
+    assert not list(project_dir.glob("rsctool.toml.*tmp*"))

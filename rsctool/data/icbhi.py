@@ -49,6 +49,19 @@ RECORDING_RE = re.compile(
     r"^(?P<patient>\d+)_(?P<index>[0-9A-Za-z]+)_(?P<site>[A-Za-z]+)_(?P<mode>[A-Za-z]+)"
     r"_(?P<device>[0-9A-Za-z]+)$")
 
+#: The codes of the ICBHI 2017 recording names (chest location, acquisition mode,
+#: stethoscope). Other codes are refused unless the reader is told to accept them
+#: (``analyze --allow-unknown-codes``, for datasets recorded like ICBHI with other
+#: hardware): a typo such as ``Meditorn`` would otherwise become a fifth device.
+ICBHI_CODES: dict[str, tuple[str, ...]] = {
+    "site": ("Tc", "Al", "Ar", "Pl", "Pr", "Ll", "Lr"),
+    "mode": ("sc", "mc"),
+    "device": ("AKGC417L", "LittC2SE", "Litt3200", "Meditron"),
+}
+#: The chest-location code of `rsctool synth` outputs (``901_00007_Syn_sc_diffwave``):
+#: their device is the generator, so any device code is accepted with it.
+SYNTHETIC_SITE = "Syn"
+
 #: Audio suffixes of recordings, in order of preference when a stem has several.
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -81,6 +94,18 @@ def parse_recording_name(stem: str) -> dict[str, str]:
         raise DataError(f"recording name {stem!r} is not "
                         "<patient>_<index>_<site>_<mode>_<device> (e.g. 101_1b1_Al_sc_Meditron)")
     return m.groupdict()
+
+
+def unknown_code(name: dict[str, str]) -> str | None:
+    """The first of site, mode, device of a parsed name outside `ICBHI_CODES`, as a
+    message, or None when all are ICBHI 2017 codes."""
+    for field, known in ICBHI_CODES.items():
+        if field == "device" and name["site"] == SYNTHETIC_SITE:
+            continue
+        if name[field] not in known and not (field == "site" and name[field] == SYNTHETIC_SITE):
+            return (f"unknown {field} {name[field]!r} in the recording name (ICBHI 2017: "
+                    f"{', '.join(known)}; analyze --allow-unknown-codes accepts others)")
+    return None
 
 
 def _prefix(stem: str) -> str | None:
@@ -429,7 +454,7 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
                split_file: str | os.PathLike | None = None,
                demographics: str | os.PathLike | None = None,
                diagnosis: str | os.PathLike | None = None,
-               check_audio: bool = True) -> list[Cycle]:
+               check_audio: bool = True, allow_unknown_codes: bool = False) -> list[Cycle]:
     """Read an ICBHI 2017 dataset folder into cycles.
 
     Args:
@@ -447,6 +472,8 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
         check_audio: read each audio header (`rsctool.audio.audio_info`) for the
             sample rate and to check that cycles lie inside the audio. The audio file
             must exist either way.
+        allow_unknown_codes: accept site, mode and device codes outside `ICBHI_CODES`
+            (kept as named); by default such a recording is a problem.
 
     Returns:
         Cycles sorted by recording and cycle index; ids ``f"{stem}_{i:03d}"`` with `i`
@@ -517,7 +544,8 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
     for stem in stems:
         cycles.extend(_recording_cycles(stem, texts[stem], audio[stem],
                                         assigned[stem] if assigned is not None else "train",
-                                        demo, diag, check_audio, sink))
+                                        demo, diag, check_audio, sink,
+                                        allow_unknown_codes))
     if not cycles:
         raise DataError("no usable cycles found", root)
     if spec.kind == "patients":
@@ -527,8 +555,12 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
 
 def _recording_cycles(stem: str, text: Path, audio: Path, split: str,
                       demo: dict[str, dict[str, Any]], diag: dict[str, str],
-                      check_audio: bool, sink: ProblemSink) -> list[Cycle]:
+                      check_audio: bool, sink: ProblemSink,
+                      allow_unknown_codes: bool = False) -> list[Cycle]:
     name = parse_recording_name(stem)
+    if not allow_unknown_codes and (problem := unknown_code(name)) is not None:
+        sink.report(problem, text)
+        return []
     duration: float | None = None
     sample_rate: int | None = None
     if check_audio:
