@@ -62,6 +62,31 @@ def documented_options(text: str) -> set[str]:
     return names
 
 
+#: Options shared across stages: (option, meaning, stages). A test checks the stages.
+CONVENTIONS: list[tuple[str, str, str]] = [
+    ("--json", "one JSON document on stdout (the result); human output stays on stderr",
+     "every stage"),
+    ("--force", "redo work that is already done (otherwise a no-op or a resume)",
+     "analyze, synth, train, eval, export"),
+    ("--run NAME", "one run: the name to give a new run (train), or the run to use "
+     "(eval, export, predict: default the last run; status: show that run)",
+     "train, eval, export, predict, status"),
+    ("--runs NAME ...", "several runs (names or glob patterns such as 'cnn-*'), "
+     "compared in one table", "eval"),
+    ("--group NAME", "a seed group made by `train --seeds`", "eval"),
+    ("--dataset NAME", "a dataset recorded by analyze (default: the last analysed)",
+     "synth, train"),
+    ("--name NAME", "the name to record a new dataset or synthetic set under",
+     "analyze, synth"),
+    ("--checkpoint best\\|last", "best: selected on validation; last: the final epoch",
+     "eval, export, predict"),
+    ("--out PATH", "where to write the stage's main output file or folder",
+     "synth, export, predict"),
+    ("--batch-size N", "items per model call (train: per optimizer step)",
+     "synth, train, eval, predict"),
+]
+
+
 def _root_command() -> Any:
     import typer.main
 
@@ -147,6 +172,10 @@ def index_page() -> str:
               "`./rsctool.toml`. Every stage that produces a result takes `--json` and then "
               "prints exactly one JSON document on stdout; tables, progress bars and "
               "messages go to stderr (`--quiet` silences all but warnings and errors).", "",
+              "## Option names shared by the stages", "",
+              "The same name means the same thing in every stage that has it:", "",
+              "| option | meaning | stages |", "|---|---|---|",
+              *[f"| `{o}` | {m} | {st} |" for o, m, st in CONVENTIONS], "",
               "## Shell completion", "",
               "```bash",
               "rsctool --install-completion        # bash, zsh, fish or PowerShell: "

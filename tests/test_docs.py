@@ -213,3 +213,14 @@ def test_global_option_after_the_stage_gets_a_hint(args, hint):
 def test_unknown_option_has_no_global_hint():
     r = runner.invoke(app, ["status", "--bogus"])
     assert r.exit_code == 2 and "global option" not in r.output, r.output
+
+
+def test_shared_option_names_table_lists_exactly_the_stages_that_have_them():
+    from rsctool.docgen import CONVENTIONS
+
+    _, stages = cli_options()
+    for option, _meaning, where in CONVENTIONS:
+        name = option.split()[0]
+        want = set(stages) if where == "every stage" else {s.strip() for s in where.split(",")}
+        have = {s for s, names in stages.items() if name in names}
+        assert have == want, f"{name}: the table says {sorted(want)}, the CLI {sorted(have)}"

@@ -32,9 +32,14 @@ RUN_SEPARATELY = ("sweep.sh",)
 BUDGET = 240
 
 
-def _needs_dataset(script: str) -> bool:
-    """Recipes for the real database take DATA WORK; the others (demo, sweep) WORK."""
-    return "PATH/TO/" in (EXAMPLES / script).read_text()
+def _dataset_kind(script: str) -> str | None:
+    """What the script's DATA argument is, from its usage line: `PATH/TO/FOLDER_DATASET`
+    a `<class>/**/*.wav` folder dataset, another `PATH/TO/...` the ICBHI database;
+    None: the script takes WORK only (demo, sweep)."""
+    text = (EXAMPLES / script).read_text()
+    if "PATH/TO/FOLDER_DATASET" in text:
+        return "folder"
+    return "icbhi" if "PATH/TO/" in text else None
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +50,18 @@ def demo_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("examples") / "ICBHI_final_database"
     make_demo_dataset(root, patients=12, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def folder_data(tmp_path_factory) -> Path:
+    """A small `<class>/<material>/<material>_<class>_<frequency>_<n>.wav` folder dataset
+    (seed 004's angle layout: 3 classes, 2 materials, 2 frequencies, 4 files each)."""
+    from rsctool.testing import write_folder_dataset
+
+    files = [f"{c}/{m}/{m}_{c}_{f}_{i}.wav" for c in ("0_degree", "90_degree", "180_degree")
+             for m in ("plastic", "metal") for f in ("1000hz", "2000hz") for i in range(4)]
+    return write_folder_dataset(tmp_path_factory.mktemp("examples") / "angles", files,
+                                seconds=1.0, sample_rate=8000)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +104,9 @@ def test_example_runs_in_fast_mode(script, demo_data, tmp_path, request):
     env: dict[str, str] = {}
     if "AUDIOLDM_MODEL" in (EXAMPLES / script).read_text():
         env["AUDIOLDM_MODEL"] = str(request.getfixturevalue("tiny_audioldm"))
-    args = [str(demo_data), str(work)] if _needs_dataset(script) else [str(work)]
+    kind = _dataset_kind(script)
+    data = request.getfixturevalue("folder_data") if kind == "folder" else demo_data
+    args = [str(data), str(work)] if kind else [str(work)]
     proc = _run(script, args, env)
     _check(proc, script)
     assert (work / "rsctool.toml").is_file(), "the script did not use WORK_DIR's project"
