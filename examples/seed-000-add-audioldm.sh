@@ -6,8 +6,8 @@
 # Paper (seed 000): no ICBHI number (its before/after class counts are marked "Example");
 #   compare with the ADD recipe without synthetic cycles (seed-003-add.sh).
 # Settings (seed 000): cvssp/audioldm-s-full-v2, 50 steps, guidance 7.5, 8 s at 16 kHz,
-#   its three prompts per class (seed-000-prompts.toml), synthetic_ratio 0.3,
-#   max_synthetic_per_class 200, batch size 8, 50 epochs.
+#   its three prompts per class (seed-000-prompts.toml); training (seed-000-add-audioldm.toml):
+#   synthetic_ratio 0.3, max_synthetic_per_class 200, batch size 8, 50 epochs.
 #
 # Usage: bash examples/seed-000-add-audioldm.sh PATH/TO/ICBHI_final_database [WORK_DIR]
 #        AUDIOLDM_MODEL=HUB_ID|DIR: another AudioLDM pipeline (the default is downloaded
@@ -41,16 +41,17 @@ mkdir -p "$WORK"
 $RSCTOOL analyze "$DATA" --name icbhi --split official --val-fraction 0.1 \
     --target-ratio 0.5 --max-synthetic-per-class 200 $FAST_ANALYZE
 # the baseline without synthetic cycles (seed-003-add.sh; skipped when it already ran)
-$RSCTOOL train --dataset icbhi --model add --size base --loss bias-denoising \
-    --run add-paper --seeds "$SEEDS" $FAST_TRAIN
+$RSCTOOL train --dataset icbhi --config "$HERE/seed-003-add.toml" --run add-paper \
+    --seeds "$SEEDS" $FAST_TRAIN
 runs=('add-paper-s*')
 if [[ $SYNTH == 1 ]]; then
   $RSCTOOL synth --dataset icbhi --backend audioldm --balance \
       --prompts "$HERE/seed-000-prompts.toml" --model "$LDM" --steps 50 \
       --guidance 7.5 --seconds 8 --sample-rate 16000 --name audioldm-seed $FAST_SYNTH
-  $RSCTOOL train --dataset icbhi --model add --size base --loss bias-denoising \
-      --run add-audioldm --seeds "$SEEDS" --synthetic audioldm-seed --synthetic-ratio 0.3 \
-      --max-synthetic-per-class 200 --batch-size 8 --epochs 50 $FAST_TRAIN
+  # seed-000-add-audioldm.toml: ADD, bias-denoising loss, batch 8, 50 epochs, the set
+  # audioldm-seed at --synthetic-ratio 0.3 and --max-synthetic-per-class 200
+  $RSCTOOL train --dataset icbhi --config "$HERE/seed-000-add-audioldm.toml" \
+      --run add-audioldm --seeds "$SEEDS" $FAST_TRAIN
   runs+=('add-audioldm-s*')
 fi
 # paper: no number; the seed lists only expected qualitative improvements

@@ -24,6 +24,7 @@ WORK=${2:-icbhi-run}
 SEEDS=${SEEDS:-5}
 MIXED=${MIXED:-500}
 N_SYNTH=${N_SYNTH:-1000}
+HERE=$(cd "$(dirname "$0")" && pwd)
 FAST_ANALYZE="" FAST_SYNTH="" FAST_TRAIN="" FAST_EVAL=""
 if [[ ${RSCTOOL_FAST:-0} == 1 ]]; then  # later options win: these override the recipe's
   SEEDS=1 MIXED=2 N_SYNTH=2 FAST_ANALYZE="--no-fbank-stats --no-plots" FAST_EVAL="--no-plots"
@@ -41,12 +42,13 @@ $RSCTOOL synth --dataset icbhi --backend diffwave --vocoder-size base \
 # the baseline (real cycles only), then Mixed-N and Mixed-N + AFT, $SEEDS seeds each
 $RSCTOOL train --dataset icbhi --model ast --size base --run ast-real --seeds "$SEEDS" \
     $FAST_TRAIN
+# (seed-002-aft.toml: --model ast --size base --synthetic diffwave --adversarial
+#  --adv-weight 0.1)
 for n in $MIXED; do
-  $RSCTOOL train --dataset icbhi --model ast --size base --run "ast-mixed-$n" \
-      --seeds "$SEEDS" --synthetic diffwave --max-synthetic-per-class "$n" $FAST_TRAIN
-  $RSCTOOL train --dataset icbhi --model ast --size base --run "ast-aft-$n" \
-      --seeds "$SEEDS" --synthetic diffwave --max-synthetic-per-class "$n" \
-      --adversarial --adv-weight 0.1 $FAST_TRAIN
+  $RSCTOOL train --dataset icbhi --config "$HERE/seed-002-aft.toml" --no-adversarial \
+      --max-synthetic-per-class "$n" --run "ast-mixed-$n" --seeds "$SEEDS" $FAST_TRAIN
+  $RSCTOOL train --dataset icbhi --config "$HERE/seed-002-aft.toml" \
+      --max-synthetic-per-class "$n" --run "ast-aft-$n" --seeds "$SEEDS" $FAST_TRAIN
 done
 # paper: AFT +2.24 Score over the baseline (%); one table and CSV for the whole sweep
 $RSCTOOL eval --runs 'ast-real-*' 'ast-mixed-*' 'ast-aft-*' --csv "$WORK/seed-002.csv" \

@@ -194,3 +194,17 @@ def test_fast_mode_options_exist():
             for m in re.finditer(var + r'\+?="([^"]*)"', text):
                 why = check_command([stage, *m.group(1).split()], global_opts, stages)
                 assert why is None, f"{script}: {var}: {why}"
+
+
+def test_config_files_are_valid_train_options():
+    import tomllib
+
+    from rsctool.train import TrainOptions, _load_config_file
+
+    configs = [p for p in sorted(EXAMPLES.glob("*.toml"))
+               if "train" in tomllib.loads(p.read_text())]
+    assert len(configs) >= 5, configs
+    for path in configs:
+        TrainOptions(**_load_config_file(path)).resolve()  # unknown keys or values raise
+        used = [s for s in SCRIPTS if path.name in (EXAMPLES / s).read_text()]
+        assert used, f"{path.name} is used by no example script (so no test runs it)"
