@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-fast lint bench dist clean
+.PHONY: install demo test test-fast lint docs bench dist clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rsctool tests benchmarks examples
+
+## The command-line reference (docs/cli/*.md), generated from the CLI; tests/test_docs.py
+## fails when it is out of date. Run after adding or changing an option, and commit.
+docs: $(STAMP)
+	$(PY) -m rsctool.docgen
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_fbank.py

@@ -19,8 +19,10 @@ from typer.core import TyperGroup
 
 try:  # recent typer ships its own copy of click; its exceptions are the ones raised
     from typer._click import ClickException
+    from typer._click.exceptions import NoSuchOption
 except ImportError:  # older typer uses click itself
     from click import ClickException
+    from click.exceptions import NoSuchOption
 
 from rsctool import __version__
 from rsctool.console import AppState, err_console
@@ -30,6 +32,21 @@ from rsctool.errors import UserError
 _CLICK_FLOW = (typer.Exit, typer.Abort, ClickException)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Options of the `rsctool` callback; given after a stage they get a hint.
+_GLOBAL_OPTIONS = {"--project": "PATH", "-p": "PATH", "--device": "cpu", "--seed": "N",
+                   "--quiet": "", "-q": ""}
+
+#: Exit codes of every stage (the CLI reference, docs/cli/index.md, is generated from this).
+EXIT_CODES: dict[int, str] = {
+    0: "success (also: nothing to do, e.g. a finished run or an unchanged dataset)",
+    1: "internal error: a bug; one line names the exception (`RSCTOOL_DEBUG=1` prints the "
+       "traceback)",
+    2: "bad input or usage: a missing or malformed file, a bad option value, an unknown "
+       "run or dataset; one line names the file and the problem, nothing is half-written "
+       "(`predict --keep-going`: some files failed)",
+    130: "interrupted (Ctrl-C or SIGINT); the same command again resumes",
+    141: "stdout closed early by the reader (e.g. `rsctool ... --json | head`)",
+}
 
 
 class _Group(TyperGroup):
@@ -59,6 +76,12 @@ class _Group(TyperGroup):
             err_console.print("interrupted: stopped cleanly; run the same command again to "
                               "resume", markup=False, highlight=False)
             raise typer.Exit(130) from None
+        except NoSuchOption as e:
+            if e.option_name in _GLOBAL_OPTIONS and ctx.invoked_subcommand:
+                given = f"{e.option_name} {_GLOBAL_OPTIONS[e.option_name]}".strip()
+                e.message += (f" ({e.option_name} is a global option: put it before the "
+                              f"stage, as in `rsctool {given} {ctx.invoked_subcommand} ...`)")
+            raise
         except _CLICK_FLOW:
             raise
         except BrokenPipeError:

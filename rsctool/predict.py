@@ -832,6 +832,9 @@ def command(
     batch_size: Annotated[int, typer.Option(help="Cycles/windows per model call.")] = 16,
     threads: Annotated[int | None, typer.Option(
         help="onnxruntime threads (default: one per core).")] = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the records as one JSON document on stdout (the same as "
+                       "--format json; not with --out).")] = False,
 ) -> None:
     """Classify cycles (annotated) or sliding windows of recordings with a trained model."""
     state = get_state(ctx)
@@ -844,6 +847,11 @@ def command(
                  in USER_META and not Path(a).exists()]
         meta_items += pairs
         files = [a for a in files if a not in pairs]
+    if json_out:  # the same switch as every other stage's
+        if fmt not in (None, "json") or out is not None:
+            raise ConfigError("--json prints JSON on stdout: give it without --format and "
+                              "--out (or use --format json --out FILE)")
+        fmt = "json"
     opts = PredictOptions(inputs=files, run=run_name, model=model, backend=backend,
                           checkpoint=checkpoint, mode=mode, annotations=annotations,
                           window=window, hop=hop, meta=meta_items, format=fmt, out=out,
