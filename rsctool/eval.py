@@ -618,7 +618,16 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
             raise ConfigError(f"--plots ghm: run {name!r} has no GHM statistics (they are "
                               "saved by runs trained with --loss ghm)")
         kinds = tuple(k for k in kinds if k != "ghm")
+    if "ghm" in kinds and opts.ghm_epochs:
+        have = sorted({int(st["epoch"]) for st in ghm_stats or []})
+        missing = [e for e in opts.ghm_epochs if e not in have]
+        if missing:
+            raise ConfigError(f"--ghm-epochs: no GHM statistics for epoch(s) "
+                              f"{', '.join(map(str, missing))} (run {name!r} has epochs "
+                              f"{have[0]}-{have[-1]})")
     inputs_hash = params_hash({
+        **({"ghm_epochs": list(opts.ghm_epochs)} if "ghm" in kinds and opts.ghm_epochs
+           else {}),
         "doc": DOC_VERSION, "version": __version__,
         "checkpoint": file_sha256(loaded.checkpoint), "manifest": record.get("sha256"),
         "split": opts.split, "split_hash": record.get("split_hash"),
@@ -1114,6 +1123,9 @@ def group_summary(group: str, docs: Sequence[dict[str, Any]], members: int | Non
     if len(hashes) > 1:
         warn(f"seed group {group!r}: its runs were evaluated on different splits "
              f"({', '.join(h[:12] for h in hashes)}); the mean mixes them")
+    metrics = GROUP_METRICS
+    if any(r.get("pairwise_accuracy") is not None for r in rows):  # a ranking group
+        metrics = (*GROUP_METRICS, "pairwise_accuracy", "spearman")
     return {
         "group": group,
         "model": first["model"],
@@ -1128,9 +1140,9 @@ def group_summary(group: str, docs: Sequence[dict[str, Any]], members: int | Non
         "members": members if members is not None else len(docs),
         "seeds": [r["seed"] for r in rows],
         "std_kind": "sample standard deviation over seeds (ddof=1)",
-        "mean": {k: _mean_sd([r[k] for r in rows])[0] for k in GROUP_METRICS},
-        "std": {k: _mean_sd([r[k] for r in rows])[1] for k in GROUP_METRICS},
-        "runs": [{**{k: r[k] for k in ("run", "seed", *GROUP_METRICS)},
+        "mean": {k: _mean_sd([r[k] for r in rows])[0] for k in metrics},
+        "std": {k: _mean_sd([r[k] for r in rows])[1] for k in metrics},
+        "runs": [{**{k: r[k] for k in ("run", "seed", *metrics)},
                   "metrics": d.get("files", {}).get("metrics")}
                  for r, d in zip(rows, docs, strict=True)],
     }
