@@ -6,20 +6,26 @@
 #   data/<angle>_degree/<material>/<material>_<angle>_degree_<freq>hz_<seq>.wav
 #
 # Usage: bash examples/folder-ranking-ghm.sh [WORK_DIR]      (default: folder-ranking)
+#        DATA=PATH/TO/angle/data WHERE=frequency=1000hz bash examples/folder-ranking-ghm.sh
+#        runs it on seed 004's own recordings (same layout) instead of the demo.
 set -euo pipefail
 RSCTOOL=${RSCTOOL:-rsctool}
 WORK=${1:-${WORK:-folder-ranking}}
 EPOCHS=${EPOCHS:-15}
+WHERE=${WHERE:-frequency=1000hz,3000hz}
 export RSCTOOL_PROJECT="$WORK/rsctool.toml"
 mkdir -p "$WORK"
 
-# 1. 135 one-second files in the seed's layout
-$RSCTOOL demo-data "$WORK/data" --kind folder
+# 1. 135 one-second files in the seed's layout (unless DATA is given)
+if [ -z "${DATA:-}" ]; then
+  DATA="$WORK/data"
+  $RSCTOOL demo-data "$DATA" --kind folder
+fi
 # 2. classes from the first folder level; material, frequency and sequence number from the
 #    file names; the 1000 Hz and 3000 Hz files only, split at random (stratified by
 #    class, fixed seed)
-$RSCTOOL analyze "$WORK/data" --format folder --name angles \
-    --name-pattern '{material}_{class}_{frequency}_{seq}' --where frequency=1000hz,3000hz \
+$RSCTOOL analyze "$DATA" --format folder --name angles \
+    --name-pattern '{material}_{class}_{frequency}_{seq}' --where "$WHERE" \
     --split random:0.6:0.2
 # 3. a score per file; every in-batch pair of different angles is a ranking example,
 #    weighted by the GHM loss (10 bins, alpha 0.75); the score thresholds that turn
