@@ -1,9 +1,15 @@
 """`rsctool train`: train a cycle classifier on a dataset registered by `analyze`.
 
-Model selection, early stopping and (multilabel) thresholds use the patient-wise
-validation split only; the test split is never loaded here. A run directory holds
-``config.json``, ``history.csv``/``history.json``, ``last.safetensors`` (model,
-optimizer, scheduler step, RNG: everything a resume needs) and ``best.safetensors``.
+Model selection, early stopping and decision thresholds (multilabel flags; the score
+thresholds of ``--task ranking``) use the validation split only; the test split is never
+loaded here. A run directory holds ``config.json``, ``history.csv``/``history.json``,
+``last.safetensors`` (model, optimizer, scheduler step, RNG, loss state such as GHM's
+moving averages: everything a resume needs), ``best.safetensors`` and, with a GHM loss,
+``ghm_stats.json`` (bin statistics per epoch).
+
+``--task ranking``: ordered classes (``0_degree < 45_degree < ...``, or ``class_order``)
+are ranks; the model outputs one score and the ranking losses (``margin``,
+``ghm-ranking``) use every in-batch pair of different classes.
 `rsctool train --run NAME` on a run recorded as running continues it from its last
 checkpoint; the sample order of an epoch is a pure function of (seed, epoch), so the
 resumed run sees exactly the batches the uninterrupted one would have.
@@ -1611,7 +1617,8 @@ def command(
         info(state, f"run {result.run!r} is already done: nothing to do (--force retrains)")
     else:
         score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
-        info(state, f"run {result.run!r}: best validation score {score}; "
+        what = " (pairwise accuracy)" if opts.task == "ranking" else ""
+        info(state, f"run {result.run!r}: best validation score{what} {score}; "
                     f"checkpoints in {result.dir}")
 
 

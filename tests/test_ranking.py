@@ -418,3 +418,24 @@ def test_ranking_without_validation_split_takes_train_thresholds(folder_demo, tm
     doc = json.loads(r.stdout)
     assert doc["thresholds_source"] == "train split (the run had no validation split)"
     assert len(doc["thresholds"]) == 4
+
+
+@pytest.mark.slow
+def test_example_script_runs(tmp_path):
+    """examples/folder-ranking-ghm.sh end to end (3 epochs), through $RSCTOOL."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "folder-ranking-ghm.sh"
+    env = {**os.environ, "RSCTOOL": f"{sys.executable} -m rsctool", "EPOCHS": "3",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("RSCTOOL_PROJECT", None)
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "work" / ".rsctool" / "runs" / "angles-ghm"
+    doc = json.loads((run_dir / "metrics_test.json").read_text())
+    assert doc["task"] == "ranking" and doc["pairwise_accuracy"] is not None
+    assert (run_dir / "plots" / "ghm" / "summary.png").read_bytes()[:8] == PNG_MAGIC
+    assert (run_dir / "plots" / "ghm" / "compare.png").exists()
