@@ -1432,7 +1432,8 @@ def command(
              "`--synthetic A B` and `--seeds 0 1 2` work.")] = None,
     *,
     model: Annotated[str | None, typer.Option(
-        help="Model name: ast, grf, film, tafilm, softfilm, add, cnn, resnet.")] = None,
+        help="Model name: ast, grf, film, tafilm, softfilm, add, cnn, resnet (default ast; "
+             "cnn with --task ranking).")] = None,
     size: Annotated[str | None, typer.Option(
         help="Model size (tiny, small, base; default per model).")] = None,
     pretrained: Annotated[str | None, typer.Option(
@@ -1565,6 +1566,8 @@ def command(
             values[key] = {**like_values.get(key, {}), **values.get(key, {})}
         values = {**like_values, **values}
     explicit = dict(values)
+    if values.get("task") == "ranking" and "model" not in values:
+        values["model"] = "cnn"  # the default model (ast) has no score output
     seed_source = ctx.parent.get_parameter_source("seed") if ctx.parent else None
     seed_given = seed_source is not None and seed_source.name not in ("DEFAULT", "DEFAULT_MAP")
     if seed_given and "seed" not in top and "seed" not in _load_config_file(config):

@@ -275,6 +275,12 @@ def test_ranking_needs_numeric_classes(tmp_path):
                "--clip-seconds", "0.5", "--run", "lh")
     assert r.exit_code == 0, r.output
     assert Project.load(proj).get("runs", "lh")["classes"] == ["low", "high"]
+    # without --model, ranking trains a cnn (the default ast has no score output)
+    r = invoke(proj, "train", "--task", "ranking", "--size", "tiny", "--clip-seconds", "0.5",
+               "--num-mel-bins", "64", "--class-order", "low,high", "--max-steps", "1",
+               "--run", "dm")
+    assert r.exit_code == 0, r.output
+    assert Project.load(proj).get("runs", "dm")["model"] == "cnn"
 
 
 @pytest.mark.slow
