@@ -445,3 +445,21 @@ def test_example_script_runs(tmp_path):
     assert doc["task"] == "ranking" and doc["pairwise_accuracy"] is not None
     assert (run_dir / "plots" / "ghm" / "summary.png").read_bytes()[:8] == PNG_MAGIC
     assert (run_dir / "plots" / "ghm" / "compare.png").exists()
+
+
+def test_classification_ghm_saves_bin_statistics(analysed, tmp_path):
+    """--loss ghm on a classification task records the same per-epoch statistics."""
+    shutil.copytree(analysed.parent, tmp_path / "p")
+    proj = tmp_path / "p" / "rsctool.toml"
+    r = invoke(proj, "train", "--model", "cnn", "--size", "tiny", "--clip-seconds", "1",
+               "--num-mel-bins", "64", "--batch-size", "32", "--loss", "ghm", "--ghm-bins",
+               "5", "--ghm-momentum", "0", "--epochs", "1", "--run", "cls-ghm")
+    assert r.exit_code == 0, r.output
+    p = Project.load(proj)
+    stats = json.loads((p.abs(p.get("runs", "cls-ghm")["dir"]) / "ghm_stats.json")
+                       .read_text())
+    assert len(stats) == 1 and stats[0]["loss"] == "ghm" and stats[0]["momentum"] == 0.0
+    assert len(stats[0]["counts"]) == 5 and stats[0]["n"] == sum(stats[0]["counts"])
+    n_train = sum(1 for line in p.abs(p.get("datasets", "angles")["manifest"]).read_text()
+                  .splitlines() if '"split":"train"' in line)
+    assert stats[0]["n"] == n_train  # one g per example, every example once per epoch
