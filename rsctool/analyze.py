@@ -83,6 +83,9 @@ class AnalyzeOptions:
         d = asdict(self)
         d.pop("force")
         d.pop("plots")
+        for key in ("name_pattern", "where", "group_by"):  # folder options, when unused,
+            if d[key] is None:  # leave the fingerprints of earlier analyses unchanged
+                d.pop(key)
         d["data_dir"] = str(Path(self.data_dir).resolve())
         d["analyze_version"] = ANALYZE_VERSION
         return d
@@ -448,8 +451,8 @@ def _split_definition(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str,
 
     spec = opts.split or ("official" if fmt == "icbhi" else "random:0.7:0.15")
     return {"spec": spec, "official": fmt == "icbhi" and spec == "official",
-            "val_fraction": opts.val_fraction, "seed": opts.seed, "group_by": opts.group_by,
-            "hash": split_hash,
+            "val_fraction": opts.val_fraction, "seed": opts.seed,
+            **({"group_by": opts.group_by} if opts.group_by else {}), "hash": split_hash,
             "train_test_hash": train_test_hash(cycles)}
 
 
