@@ -463,3 +463,17 @@ def test_classification_ghm_saves_bin_statistics(analysed, tmp_path):
     n_train = sum(1 for line in p.abs(p.get("datasets", "angles")["manifest"]).read_text()
                   .splitlines() if '"split":"train"' in line)
     assert stats[0]["n"] == n_train  # one g per example, every example once per epoch
+
+
+def test_resnet_scores_for_ranking(analysed, tmp_path):
+    shutil.copytree(analysed.parent, tmp_path / "p")
+    proj = tmp_path / "p" / "rsctool.toml"
+    r = invoke(proj, "train", "--task", "ranking", "--model", "resnet", "--size", "tiny",
+               "--clip-seconds", "1", "--num-mel-bins", "64", "--max-steps", "2",
+               "--run", "rn", "--json")
+    assert r.exit_code == 0, r.output
+    p = Project.load(proj)
+    rec = p.get("runs", "rn")
+    assert rec["model"] == "resnet" and rec["task"] == "ranking"
+    cfg = json.loads((p.abs(rec["dir"]) / "config.json").read_text())
+    assert cfg["model"]["output"] == "score" and cfg["options"]["loss"] == "margin"
