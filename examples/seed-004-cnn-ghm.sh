@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Seed 004: "audio-angle-classification" - not a respiratory-sound system: it ranks
-# sound-source angles from spectrograms with a SimpleCNN, trained with a standard loss or
-# a GHM loss (--ghm-bins 10 --ghm-alpha 0.75). rsctool takes from it the small CNN /
-# ResNet baselines and the GHM loss, here on ICBHI.
+# sound-source angles from spectrograms with a SimpleCNN, trained with a standard (margin
+# ranking) loss or a GHM loss (--ghm-bins 10 --ghm-alpha 0.75). rsctool takes from it the
+# small CNN / ResNet baselines, the GHM loss, folder datasets and the ranking task; here
+# on ICBHI (classification). The seed's own recipe (angles ranked with margin vs GHM,
+# frequency filtered) is examples/folder-ranking-ghm.sh (DATA=PATH/TO/angle/data for the
+# seed's recordings instead of the generated demo).
 #
 # Paper (seed 004, on its angle data, not ICBHI): SimpleCNN with the standard loss 85 %
 #   accuracy, with GHM 91 % accuracy. No ICBHI number exists to compare with.

@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,6 +57,11 @@ class AnalyzeOptions:
             for `train`'s default feature configuration (``train --norm dataset``; other
             configurations are computed and recorded by the first run that needs them).
         force: re-run even if nothing changed.
+        name_pattern: folder data: file-name pattern whose fields go into each item's
+            ``meta`` (e.g. ``{material}_{class}_{frequency}_{seq}``).
+        where: folder data: ``{field: [accepted values]}`` filter on pattern fields.
+        group_by: folder data: a pattern field (or ``groups``, the sub-folders) whose
+            files all go to one split.
     """
 
     data_dir: Path
@@ -71,12 +77,18 @@ class AnalyzeOptions:
     plots: bool = True
     fbank_stats: bool = True
     force: bool = False
+    name_pattern: str | None = None
+    where: dict[str, list[str]] | None = None
+    group_by: str | None = None
 
     def params(self) -> dict[str, Any]:
         """What determines the output (the fingerprint's parameter half)."""
         d = asdict(self)
         d.pop("force")
         d.pop("plots")
+        for key in ("name_pattern", "where", "group_by"):  # folder options, when unused,
+            if d[key] is None:  # leave the fingerprints of earlier analyses unchanged
+                d.pop(key)
         d["data_dir"] = str(Path(self.data_dir).resolve())
         d["analyze_version"] = ANALYZE_VERSION
         return d
@@ -298,7 +310,28 @@ def _read_cycles(root: Path, fmt: str, opts: AnalyzeOptions, problems: list, *,
     from rsctool.data.folder import read_folder
 
     return read_folder(root, split=opts.split or "random:0.7:0.15", seed=opts.seed,
-                       strict=opts.strict, problems=problems)
+                       name_pattern=opts.name_pattern, where=opts.where,
+                       group_by=opts.group_by, strict=opts.strict, problems=problems)
+
+
+def parse_where(items: Sequence[str] | None) -> dict[str, list[str]] | None:
+    """``--where FIELD=VALUE[,VALUE...]`` (repeatable) -> ``{field: [values]}``; the
+    same field given twice accepts the values of both. ConfigError for a malformed item."""
+    if not items:
+        return None
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        if not sep or not key or not values:
+            raise ConfigError(f"--where expects FIELD=VALUE (e.g. frequency=1000hz), "
+                              f"got {item!r}")
+        if not key.isidentifier():
+            raise ConfigError(f"--where {item!r}: {key!r} is not a field name")
+        out.setdefault(key, [])
+        out[key] += [v for v in values if v not in out[key]]
+    return out
 
 
 def _read_icbhi_cached(root: Path, kwargs: dict[str, Any], scanner: AudioScanner,
@@ -422,7 +455,8 @@ def _split_definition(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str,
 
     spec = opts.split or ("official" if fmt == "icbhi" else "random:0.7:0.15")
     return {"spec": spec, "official": fmt == "icbhi" and spec == "official",
-            "val_fraction": opts.val_fraction, "seed": opts.seed, "hash": split_hash,
+            "val_fraction": opts.val_fraction, "seed": opts.seed,
+            **({"group_by": opts.group_by} if opts.group_by else {}), "hash": split_hash,
             "train_test_hash": train_test_hash(cycles)}
 
 
@@ -453,6 +487,9 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     if opts.target_ratio <= 0 or opts.max_synthetic_per_class < 0:
         raise ConfigError("--target-ratio must be > 0 and --max-synthetic-per-class >= 0")
     fmt = detect_format(root) if opts.format == "auto" else opts.format
+    if fmt != "folder" and (opts.name_pattern or opts.where or opts.group_by):
+        raise ConfigError("--name-pattern, --where and --group-by apply to folder datasets "
+                          f"(--format folder); {root} is read as {fmt}")
     name = opts.name or _default_name(root, fmt)
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"--name may hold letters, digits, '-' and '_' only, got {name!r}")
@@ -549,6 +586,9 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         "split_train_test_hash": report["split"]["train_test_hash"],
         "val_fraction": opts.val_fraction,
         "seed": opts.seed,
+        **({"name_pattern": opts.name_pattern} if opts.name_pattern else {}),
+        **({"where": opts.where} if opts.where else {}),
+        **({"group_by": opts.group_by} if opts.group_by else {}),
         "classes": report["classes"],
         "manifest": project.rel(manifest_path),
         "sha256": sha,
@@ -744,6 +784,16 @@ def command(
         "--fbank-stats/--no-fbank-stats",
         help="Compute the train split's log-mel mean and std (for train --norm dataset).")
     ] = True,
+    name_pattern: Annotated[str | None, typer.Option(
+        help="Folder data: file-name pattern whose fields are kept per file, e.g. "
+             "'{material}_{class}_{frequency}_{seq}' ({class} matches the class folder).")
+    ] = None,
+    where: Annotated[list[str] | None, typer.Option(
+        help="Folder data: keep only files whose pattern field has this value, "
+             "FIELD=VALUE[,VALUE...] (repeatable), e.g. frequency=1000hz.")] = None,
+    group_by: Annotated[str | None, typer.Option(
+        help="Folder data: keep all files with the same value of this pattern field (or "
+             "'groups': the same sub-folders) in one split, e.g. material.")] = None,
     force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
@@ -754,7 +804,8 @@ def command(
                           val_fraction=val_fraction, seed=state.seed, strict=strict,
                           allow_unknown_codes=allow_unknown_codes, target_ratio=target_ratio,
                           max_synthetic_per_class=max_synthetic_per_class, plots=plots,
-                          fbank_stats=fbank_stats, force=force)
+                          fbank_stats=fbank_stats, force=force, name_pattern=name_pattern,
+                          where=parse_where(where), group_by=group_by)
     project = state.load_project()
     result = run(project, opts, progress=not state.quiet and not json_out)
     if json_out:

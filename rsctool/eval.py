@@ -39,13 +39,16 @@ from rsctool.errors import ConfigError, DataError
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 SPLITS = ("test", "val")
+#: What `--plots` can ask for: ``standard`` (confusion, training curves, t-SNE, FiLM)
+#: and ``ghm`` (the GHM loss's bin statistics); ``all`` is both, ``none`` neither.
+PLOT_KINDS = ("standard", "ghm")
 CHECKPOINTS = ("best", "last")
 #: Bumped when the metrics document changes shape, so stored results are recomputed.
 DOC_VERSION = 2
 #: Columns of the comparison table (`--runs`, `--group`, `--csv`).
 TABLE_COLUMNS = ("run", "model", "group", "seed", "dataset", "split", "split_spec",
                  "split_hash", "checkpoint", "n", "specificity", "sensitivity", "score",
-                 "two_class_score", "accuracy")
+                 "two_class_score", "accuracy", "pairwise_accuracy", "spearman")
 #: The metrics a seed group's summary gives mean and standard deviation of.
 GROUP_METRICS = ("specificity", "sensitivity", "score", "two_class_score", "accuracy")
 
@@ -60,7 +63,11 @@ class EvalOptions:
             separated lists are split.
         split: ``test`` or ``val``.
         checkpoint: ``best`` (selected on validation) or ``last``.
-        plots: write PNG plots into the run's ``plots/`` folder.
+        plots: which PNG plots to write into the run's ``plots/`` folder: True or
+            ``"all"`` (every kind that applies), False or ``"none"``, or kinds from
+            `PLOT_KINDS` (``"ghm"``, ``"standard,ghm"``).
+        ghm_epochs: epochs compared in the GHM comparison plot (default: up to four,
+            evenly spread from the first to the last).
         batch_size: inference batch size.
         tsne_max_points: t-SNE on at most this many cycles (a seeded subsample above).
         seed: seeds the t-SNE subsample and initialisation.
@@ -75,7 +82,8 @@ class EvalOptions:
     group: str | None = None
     split: str = "test"
     checkpoint: str = "best"
-    plots: bool = True
+    plots: bool | str = True
+    ghm_epochs: list[int] | None = None
     batch_size: int = 32
     tsne_max_points: int = 3000
     seed: int = 0
@@ -94,9 +102,30 @@ class EvalOptions:
                               "not both")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.plot_kinds  # noqa: B018 - validates --plots
         if self.tsne_max_points < 2:
             raise ConfigError(f"--tsne-max-points must be >= 2, got {self.tsne_max_points}")
         return self
+
+    @property
+    def plot_kinds(self) -> tuple[str, ...]:
+        """The plot kinds `plots` asks for (ConfigError for an unknown one)."""
+        p = self.plots
+        if p is True or p == "all":
+            return PLOT_KINDS
+        if p is False or p in ("none", None, ""):
+            return ()
+        kinds = [k.strip() for k in str(p).split(",") if k.strip()]
+        bad = [k for k in kinds if k not in PLOT_KINDS]
+        if bad:
+            raise ConfigError(f"--plots: unknown kind {bad[0]!r}; use all, none, or "
+                              f"{', '.join(PLOT_KINDS)} (comma separated)")
+        return tuple(k for k in PLOT_KINDS if k in kinds)
+
+    @property
+    def ghm_explicit(self) -> bool:
+        """GHM plots asked for by name (not just as part of "all")."""
+        return isinstance(self.plots, str) and "ghm" in self.plots
 
     @property
     def compare(self) -> bool:
@@ -595,7 +624,23 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     metrics_path = run_dir / f"metrics_{tag}.json"
     pred_path = run_dir / f"predictions_{tag}.jsonl"
     plot_dir = run_dir / "plots"
+    kinds = opts.plot_kinds
+    ghm_stats = load_ghm_stats(loaded) if "ghm" in kinds else None
+    if "ghm" in kinds and not ghm_stats:
+        if opts.ghm_explicit:
+            raise ConfigError(f"--plots ghm: run {name!r} has no GHM statistics (they are "
+                              "saved by runs trained with --loss ghm)")
+        kinds = tuple(k for k in kinds if k != "ghm")
+    if "ghm" in kinds and opts.ghm_epochs:
+        have = sorted({int(st["epoch"]) for st in ghm_stats or []})
+        missing = [e for e in opts.ghm_epochs if e not in have]
+        if missing:
+            raise ConfigError(f"--ghm-epochs: no GHM statistics for epoch(s) "
+                              f"{', '.join(map(str, missing))} (run {name!r} has epochs "
+                              f"{have[0]}-{have[-1]})")
     inputs_hash = params_hash({
+        **({"ghm_epochs": list(opts.ghm_epochs)} if "ghm" in kinds and opts.ghm_epochs
+           else {}),
         "doc": DOC_VERSION, "version": __version__,
         "checkpoint": file_sha256(loaded.checkpoint), "manifest": record.get("sha256"),
         "split": opts.split, "split_hash": record.get("split_hash"),
@@ -607,10 +652,12 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
             old = None
         if isinstance(old, dict):  # stored relative to the run folder (it may have moved)
             old["files"] = _run_files(old.get("files") or {}, run_dir, absolute=True)
+        old_kinds = set(old.get("plot_kinds", PLOT_KINDS)) if isinstance(old, dict) else set()
         if (isinstance(old, dict) and old.get("inputs_hash") == inputs_hash
-                and (not opts.plots or (old.get("files", {}).get("plots")
-                                        and all(Path(p).exists()
-                                                for p in old["files"]["plots"])))):
+                and (not kinds or (set(kinds) <= old_kinds
+                                   and old.get("files", {}).get("plots")
+                                   and all(Path(p).exists()
+                                           for p in old["files"]["plots"])))):
             log(f"run {name!r}: {opts.split} metrics are up to date ({metrics_path}); "
                 "--force re-evaluates")
             old["skipped"] = True
@@ -627,6 +674,16 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     y_pred = out["pred"]
     classes = loaded.classes
     m = icbhi_metrics(y_true, y_pred, classes)
+    ranking = None
+    if loaded.task == "ranking":
+        from rsctool.metrics import pairwise_accuracy, spearman
+
+        scores = out["probs"][:, 0]
+        ranking = {"pairwise_accuracy": pairwise_accuracy(scores, y_true),
+                   "spearman": spearman(scores, y_true)}
+        if not loaded.thresholds:
+            warn(f"run {name!r}: no score thresholds stored; every cycle gets the lowest "
+                 "class")
     devices = [c.device or "unknown" for c in cycles]
     sites = [c.site or "unknown" for c in cycles]
     per_device = {k: _summary(v) for k, v in breakdown(y_true, y_pred, devices, classes).items()}
@@ -651,10 +708,8 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
         "checkpoint_epoch": (loaded.state.get("best_epoch") if opts.checkpoint == "best"
                              else loaded.state.get("epoch")),
         "task": loaded.task,
-        "thresholds": loaded.thresholds if loaded.task == "multilabel" else None,
-        "thresholds_source": (None if loaded.task != "multilabel" else
-                              "validation (training)" if loaded.thresholds else
-                              "default 0.5 (the run had no validation split)"),
+        "thresholds": loaded.thresholds if loaded.task in ("multilabel", "ranking") else None,
+        "thresholds_source": _thresholds_source(loaded),
         "n": m["n"],
         "classes": classes,
         "specificity": m["sp"],
@@ -672,6 +727,8 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
         "per_device": per_device,
         "per_site": per_site,
     }
+    if ranking is not None:
+        doc.update(ranking)
     if loaded.task == "multilabel" and loaded.thresholds is None:
         warn(f"run {name!r}: no validation thresholds stored; using 0.5 / 0.5")
 
@@ -679,10 +736,12 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     cprobs = _class_probs(out["probs"], loaded.task, classes)
     lines = []
     for i, c in enumerate(cycles):
-        row: dict[str, Any] = {
-            "id": c.id, "label": c.label, "pred": classes[y_pred[i]],
-            "probs": {k: round(float(cprobs[i, j]), 6) for j, k in enumerate(classes)},
-            "device": c.device, "site": c.site, "patient": c.patient, "source": c.source}
+        row: dict[str, Any] = {"id": c.id, "label": c.label, "pred": classes[y_pred[i]]}
+        if loaded.task == "ranking":
+            row["score"] = round(float(out["probs"][i, 0]), 6)
+        else:
+            row["probs"] = {k: round(float(cprobs[i, j]), 6) for j, k in enumerate(classes)}
+        row.update(device=c.device, site=c.site, patient=c.patient, source=c.source)
         if loaded.task == "multilabel":
             row["sigmoid"] = {"crackle": round(float(out["probs"][i, 0]), 6),
                               "wheeze": round(float(out["probs"][i, 1]), 6)}
@@ -701,9 +760,13 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
         doc["softfilm"] = {k: v for k, v in soft.items() if k != "masks"}
 
     plots: list[str] = []
-    if opts.plots:
+    if "standard" in kinds:
         plots = _write_plots(loaded, doc, out["embedding"], cycles, film, soft, plot_dir, tag,
                              opts, device, log)
+    if "ghm" in kinds and ghm_stats:
+        plots += write_ghm_plots(ghm_stats, plot_dir / "ghm", run=name,
+                                 epochs=opts.ghm_epochs)
+    doc["plot_kinds"] = list(kinds)
     doc["files"] = {"metrics": str(metrics_path), "predictions": str(pred_path),
                     "plots": plots}
     doc["inputs_hash"] = inputs_hash
@@ -715,9 +778,77 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
             f"eval_{tag}_se": doc["sensitivity"], f"eval_{tag}_accuracy": doc["accuracy"],
             f"eval_{tag}_score2": None if two is None else two["score"],
             f"eval_{tag}_n": doc["n"], f"eval_{tag}_split": spec,
-            f"eval_{tag}_metrics": project.rel(metrics_path)})
+            f"eval_{tag}_metrics": project.rel(metrics_path),
+            **({f"eval_{tag}_pairwise_accuracy": ranking["pairwise_accuracy"],
+                f"eval_{tag}_spearman": ranking["spearman"]} if ranking is not None else {})})
     doc["skipped"] = False
     return doc
+
+
+def load_ghm_stats(loaded: LoadedRun) -> list[dict[str, Any]]:
+    """The per-epoch GHM statistics of a run: its ``ghm_stats.json``, else those stored
+    in the checkpoint (empty for runs without a GHM loss)."""
+    path = loaded.dir / "ghm_stats.json"
+    if path.exists():
+        try:
+            stats = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise DataError("not valid JSON (GHM statistics)", path) from None
+        if isinstance(stats, list):
+            return [s for s in stats if isinstance(s, dict) and "fraction" in s]
+    return list(loaded.state.get("ghm_stats") or [])
+
+
+def default_ghm_epochs(epochs: Sequence[int], n: int = 4) -> list[int]:
+    """Up to `n` of `epochs`, evenly spread, always with the first and the last."""
+    epochs = sorted(set(epochs))
+    if len(epochs) <= n:
+        return epochs
+    idx = np.linspace(0, len(epochs) - 1, n).round().astype(int)
+    return [epochs[i] for i in sorted(set(idx.tolist()))]
+
+
+def write_ghm_plots(stats: Sequence[dict[str, Any]], out_dir: Path, *, run: str = "",
+                    epochs: Sequence[int] | None = None) -> list[str]:
+    """GHM plots from per-epoch statistics: ``epoch_NNN.png`` per epoch (histogram and
+    weights), ``compare.png`` (the chosen `epochs` overlaid) and ``summary.png`` (the
+    whole training). ConfigError when an epoch asked for has no statistics."""
+    from rsctool.plots import ghm_compare_plot, ghm_epoch_plot, ghm_summary_plot
+
+    by_epoch = {int(s["epoch"]): s for s in stats}
+    if epochs:
+        missing = [e for e in epochs if e not in by_epoch]
+        if missing:
+            raise ConfigError(f"--ghm-epochs: no GHM statistics for epoch(s) "
+                              f"{', '.join(map(str, missing))} (run {run!r} has epochs "
+                              f"{min(by_epoch)}-{max(by_epoch)})")
+        chosen = list(epochs)
+    else:
+        chosen = default_ghm_epochs(list(by_epoch))
+    paths = [ghm_epoch_plot(by_epoch[e], out_dir / f"epoch_{e:03d}.png",
+                            title=f"{run}: GHM statistics") for e in sorted(by_epoch)]
+    paths.append(ghm_compare_plot([by_epoch[e] for e in chosen], out_dir / "compare.png",
+                                  title=f"{run}: GHM statistics, epochs "
+                                        f"{', '.join(map(str, chosen))}"))
+    paths.append(ghm_summary_plot([by_epoch[e] for e in sorted(by_epoch)],
+                                  out_dir / "summary.png",
+                                  title=f"{run}: GHM statistics over training"))
+    return [str(p) for p in paths]
+
+
+def _thresholds_source(loaded: LoadedRun) -> str | None:
+    """Where a run's decision thresholds come from (multilabel and ranking runs)."""
+    if loaded.task == "multilabel":
+        return ("validation (training)" if loaded.thresholds else
+                "default 0.5 (the run had no validation split)")
+    if loaded.task == "ranking":
+        if not loaded.thresholds:
+            return None
+        has_val = any(r.get("val_loss") is not None
+                      for r in loaded.state.get("history") or [])
+        return ("validation (training)" if has_val else
+                "train split (the run had no validation split)")
+    return None
 
 
 def _write_plots(loaded: LoadedRun, doc: dict[str, Any], emb: np.ndarray, cycles: list,
@@ -790,7 +921,8 @@ def comparison_row(doc: dict[str, Any]) -> dict[str, Any]:
             "checkpoint": doc["checkpoint"], "n": doc["n"],
             "specificity": doc["specificity"], "sensitivity": doc["sensitivity"],
             "score": doc["score"], "two_class_score": two.get("score"),
-            "accuracy": doc["accuracy"]}
+            "accuracy": doc["accuracy"], "pairwise_accuracy": doc.get("pairwise_accuracy"),
+            "spearman": doc.get("spearman")}
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -833,12 +965,17 @@ def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
     t.add_column("model", no_wrap=True)
     if mixed:
         t.add_column("data split")
-    for col in ("n", "Sp", "Se", "Score", "2-class", "acc"):
+    cols = ["n", "Sp", "Se", "Score", "2-class", "acc"]
+    keys: tuple[str, ...] = ("specificity", "sensitivity", "score", "two_class_score",
+                             "accuracy")
+    if any(r.get("pairwise_accuracy") is not None for r in rows):  # ranking runs
+        cols += ["pairs", "Spearman"]
+        keys += ("pairwise_accuracy", "spearman")
+    for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
-    keys = ("specificity", "sensitivity", "score", "two_class_score", "accuracy")
     for r in rows:
         where = [_where(r)] if mixed else []
-        t.add_row(r["run"], r["model"], *where, str(r["n"]), *(_pct(r[k]) for k in keys))
+        t.add_row(r["run"], r["model"], *where, str(r["n"]), *(_pct(r.get(k)) for k in keys))
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
         # a seed group (train --seeds) is its own set; other runs are pooled per model
@@ -849,7 +986,7 @@ def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
             continue
         model = rs[0]["model"] if who.startswith("group ") else who
         where = [place] if mixed else []
-        stats = [_mean_std([r[k] for r in rs]) for k in keys]
+        stats = [_mean_std([r.get(k) for r in rs]) for k in keys]
         t.add_row(f"mean of {len(rs)}" + (f" ({who})" if who != model else ""), model,
                   *where, str(rs[0]["n"]), *(m for m, _ in stats), style="bold")
         t.add_row("std", model, *where, "", *(sd for _, sd in stats))
@@ -882,7 +1019,13 @@ def print_eval(doc: dict[str, Any]) -> None:
         t.add_row("2-class (normal vs abnormal)", _pct(two["specificity"]),
                   _pct(two["sensitivity"]), _pct(two["score"]), "")
     err_console.print(t)
-    if doc["score"] is None:
+    if doc.get("task") == "ranking":
+        sp = doc.get("spearman")
+        err_console.print(
+            f"ranking: pairwise accuracy {_pct(doc.get('pairwise_accuracy'))} %, Spearman "
+            f"{'-' if sp is None else f'{sp:.3f}'}, class accuracy {_pct(doc['accuracy'])} % "
+            f"(score thresholds from {doc.get('thresholds_source') or 'nowhere'})")
+    elif doc["score"] is None:
         err_console.print(f"no 'normal' class, so no ICBHI Sp/Se/Score; macro recall "
                           f"{_pct(doc['macro_recall'])} %")
     classes = doc["classes"]
@@ -995,6 +1138,9 @@ def group_summary(group: str, docs: Sequence[dict[str, Any]], members: int | Non
     if len(hashes) > 1:
         warn(f"seed group {group!r}: its runs were evaluated on different splits "
              f"({', '.join(h[:12] for h in hashes)}); the mean mixes them")
+    metrics = GROUP_METRICS
+    if any(r.get("pairwise_accuracy") is not None for r in rows):  # a ranking group
+        metrics = (*GROUP_METRICS, "pairwise_accuracy", "spearman")
     return {
         "group": group,
         "model": first["model"],
@@ -1009,9 +1155,9 @@ def group_summary(group: str, docs: Sequence[dict[str, Any]], members: int | Non
         "members": members if members is not None else len(docs),
         "seeds": [r["seed"] for r in rows],
         "std_kind": "sample standard deviation over seeds (ddof=1)",
-        "mean": {k: _mean_sd([r[k] for r in rows])[0] for k in GROUP_METRICS},
-        "std": {k: _mean_sd([r[k] for r in rows])[1] for k in GROUP_METRICS},
-        "runs": [{**{k: r[k] for k in ("run", "seed", *GROUP_METRICS)},
+        "mean": {k: _mean_sd([r[k] for r in rows])[0] for k in metrics},
+        "std": {k: _mean_sd([r[k] for r in rows])[1] for k in metrics},
+        "runs": [{**{k: r[k] for k in ("run", "seed", *metrics)},
                   "metrics": d.get("files", {}).get("metrics")}
                  for r, d in zip(rows, docs, strict=True)],
     }
@@ -1056,8 +1202,15 @@ def command(
         help="Split to evaluate: test or val.")] = "test",
     checkpoint: Annotated[str, typer.Option(
         help="Checkpoint: best (selected on validation) or last.")] = "best",
-    plots: Annotated[bool, typer.Option(
-        "--plots/--no-plots", help="Write PNG plots into the run's plots/ folder.")] = True,
+    plots: Annotated[str, typer.Option(
+        "--plots", help="PNG plots to write into the run's plots/ folder: all, none, "
+                        "standard (confusion, curves, t-SNE), ghm (GHM bin statistics per "
+                        "epoch, compared, summary), or a comma list.")] = "all",
+    no_plots: Annotated[bool, typer.Option(
+        "--no-plots", help="Write no plots (same as --plots none).")] = False,
+    ghm_epochs: Annotated[str | None, typer.Option(
+        help="Epochs compared in the GHM comparison plot, comma separated (default: up "
+             "to four, first to last).")] = None,
     csv_file: Annotated[Path | None, typer.Option(
         "--csv", help="Write the comparison table (one row per run) to this CSV file.")]
     = None,
@@ -1073,8 +1226,16 @@ def command(
     """Evaluate trained runs on the test split: ICBHI Sp/Se/Score, confusion, plots."""
     state = get_state(ctx)
     patterns = [*(runs or []), *(names or [])]
+    epochs_list = None
+    if ghm_epochs is not None:
+        try:
+            epochs_list = [int(e) for e in ghm_epochs.replace(",", " ").split()]
+        except ValueError:
+            raise ConfigError(f"--ghm-epochs expects epoch numbers, got {ghm_epochs!r}") \
+                from None
     opts = EvalOptions(run=run_name, runs=patterns, split=split, checkpoint=checkpoint,
-                       plots=plots, batch_size=batch_size, tsne_max_points=tsne_max_points,
+                       plots="none" if no_plots else plots, ghm_epochs=epochs_list,
+                       batch_size=batch_size, tsne_max_points=tsne_max_points,
                        seed=state.seed, force=force, csv=csv_file, group=group)
     opts.validate()
     project = state.load_project(must_exist=True)

@@ -404,6 +404,9 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     t0 = time.perf_counter()
     name = select_runs(project, opts.run, [])[0][0]
     loaded = load_run(project, name, opts.checkpoint, "cpu")
+    if loaded.task == "ranking":
+        raise ConfigError(f"run {name!r} is a ranking run (one score per example): export "
+                          "supports classification runs only; use `rsctool eval` for it")
     if loaded.config.get("needs_metadata") and loaded.encoder is None:
         raise DataError("checkpoint of a metadata model lacks its metadata encoder",
                         loaded.checkpoint)

@@ -350,17 +350,21 @@ class _GHMWeights(nn.Module):
             density = torch.where(present, ema, frac)
         else:
             density = frac
-        beta = torch.zeros(self.bins, device=g.device)
-        beta[present] = density[present].clamp_min(1e-12).pow(-self.alpha)
+        beta = torch.where(present, density.clamp_min(1e-12).pow(-self.alpha),
+                           torch.zeros_like(density))
         w = beta[idx]
         norm = w.mean() if n else torch.ones((), device=g.device)
         w = w / norm
+        # one device -> host copy for all statistics (each .tolist() would synchronise)
+        k = self.bins
+        host = torch.cat([counts, density, beta / norm,
+                          (flat.mean() if n else norm).reshape(1)]).tolist()
         self.last_stats = {
-            "edges": torch.linspace(0, 1, self.bins + 1).tolist(),
-            "counts": counts.long().tolist(),
-            "density": density.tolist(),
-            "bin_weights": (beta / norm).tolist(),
-            "g_mean": float(flat.mean()) if n else None,
+            "edges": [i / k for i in range(k + 1)],
+            "counts": [int(c) for c in host[:k]],
+            "density": host[k:2 * k],
+            "bin_weights": host[2 * k:3 * k],
+            "g_mean": host[-1] if n else None,
             "n": n,
         }
         return w.reshape(g.shape)

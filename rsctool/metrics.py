@@ -17,6 +17,7 @@ as class names; the confusion matrix has rows = true class, columns = predicted 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -28,10 +29,16 @@ from rsctool.errors import ConfigError, DataError
 __all__ = [
     "ICBHI_CLASSES",
     "breakdown",
+    "choose_rank_thresholds",
     "choose_thresholds",
+    "class_rank_order",
     "confusion_matrix",
     "icbhi_metrics",
     "multilabel_to_class",
+    "pairwise_accuracy",
+    "ranking_metrics",
+    "scores_to_classes",
+    "spearman",
 ]
 
 #: Name of the class that counts as "normal" for Sp/Se.
@@ -299,3 +306,174 @@ def breakdown(y_true: Any, y_pred: Any, groups: Sequence[Hashable | None],
         m = keys == name
         out[name] = icbhi_metrics(t[m], p[m], classes)
     return out
+
+
+# --------------------------------------------------------------------------- ranking
+#
+# Ordinal ("ranking") runs output one score per example; classes have a numeric order
+# (``0_degree < 45_degree < ...``) and the class index in that order is the rank key.
+
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)")
+
+
+def class_rank_order(classes: Sequence[str], order: Sequence[str] | None = None) -> list[str]:
+    """The classes from lowest to highest rank.
+
+    With `order` (``train --class-order``): exactly those classes, in that order. Else
+    each class name must start with a number (``0_degree``, ``45deg``, ``-10``, ``2.5``),
+    and the classes are sorted by it.
+
+    Raises:
+        ConfigError: a class without a leading number, two classes with the same
+            number, or an `order` that does not list each class exactly once.
+    """
+    classes = [str(c) for c in classes]
+    if order is not None:
+        order = [str(c).strip() for c in order]
+        unknown = [c for c in order if c not in classes]
+        missing = [c for c in classes if c not in order]
+        if unknown or missing or len(set(order)) != len(order):
+            parts = []
+            if unknown:
+                parts.append(f"unknown class(es) {', '.join(unknown)}")
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if len(set(order)) != len(order):
+                parts.append("a class is listed twice")
+            raise ConfigError(f"--class-order must list each class once ({'; '.join(parts)}); "
+                              f"the classes are {', '.join(classes)}")
+        return list(order)
+    values: dict[str, float] = {}
+    for c in classes:
+        m = _NUMBER.match(c)
+        if m is None:
+            raise ConfigError(f"ranking needs ordered classes: class {c!r} does not start with "
+                              f"a number (e.g. 0_degree, 45_degree); give the order with "
+                              f"--class-order {','.join(classes)}")
+        values[c] = float(m.group(0))
+    by_value: dict[float, str] = {}
+    for c, v in values.items():
+        if v in by_value:
+            raise ConfigError(f"ranking: classes {by_value[v]!r} and {c!r} have the same "
+                              f"number {v:g}; give the order with --class-order")
+        by_value[v] = c
+    return sorted(classes, key=lambda c: values[c])
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of `x`, ties sharing their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def spearman(scores: Any, keys: Any) -> float | None:
+    """Spearman rank correlation (ties get average ranks); None when either side is
+    constant or there are fewer than 2 examples."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    k = np.asarray(keys, dtype=np.float64).reshape(-1)
+    if s.shape != k.shape:
+        raise DataError(f"spearman: {s.shape[0]} scores but {k.shape[0]} keys")
+    if s.size < 2:
+        return None
+    rs, rk = _average_ranks(s), _average_ranks(k)
+    rs -= rs.mean()
+    rk -= rk.mean()
+    den = float(np.sqrt((rs * rs).sum() * (rk * rk).sum()))
+    return None if den == 0 else float((rs * rk).sum() / den)
+
+
+def pairwise_accuracy(scores: Any, keys: Any, *, chunk: int = 2048) -> float | None:
+    """Share of pairs with different keys whose scores are in the same order (the higher
+    key has the higher score); a score tie counts one half. None without such pairs."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    k = np.asarray(keys, dtype=np.float64).reshape(-1)
+    if s.shape != k.shape:
+        raise DataError(f"pairwise accuracy: {s.shape[0]} scores but {k.shape[0]} keys")
+    good = 0.0
+    total = 0
+    for a in range(0, s.size, chunk):
+        ks = np.sign(k[a:a + chunk, None] - k[None, :])
+        ss = np.sign(s[a:a + chunk, None] - s[None, :])
+        pos = ks > 0  # each unordered pair once: from its higher-key member
+        total += int(pos.sum())
+        good += float((ss[pos] > 0).sum()) + 0.5 * float((ss[pos] == 0).sum())
+    return None if total == 0 else good / total
+
+
+def scores_to_classes(scores: Any, thresholds: Sequence[float]) -> np.ndarray:
+    """Class index per score: the number of (ascending) `thresholds` it reaches."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    t = np.sort(np.asarray(list(thresholds), dtype=np.float64))
+    return np.searchsorted(t, s, side="right").astype(np.int64)
+
+
+def choose_rank_thresholds(scores: Any, y: Any, num_classes: int) -> list[float]:
+    """`num_classes - 1` ascending score thresholds that turn scores into classes.
+
+    The thresholds maximise the class accuracy of `scores_to_classes` on the given
+    examples (dynamic programming over the sorted distinct scores: each score gets one
+    class, classes never decrease with the score); each threshold lies midway between
+    the neighbouring scores. Choose them on the validation split, never on the split
+    that is reported.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    t = np.asarray(y, dtype=np.int64).reshape(-1)
+    if s.shape != t.shape:
+        raise DataError(f"thresholds: {s.shape[0]} scores but {t.shape[0]} labels")
+    if num_classes < 2:
+        return []
+    if s.size == 0:
+        return [float(i) for i in range(num_classes - 1)]
+    uniq, inv = np.unique(s, return_inverse=True)
+    g_n, k_n = len(uniq), num_classes
+    cnt = np.zeros((g_n, k_n), dtype=np.int64)
+    np.add.at(cnt, (inv, np.clip(t, 0, k_n - 1)), 1)
+    f = np.zeros((g_n, k_n), dtype=np.int64)
+    back = np.zeros((g_n, k_n), dtype=np.int64)  # class of the previous group
+    f[0] = cnt[0]
+    for g in range(1, g_n):
+        prev = f[g - 1]
+        # best previous class <= c (ties: the highest such class, i.e. the latest cut)
+        best_c = np.zeros(k_n, dtype=np.int64)
+        for c in range(1, k_n):
+            best_c[c] = c if prev[c] >= prev[best_c[c - 1]] else best_c[c - 1]
+        f[g] = cnt[g] + prev[best_c]
+        back[g] = best_c
+    labels = np.zeros(g_n, dtype=np.int64)
+    c = int(np.argmax(f[-1]))
+    for g in range(g_n - 1, -1, -1):
+        labels[g] = c
+        c = int(back[g, c])
+    out: list[float] = []
+    for k in range(1, k_n):
+        first = np.flatnonzero(labels >= k)
+        if first.size == 0:
+            out.append(float(uniq[-1] + 1.0))
+        elif first[0] == 0:
+            out.append(float(uniq[0] - 1.0))
+        else:
+            out.append(float((uniq[first[0] - 1] + uniq[first[0]]) / 2))
+    return out
+
+
+def ranking_metrics(scores: Any, y: Any, classes: Sequence[str],
+                    thresholds: Sequence[float]) -> dict[str, Any]:
+    """Metrics of an ordinal run: `icbhi_metrics` of the classes given by `thresholds`
+    (accuracy, macro recall, confusion; Sp/Se/Score are None without a ``normal``
+    class), plus ``pairwise_accuracy`` and ``spearman`` of the scores against the class
+    ranks `y` (indices in rank order)."""
+    pred = scores_to_classes(scores, thresholds)
+    m = icbhi_metrics(np.asarray(y, dtype=np.int64), pred, classes)
+    m["pairwise_accuracy"] = pairwise_accuracy(scores, y)
+    m["spearman"] = spearman(scores, y)
+    m["pred"] = pred.tolist()
+    return m

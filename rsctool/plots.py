@@ -310,3 +310,99 @@ def softfilm_mask_plot(stats: dict[str, Any], path: Path, title: str = "") -> Pa
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- GHM
+
+def _ghm_centres(stat: dict[str, Any]) -> tuple[np.ndarray, float]:
+    edges = np.asarray(stat["edges"], dtype=float)
+    return (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
+
+
+def ghm_epoch_plot(stat: dict[str, Any], path: Path, *, title: str = "") -> Path:
+    """One epoch of GHM statistics (an entry of a run's ``ghm_stats.json``).
+
+    Left: the share of examples (pairs, for ranking) per gradient-norm bin over the
+    epoch, and the moving-average density at its end. Right: the mean weight the loss
+    gave an example of each bin (1 = the plain loss's weight).
+    """
+    plt = _plt()
+    centres, width = _ghm_centres(stat)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    axes[0].bar(centres, stat["fraction"], width=width * 0.9, color="C0",
+                label=f"share of {stat['n']} examples")
+    if stat.get("ema_density") is not None:
+        axes[0].plot(centres, stat["ema_density"], "o-", color="C3", ms=3,
+                     label="density (moving average)")
+    axes[0].set_xlabel("gradient norm g")
+    axes[0].set_ylabel("share")
+    axes[0].set_xlim(0, 1)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"epoch {stat['epoch']}: g histogram (mean g {stat['g_mean']:.3f})")
+    w = [np.nan if v is None else v for v in stat["mean_weight"]]
+    axes[1].bar(centres, w, width=width * 0.9, color="C1")
+    axes[1].axhline(1.0, color="k", lw=0.8, ls="--")
+    axes[1].set_xlabel("gradient norm g")
+    axes[1].set_ylabel("mean GHM weight")
+    axes[1].set_xlim(0, 1)
+    axes[1].set_title(f"weights (alpha {stat['alpha']:g}, momentum {stat['momentum']:g})")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def ghm_compare_plot(stats: Sequence[dict[str, Any]], path: Path, *,
+                     title: str = "") -> Path:
+    """The g histograms and mean weights of several epochs, overlaid."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for i, stat in enumerate(stats):
+        centres, _ = _ghm_centres(stat)
+        colour = plt.get_cmap("viridis")(i / max(1, len(stats) - 1))
+        axes[0].plot(centres, stat["fraction"], "o-", ms=3, color=colour,
+                     label=f"epoch {stat['epoch']}")
+        w = [np.nan if v is None else v for v in stat["mean_weight"]]
+        axes[1].plot(centres, w, "o-", ms=3, color=colour, label=f"epoch {stat['epoch']}")
+    axes[0].set_xlabel("gradient norm g")
+    axes[0].set_ylabel("share of examples")
+    axes[0].set_title("g histogram")
+    axes[1].set_xlabel("gradient norm g")
+    axes[1].set_ylabel("mean GHM weight")
+    axes[1].set_yscale("log")
+    axes[1].set_title("weights")
+    for ax in axes:
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def ghm_summary_plot(stats: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> Path:
+    """The whole training: share per bin and epoch (heat map), mean g per epoch, and
+    the share of easy (g < 0.2) and hard (g >= 0.8) examples."""
+    plt = _plt()
+    epochs = [s["epoch"] for s in stats]
+    grid = np.array([s["fraction"] for s in stats], dtype=float).T  # bins x epochs
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    im = axes[0].imshow(grid, aspect="auto", origin="lower", cmap="magma",
+                        extent=(min(epochs) - 0.5, max(epochs) + 0.5, 0, 1))
+    fig.colorbar(im, ax=axes[0], label="share of examples")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("gradient norm g")
+    axes[0].set_title("g histogram per epoch")
+    centres = [_ghm_centres(s)[0] for s in stats]
+    easy = [float(np.sum(np.asarray(s["fraction"])[c < 0.2])) for s, c in zip(stats, centres,
+                                                                             strict=True)]
+    hard = [float(np.sum(np.asarray(s["fraction"])[c >= 0.8])) for s, c in zip(stats, centres,
+                                                                              strict=True)]
+    axes[1].plot(epochs, [s["g_mean"] for s in stats], "o-", ms=3, label="mean g")
+    axes[1].plot(epochs, easy, "s-", ms=3, label="share g < 0.2 (easy)")
+    axes[1].plot(epochs, hard, "^-", ms=3, label="share g >= 0.8 (hard)")
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("over training")
+    axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

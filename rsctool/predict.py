@@ -176,6 +176,10 @@ class TorchBackend:
 
         self.device = resolve_device(device)
         self.loaded = load_run(project, run, checkpoint, self.device)
+        if self.loaded.task == "ranking":
+            raise ConfigError(f"run {run!r} is a ranking run (one score per example): "
+                              "predict supports classification runs only; use "
+                              "`rsctool eval` for it")
         if self.loaded.config.get("needs_metadata") and self.loaded.encoder is None:
             raise DataError("checkpoint of a metadata model lacks its metadata encoder",
                             self.loaded.checkpoint)

@@ -1,9 +1,15 @@
 """`rsctool train`: train a cycle classifier on a dataset registered by `analyze`.
 
-Model selection, early stopping and (multilabel) thresholds use the patient-wise
-validation split only; the test split is never loaded here. A run directory holds
-``config.json``, ``history.csv``/``history.json``, ``last.safetensors`` (model,
-optimizer, scheduler step, RNG: everything a resume needs) and ``best.safetensors``.
+Model selection, early stopping and decision thresholds (multilabel flags; the score
+thresholds of ``--task ranking``) use the validation split only; the test split is never
+loaded here. A run directory holds ``config.json``, ``history.csv``/``history.json``,
+``last.safetensors`` (model, optimizer, scheduler step, RNG, loss state such as GHM's
+moving averages: everything a resume needs), ``best.safetensors`` and, with a GHM loss,
+``ghm_stats.json`` (bin statistics per epoch).
+
+``--task ranking``: ordered classes (``0_degree < 45_degree < ...``, or ``class_order``)
+are ranks; the model outputs one score and the ranking losses (``margin``,
+``ghm-ranking``) use every in-batch pair of different classes.
 `rsctool train --run NAME` on a run recorded as running continues it from its last
 checkpoint; the sample order of an epoch is a pure function of (seed, epoch), so the
 resumed run sees exactly the batches the uninterrupted one would have.
@@ -29,7 +35,11 @@ from rsctool.console import StepProgress, get_state, info, print_json
 from rsctool.errors import ConfigError, DataError
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
-TASKS = ("multiclass", "multilabel")
+TASKS = ("multiclass", "multilabel", "ranking")
+#: Loss names of the ranking task (``--loss ghm`` means ``ghm-ranking`` there).
+RANKING_LOSSES = ("margin", "ghm-ranking")
+#: Models that can output one ranking score per example (``output="score"``).
+RANKING_MODELS = ("cnn", "resnet")
 NORMS = ("audioset", "dataset")
 #: Families trained like the AST papers (small lr, long warm-up).
 TRANSFORMERS = ("ast", "grf", "film", "tafilm", "softfilm", "add")
@@ -59,6 +69,8 @@ class TrainOptions:
     warmup_epochs: float | None = None
     task: str = "multiclass"
     loss: str = "ce"
+    # ranking: the classes from lowest to highest (default: by their leading number)
+    class_order: list[str] | None = None
     balanced: bool = False
     specaugment: bool = True
     mixup: float = 0.0
@@ -106,6 +118,29 @@ class TrainOptions:
             raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {o.norm!r}")
         if o.task == "multilabel" and o.loss == "ce":
             o.loss = "bce"
+        if isinstance(o.class_order, str):  # `class_order = "a,b"` in a config file or --set
+            o.class_order = [p.strip() for p in o.class_order.split(",") if p.strip()]
+        if o.task == "ranking":
+            o.loss = {"ce": "margin", "ghm": "ghm-ranking"}.get(o.loss, o.loss)
+            if o.loss not in RANKING_LOSSES:
+                raise ConfigError(f"--task ranking trains with --loss margin or ghm, "
+                                  f"got {o.loss!r}")
+            if o.model not in RANKING_MODELS:
+                raise ConfigError(f"--task ranking needs a model with a score output "
+                                  f"({', '.join(RANKING_MODELS)}), got {o.model!r}")
+            if o.model_cfg.get("output", "score") != "score":
+                raise ConfigError("--task ranking needs model.output=score, got "
+                                  f"{o.model_cfg['output']!r}")
+            o.model_cfg["output"] = "score"
+            if o.mixup > 0:
+                raise ConfigError("--mixup mixes class targets; it does not apply to "
+                                  "--task ranking")
+        else:
+            if o.loss in RANKING_LOSSES:
+                raise ConfigError(f"--loss {o.loss} is a ranking loss: use it with "
+                                  "--task ranking")
+            if o.class_order is not None:
+                raise ConfigError("--class-order applies to --task ranking only")
         for name, v, lo in (("--epochs", o.epochs, 1), ("--batch-size", o.batch_size, 1)):
             if v < lo:
                 raise ConfigError(f"{name} must be >= {lo}, got {v}")
@@ -307,6 +342,14 @@ class Trainer:
         self.dataset_name, record = pick_dataset(project, opts.dataset)
         cycles = load_dataset_cycles(project, record)
         self.classes = list(record.get("classes") or sorted({c.label for c in cycles}))
+        if opts.task == "ranking":
+            from rsctool.metrics import class_rank_order
+
+            # class index = rank: the targets are the rank keys of the ranking losses
+            self.classes = class_rank_order(self.classes, opts.class_order)
+            if len(self.classes) < 2:
+                raise ConfigError(f"--task ranking needs at least 2 classes, dataset "
+                                  f"{self.dataset_name!r} has {len(self.classes)}")
         # The test split is never loaded by training: selection uses val only.
         self.train_cycles = [c for c in cycles if c.split == "train"]
         self.val_cycles = [c for c in cycles if c.split == "val"]
@@ -358,8 +401,13 @@ class Trainer:
             pos = ml.sum(0).clamp(min=1)
             loss_kwargs.setdefault("pos_weight",
                                    ((len(ml) - pos) / pos * opts.sensitivity_bias).tolist())
-        self.loss_fn = build_loss(opts.loss, num_classes=num_outputs, task=opts.task,
+        self.loss_fn = build_loss(opts.loss, num_classes=num_outputs,
+                                  task="multiclass" if opts.task == "ranking" else opts.task,
                                   **loss_kwargs).to(device)
+        #: the GHM histogram of the epoch in progress (summed over its steps) and one
+        #: summary per finished epoch (``ghm_stats.json``), for GHM losses only
+        self.ghm_acc: dict[str, Any] | None = None
+        self.ghm_stats: list[dict[str, Any]] = []
         self.adversary = None
         if opts.adversarial:
             from rsctool.adversarial import AdversarialObjective
@@ -453,15 +501,22 @@ class Trainer:
             "history": self.history,
             "thresholds": self.thresholds,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ghm_acc": self.ghm_acc,
+            "ghm_stats": self.ghm_stats,
         }
 
     def save(self, name: str, *, full: bool = True) -> Path:
         from rsctool.checkpoint import save_checkpoint
 
         path = self.dir / name
+        extras: dict[str, Any] = {}
+        if self.adversary is not None:
+            extras["adversary"] = self.adversary
+        if full and any(True for _ in self.loss_fn.buffers()):
+            extras["loss"] = self.loss_fn  # e.g. the GHM moving averages: resume exactly
         save_checkpoint(path, model=self.model, state=self._state(),
                         optimizer=self.optimizer if full else None, rng=full,
-                        extras={"adversary": self.adversary} if self.adversary else None)
+                        extras=extras or None)
         return path
 
     def restore(self, path: Path) -> None:
@@ -477,6 +532,10 @@ class Trainer:
         self.model.load_state_dict(ck.model_state)
         if self.adversary is not None and "adversary" in ck.extras:
             self.adversary.load_state_dict(ck.extras["adversary"])
+        if "loss" in ck.extras:
+            self.loss_fn.load_state_dict(ck.extras["loss"])
+        self.ghm_acc = st.get("ghm_acc")
+        self.ghm_stats = list(st.get("ghm_stats") or [])
         if ck.optimizer_state is not None:
             self.optimizer.load_state_dict(ck.optimizer_state)
         self.step, self.epoch = int(st["step"]), int(st["epoch"])
@@ -536,6 +595,12 @@ class Trainer:
         order = epoch_order(len(self.train_set), self.epoch, opts.seed, self.sample_weights)
         done_in_epoch = self.step - self.epoch * self.steps_per_epoch
         order = order[done_in_epoch * opts.batch_size:]
+        ghm = getattr(self.loss_fn, "ghm", None)
+        if ghm is not None and (self.ghm_acc is None
+                                or self.ghm_acc.get("epoch") != self.epoch + 1):
+            self.ghm_acc = {"epoch": self.epoch + 1, "steps": 0, "n": 0,
+                            "counts": [0] * ghm.bins, "weight_sums": [0.0] * ghm.bins,
+                            "g_sum": 0.0, "density": None, "bin_weights": None}
         total_loss, n_seen, t0 = 0.0, 0, time.perf_counter()
         set_progress = getattr(self.model, "set_progress", None)
         for batch in self._loader(self.train_set, order):
@@ -549,6 +614,8 @@ class Trainer:
                 x = spec_augment(x)
             if opts.mixup > 0:
                 x, y = mixup(x, y, len(self.classes), opts.mixup)
+            if ghm is not None:
+                ghm.last_stats = None  # a ranking batch without pairs leaves it None
             with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.use_amp):
                 out = self.model(x, b.get("meta"))
                 loss = self.loss_fn(out, y)
@@ -567,6 +634,8 @@ class Trainer:
                                         UserWarning)
                 self.scheduler.step()
             self.step += 1
+            if ghm is not None and ghm.last_stats is not None:
+                _accumulate_ghm(self.ghm_acc, ghm.last_stats)
             total_loss += float(loss.detach()) * len(x)
             n_seen += len(x)
             if on_step is not None:
@@ -584,7 +653,8 @@ class Trainer:
                 thresholds: list[float] | None = None, embeddings: bool = False
                 ) -> dict[str, Any]:
         """Predictions on a whole dataset: ``pred`` class indices, ``probs`` `(N, C)`
-        (multilabel: `(N, 2)` sigmoid probabilities), optional ``embedding`` `(N, D)`."""
+        (multilabel: `(N, 2)` sigmoid probabilities; ranking: `(N, 1)` scores, classes
+        from the score `thresholds`), optional ``embedding`` `(N, D)`."""
         import torch
 
         from rsctool.data.dataset import collate
@@ -600,12 +670,19 @@ class Trainer:
                         if "meta" in batch else None)
                 out = model(batch["x"].to(device), meta)
                 logits = out["logits"].float()
-                probs.append((torch.sigmoid(logits) if task == "multilabel"
-                              else torch.softmax(logits, -1)).cpu())
+                if task == "ranking":  # one score per example, kept as is
+                    probs.append(logits[:, :1].cpu())
+                else:
+                    probs.append((torch.sigmoid(logits) if task == "multilabel"
+                                  else torch.softmax(logits, -1)).cpu())
                 if embeddings:
                     embs.append(out["embedding"].float().cpu())
         p = torch.cat(probs) if probs else torch.zeros(0, 2 if task == "multilabel" else 1)
-        if task == "multilabel":
+        if task == "ranking":
+            from rsctool.metrics import scores_to_classes
+
+            pred = scores_to_classes(p[:, 0].numpy(), thresholds or []).tolist()
+        elif task == "multilabel":
             t = thresholds or [0.5, 0.5]
             pred = multilabel_to_class((p[:, 0] >= t[0]).numpy(), (p[:, 1] >= t[1]).numpy())
             pred = [int(v) for v in pred]
@@ -620,6 +697,8 @@ class Trainer:
         from rsctool.metrics import choose_thresholds
 
         assert self.val_set is not None
+        if self.opts.task == "ranking":
+            return self._validate_ranking()
         out = self.predict(self.model, self.val_set, self.opts.batch_size * 2, self.device,
                            self.opts.task, self.thresholds)
         if self.opts.task == "multilabel":
@@ -630,6 +709,24 @@ class Trainer:
         m = selection_metrics(self.classes, self.val_set.targets.tolist(), out["pred"])
         m["loss"] = validation_loss(out["probs"], self.val_set.multilabel
                                     if self.opts.task == "multilabel" else self.val_set.targets)
+        return m
+
+    def _validate_ranking(self) -> dict[str, Any]:
+        """Ranking validation: score thresholds between adjacent classes are chosen on
+        this (validation) split, then class accuracy, pairwise accuracy and Spearman;
+        model selection maximises the pairwise accuracy."""
+        from rsctool.metrics import choose_rank_thresholds, ranking_metrics
+
+        assert self.val_set is not None
+        out = self.predict(self.model, self.val_set, self.opts.batch_size * 2, self.device,
+                           "ranking")
+        scores = out["probs"][:, 0].numpy()
+        y = self.val_set.targets.numpy()
+        self.thresholds = choose_rank_thresholds(scores, y, len(self.classes))
+        m = ranking_metrics(scores, y, self.classes, self.thresholds)
+        m["select"] = m["pairwise_accuracy"]
+        m["loss"] = ranking_validation_loss(scores, y, float(self.opts.loss_cfg.get("margin",
+                                                                                   1.0)))
         return m
 
     def fit(self) -> TrainResult:
@@ -645,15 +742,22 @@ class Trainer:
                 epoch_complete = self.step % self.steps_per_epoch == 0 or \
                     self.step >= self.total_steps
                 improved = False
+                if self.ghm_acc is not None and epoch_complete:
+                    self._finish_ghm_epoch()
                 if self.val_set is not None:
                     m = self.validate()
                     row.update(val_loss=m["loss"], val_score=m["score"], val_sp=m["sp"],
                                val_se=m["se"], val_accuracy=m["accuracy"],
                                val_select=m["select"])
+                    if self.opts.task == "ranking":
+                        row.update(val_pairwise_accuracy=m["pairwise_accuracy"],
+                                   val_spearman=m["spearman"])
                     improved = is_improvement(m["select"], m["loss"], self.best_select,
                                               self.best_val_loss)
                 else:
                     improved = True
+                    if self.opts.task == "ranking":
+                        self._train_thresholds()
                 row["seconds"] = time.perf_counter() - t0
                 self.history.append(row)
                 for tracker in self.trackers:
@@ -684,6 +788,40 @@ class Trainer:
                            self.best_select, self.epoch, self.step,
                            resumed=start_step > 0, history=self.history)
 
+    def _train_thresholds(self) -> None:
+        """Without a validation split, a ranking run's class thresholds come from the
+        training split's scores (recorded as such; the test split is never used)."""
+        from rsctool.metrics import choose_rank_thresholds
+
+        out = self.predict(self.model, self.train_set, self.opts.batch_size * 2, self.device,
+                           "ranking")
+        self.thresholds = choose_rank_thresholds(out["probs"][:, 0].numpy(),
+                                                 self.train_set.targets.numpy(),
+                                                 len(self.classes))
+
+    def _finish_ghm_epoch(self) -> None:
+        """Close the GHM histogram of the epoch: append it to ``ghm_stats.json``."""
+        acc = self.ghm_acc
+        self.ghm_acc = None
+        if not acc or not acc["steps"]:
+            return
+        ghm = self.loss_fn.ghm
+        n = max(1, acc["n"])
+        bins = ghm.bins
+        self.ghm_stats.append({
+            "epoch": acc["epoch"], "step": self.step, "steps": acc["steps"], "n": acc["n"],
+            "loss": self.opts.loss, "bins": bins, "alpha": ghm.alpha, "momentum": ghm.momentum,
+            "edges": [i / bins for i in range(bins + 1)],
+            "counts": acc["counts"],
+            "fraction": [c / n for c in acc["counts"]],
+            "mean_weight": [w / c if c else None
+                            for w, c in zip(acc["weight_sums"], acc["counts"], strict=True)],
+            "density": acc["density"], "bin_weights": acc["bin_weights"],
+            "ema_density": [float(v) for v in ghm.density.tolist()],
+            "g_mean": acc["g_sum"] / n,
+        })
+        atomic_write_json(self.dir / "ghm_stats.json", self.ghm_stats)
+
     def _write_history(self) -> None:
         atomic_write_json(self.dir / "history.json", self.history)
         if not self.history:
@@ -706,9 +844,43 @@ def _loader_generator(seed: int, epoch: int = 0) -> Any:
     return torch.Generator().manual_seed(int(seed) * 7919 + int(epoch))
 
 
+def _accumulate_ghm(acc: dict[str, Any] | None, stats: dict[str, Any]) -> None:
+    """Add one step's GHM statistics (`_GHMWeights.last_stats`) to the epoch's."""
+    if acc is None:
+        return
+    acc["steps"] += 1
+    acc["n"] += int(stats["n"])
+    counts = stats["counts"]
+    weights = stats["bin_weights"]
+    for b, c in enumerate(counts):
+        acc["counts"][b] += int(c)
+        acc["weight_sums"][b] += float(c) * float(weights[b])
+    if stats.get("g_mean") is not None:
+        acc["g_sum"] += float(stats["g_mean"]) * int(stats["n"])
+    acc["density"] = [float(v) for v in stats["density"]]
+    acc["bin_weights"] = [float(v) for v in weights]
+
+
+def ranking_validation_loss(scores: Any, y: Any, margin: float = 1.0) -> float:
+    """Mean margin hinge ``max(0, margin - (s_hi - s_lo))`` over all pairs of different
+    classes (a ranking run's validation loss, the tie-break of model selection)."""
+    import numpy as np
+
+    s = np.asarray(scores, dtype=np.float64)
+    k = np.asarray(y, dtype=np.float64)
+    total, count = 0.0, 0
+    for a in range(0, s.size, 2048):
+        hi = k[a:a + 2048, None] > k[None, :]
+        gap = s[a:a + 2048, None] - s[None, :]
+        total += float(np.maximum(0.0, margin - gap)[hi].sum())
+        count += int(hi.sum())
+    return total / count if count else 0.0
+
+
 def _epoch_line(row: dict[str, Any]) -> str:
     parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}"]
-    for k in ("val_score", "val_sp", "val_se", "val_accuracy"):
+    for k in ("val_score", "val_sp", "val_se", "val_accuracy", "val_pairwise_accuracy",
+              "val_spearman"):
         if row.get(k) is not None:
             parts.append(f"{k.replace('val_', 'val ')} {row[k]:.3f}")
     parts.append(f"{row['samples_per_s']:.1f} samples/s")
@@ -1257,7 +1429,8 @@ def command(
              "`--synthetic A B` and `--seeds 0 1 2` work.")] = None,
     *,
     model: Annotated[str | None, typer.Option(
-        help="Model name: ast, grf, film, tafilm, softfilm, add, cnn, resnet.")] = None,
+        help="Model name: ast, grf, film, tafilm, softfilm, add, cnn, resnet (default ast; "
+             "cnn with --task ranking).")] = None,
     size: Annotated[str | None, typer.Option(
         help="Model size (tiny, small, base; default per model).")] = None,
     pretrained: Annotated[str | None, typer.Option(
@@ -1282,9 +1455,23 @@ def command(
     lr: Annotated[float | None, typer.Option(
         help="Peak learning rate (default 3e-5 for AST/ADD, 1e-3 for CNNs).")] = None,
     task: Annotated[str | None, typer.Option(
-        help="multiclass (4-way softmax) or multilabel (crackle/wheeze sigmoids).")] = None,
+        help="multiclass (4-way softmax), multilabel (crackle/wheeze sigmoids) or ranking "
+             "(one score per example; ordered classes such as 0_degree, 45_degree; "
+             "models cnn and resnet).")] = None,
     loss: Annotated[str | None, typer.Option(
-        help="ce, focal, bce, ghm or bias-denoising.")] = None,
+        help="ce, focal, bce, ghm or bias-denoising; with --task ranking: margin "
+             "(default) or ghm.")] = None,
+    class_order: Annotated[str | None, typer.Option(
+        help="--task ranking: the classes from lowest to highest, comma separated "
+             "(default: sorted by the number their names start with).")] = None,
+    ghm_bins: Annotated[int | None, typer.Option(
+        help="GHM loss: number of gradient-norm bins (default 10).")] = None,
+    ghm_alpha: Annotated[float | None, typer.Option(
+        help="GHM loss: exponent of the inverse bin density (0: plain loss; default 1).")
+    ] = None,
+    ghm_momentum: Annotated[float | None, typer.Option(
+        help="GHM loss: moving-average momentum of the bin densities, in [0, 1) "
+             "(0: this batch only; default 0.75).")] = None,
     balanced: Annotated[bool | None, typer.Option(
         "--balanced/--no-balanced", help="Class-balanced sampling.")] = None,
     norm: Annotated[str | None, typer.Option(
@@ -1352,6 +1539,14 @@ def command(
     if pretrained is not None:
         values["pretrained"] = pretrained  # "none" (random init) is the builder's to read
     values["model_cfg"] = {**values.get("model_cfg", {}), **model_cfg}
+    ghm_cfg = {k: v for k, v in (("bins", ghm_bins), ("alpha", ghm_alpha),
+                                 ("momentum", ghm_momentum)) if v is not None}
+    if ghm_cfg:
+        if values.get("loss", (like_values or {}).get("loss")) not in ("ghm", "ghm-ranking"):
+            raise ConfigError("--ghm-bins, --ghm-alpha and --ghm-momentum need --loss ghm")
+        loss_cfg = {**loss_cfg, **ghm_cfg}
+    if class_order is not None:
+        values["class_order"] = [c.strip() for c in class_order.split(",") if c.strip()]
     values["loss_cfg"] = {**values.get("loss_cfg", {}), **loss_cfg}
     extra_synthetic, extra_seeds = _split_extras(more_synthetic or [], bool(synthetic),
                                                  seeds is not None)
@@ -1368,6 +1563,8 @@ def command(
             values[key] = {**like_values.get(key, {}), **values.get(key, {})}
         values = {**like_values, **values}
     explicit = dict(values)
+    if values.get("task") == "ranking" and "model" not in values:
+        values["model"] = "cnn"  # the default model (ast) has no score output
     seed_source = ctx.parent.get_parameter_source("seed") if ctx.parent else None
     seed_given = seed_source is not None and seed_source.name not in ("DEFAULT", "DEFAULT_MAP")
     if seed_given and "seed" not in top and "seed" not in _load_config_file(config):
@@ -1420,7 +1617,8 @@ def command(
         info(state, f"run {result.run!r} is already done: nothing to do (--force retrains)")
     else:
         score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
-        info(state, f"run {result.run!r}: best validation score {score}; "
+        what = " (pairwise accuracy)" if opts.task == "ranking" else ""
+        info(state, f"run {result.run!r}: best validation score{what} {score}; "
                     f"checkpoints in {result.dir}")
 
 

@@ -169,3 +169,28 @@ def test_is_folder_dir(tmp_path):
                                                      [(0.0, 1.0, 0, 0)]})
     write_noise_wav(icbhi / "sub" / "x.wav", 0.1)
     assert not is_folder_dir(icbhi)  # an ICBHI folder is never claimed as a folder dataset
+
+
+@pytest.mark.parametrize("group_by, pattern, key", [
+    ("frequency", PATTERN, lambda c: c.meta["frequency"]),
+    ("material", PATTERN, lambda c: c.meta["material"]),
+    ("groups", None, lambda c: tuple(c.meta["groups"])),
+])
+def test_group_by_keeps_groups_in_one_split(angles, group_by, pattern, key):
+    cycles = read_folder(angles, split="random:0.5:0.0", name_pattern=pattern,
+                         group_by=group_by, seed=3)
+    sides: dict = {}
+    for c in cycles:
+        sides.setdefault(key(c), set()).add(c.split)
+    assert len(sides) == 2 and all(len(s) == 1 for s in sides.values()), sides
+    assert {next(iter(s)) for s in sides.values()} == {"train", "test"}
+    again = read_folder(angles, split="random:0.5:0.0", name_pattern=pattern,
+                        group_by=group_by, seed=3)
+    assert split_hash(again) == split_hash(cycles)
+
+
+def test_group_by_must_be_a_pattern_field_or_groups(angles):
+    with pytest.raises(ConfigError, match="group-by field 'colour'"):
+        read_folder(angles, name_pattern=PATTERN, group_by="colour")
+    with pytest.raises(ConfigError, match="choose one of groups"):
+        read_folder(angles, group_by="material")  # no pattern: only the sub-folders

@@ -273,3 +273,37 @@ def test_shape_mismatch_is_a_config_error():
     ce = build_loss("ce", num_classes=4)
     with pytest.raises(ConfigError, match="targets"):
         ce({"logits": torch.randn(3, 4)}, torch.zeros(2, dtype=torch.long))
+
+
+def test_ghm_ema_and_normalisation_by_hand():
+    """Two calls with momentum 0.5 and alpha 0.5, checked against a hand computation."""
+    ghm = build_loss("ghm", num_classes=2, bins=4, alpha=0.5, momentum=0.5).ghm
+    # call 1: g in bins 0, 0, 0, 3 -> fractions 0.75, 0, 0, 0.25; the EMA starts there
+    w1 = ghm(torch.tensor([0.1, 0.2, 0.05, 0.9]))
+    beta = [0.75 ** -0.5] * 3 + [0.25 ** -0.5]
+    norm = sum(beta) / 4
+    assert w1.tolist() == pytest.approx([b / norm for b in beta], rel=1e-6)
+    assert w1.mean().item() == pytest.approx(1.0)
+    # call 2: g in bins 0, 1, 1, 1 -> fractions 0.25, 0.75, 0, 0
+    w2 = ghm(torch.tensor([0.0, 0.3, 0.4, 0.45]))
+    d0 = 0.5 * 0.75 + 0.5 * 0.25  # seen before: moving average
+    d1 = 0.75  # first seen now: its own fraction, not (1 - momentum) * 0.75
+    assert ghm.density.tolist() == pytest.approx([d0, d1, 0.0, 0.25])  # bin 3 kept
+    beta = [d0 ** -0.5] + [d1 ** -0.5] * 3
+    norm = sum(beta) / 4
+    assert w2.tolist() == pytest.approx([b / norm for b in beta], rel=1e-6)
+    stats = ghm.last_stats
+    assert stats["counts"] == [1, 3, 0, 0] and stats["n"] == 4
+    assert stats["bin_weights"] == pytest.approx([d0 ** -0.5 / norm, d1 ** -0.5 / norm, 0, 0])
+    assert stats["g_mean"] == pytest.approx(0.2875)
+
+
+def test_ghm_without_momentum_matches_li_et_al():
+    """momentum 0, alpha 1: w = N / (count(bin) * non-empty bins), Li et al.'s GHM-C."""
+    ghm = build_loss("ghm", num_classes=2, bins=10, alpha=1.0, momentum=0.0).ghm
+    g = torch.tensor([0.01, 0.02, 0.03, 0.55, 0.56, 0.99])
+    counts = {0: 3, 5: 2, 9: 1}
+    n, valid = 6, 3
+    want = [n / (counts[int(x * 10)] * valid) for x in g.tolist()]
+    assert ghm(g).tolist() == pytest.approx(want, rel=1e-6)
+    assert torch.equal(ghm.density, torch.zeros(10))  # no state without momentum

@@ -145,7 +145,8 @@ def _normalise_where(where: Mapping[str, Any] | None, pattern: NamePattern | Non
 
 def read_folder(root: str | os.PathLike, *, split: str = "random:0.7:0.15", seed: int = 0,
                 name_pattern: str | None = None, where: Mapping[str, Any] | None = None,
-                strict: bool = True, problems: list[Problem] | None = None) -> list[Cycle]:
+                group_by: str | None = None, strict: bool = True,
+                problems: list[Problem] | None = None) -> list[Cycle]:
     """Read a ``root/<class>/**/*.wav|flac|ogg`` dataset: one item per file.
 
     Args:
@@ -156,6 +157,9 @@ def read_folder(root: str | os.PathLike, *, split: str = "random:0.7:0.15", seed
             `meta` (strings). A file whose stem does not fit is a problem.
         where: ``{field: value}`` (or a list of accepted values): keep only matching
             files; fields must come from `name_pattern`.
+        group_by: keep all files with the same value of this field on one side of the
+            split: a `name_pattern` field (e.g. ``material``) or ``groups`` (the
+            sub-folder path below the class folder). None: each file on its own.
         strict, problems: raise the first problem as `DataError`, or collect `Problem`
             records and skip the file.
 
@@ -176,6 +180,12 @@ def read_folder(root: str | os.PathLike, *, split: str = "random:0.7:0.15", seed
                           "nor patients; use random:TRAIN:VAL (e.g. random:0.7:0.15)")
     pattern = NamePattern.parse(name_pattern) if name_pattern is not None else None
     filters = _normalise_where(where, pattern)
+    if group_by is not None:
+        allowed = (*(pattern.fields if pattern is not None else ()), "groups")
+        if group_by not in allowed:
+            raise ConfigError(f"group-by field {group_by!r} is neither a name pattern field "
+                              f"nor 'groups' (the sub-folders); choose one of "
+                              f"{', '.join(allowed)}")
     root = Path(root)
     if not root.exists():
         raise DataError("dataset folder not found", root)
@@ -229,4 +239,4 @@ def read_folder(root: str | os.PathLike, *, split: str = "random:0.7:0.15", seed
             raise DataError(f"no file matches the filter {where!r}", root)
         raise DataError("no usable audio files", root)
     cycles.sort(key=lambda c: c.id)
-    return random_split(cycles, spec.train, spec.val, seed, stratify=True)
+    return random_split(cycles, spec.train, spec.val, seed, stratify=True, group_by=group_by)
