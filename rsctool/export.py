@@ -284,7 +284,7 @@ def check_inputs(project: Any, loaded: Any, n: int, with_features: bool,
     if cycles:
         try:
             ds = CycleDataset(cycles, loaded.classes, clip, feature_cache(project.state_dir()),
-                              enc, "multiclass")
+                              enc, "binary" if loaded.task == "binary" else "multiclass")
             ds.features(0)  # unreadable audio shows here, not halfway through the export
         except (DataError, ConfigError) as e:
             warn(f"parity check: cannot use the {source} cycles ({e}); using noise inputs")

@@ -186,7 +186,9 @@ class ModelSpec:
         clip = config["clip"]
         needs = bool(config.get("needs_metadata"))
         return cls(
-            classes=list(loaded.classes), task=loaded.task,
+            # binary (normal vs abnormal) is a 2-class softmax like multiclass
+            classes=list(loaded.classes),
+            task="multiclass" if loaded.task == "binary" else loaded.task,
             thresholds=list(loaded.thresholds) if loaded.thresholds else None,
             sample_rate=int(clip["sample_rate"]), clip_seconds=float(clip["clip_seconds"]),
             pad_mode=str(clip.get("pad_mode", "repeat")), fbank=dict(clip["fbank"]),

@@ -498,6 +498,8 @@ def annotated_cycles(audio: Path, annotation: Path, spec: Any) -> Iterable[Item]
 
     rows = read_annotation(annotation, strict=True)
     duration = audio_info(audio).duration
+    # a 2-class (train --task binary) model: crackle, wheeze and both are "abnormal"
+    binary = list(spec.classes) == ["normal", "abnormal"]
     for i, (start, end, crackle, wheeze) in enumerate(rows):
         if start >= duration:
             raise DataError(f"cycle {i + 1} starts at {start:g} s, after the end of the audio "
@@ -507,7 +509,10 @@ def annotated_cycles(audio: Path, annotation: Path, spec: Any) -> Iterable[Item]
                             f"({duration:.3f} s, {audio.name})", annotation)
         end = min(end, duration)
         wav = load_cycle(audio, start, end, spec.sample_rate, spec.clip_seconds, spec.pad_mode)
-        yield Item("cycle", i, start, end, wav, icbhi_label(crackle, wheeze))
+        label = icbhi_label(crackle, wheeze)
+        if binary and label != "normal":
+            label = "abnormal"
+        yield Item("cycle", i, start, end, wav, label)
 
 
 def sliding_windows(audio: Path, spec: Any, window: float, hop: float,

@@ -35,7 +35,7 @@ from rsctool.console import StepProgress, get_state, info, print_json
 from rsctool.errors import ConfigError, DataError
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
-TASKS = ("multiclass", "multilabel", "ranking")
+TASKS = ("multiclass", "multilabel", "binary", "ranking")
 #: Loss names of the ranking task (``--loss ghm`` means ``ghm-ranking`` there).
 RANKING_LOSSES = ("margin", "ghm-ranking")
 #: Models that can output one ranking score per example (``output="score"``).
@@ -342,6 +342,16 @@ class Trainer:
         self.dataset_name, record = pick_dataset(project, opts.dataset)
         cycles = load_dataset_cycles(project, record)
         self.classes = list(record.get("classes") or sorted({c.label for c in cycles}))
+        dataset_classes = list(self.classes)
+        if opts.task == "binary":
+            from rsctool.data.dataset import BINARY_CLASSES
+
+            # normal vs abnormal (ICBHI's 2-class task): every non-normal label is abnormal
+            if "normal" not in self.classes or len(self.classes) < 2:
+                raise ConfigError(f"--task binary (normal vs abnormal) needs a dataset with a "
+                                  f"'normal' class and others; {self.dataset_name!r} has "
+                                  f"{', '.join(self.classes)}")
+            self.classes = list(BINARY_CLASSES)
         if opts.task == "ranking":
             from rsctool.metrics import class_rank_order
 
@@ -370,7 +380,8 @@ class Trainer:
         # normalisation statistics and metadata vocabularies were fitted on real cycles.
         from rsctool.synth import mix_synthetic
 
-        self.synthetic = mix_synthetic(project, opts, self.train_cycles, self.classes, self.log)
+        self.synthetic = mix_synthetic(project, opts, self.train_cycles, dataset_classes,
+                                       self.log)
         self.train_cycles = self.train_cycles + self.synthetic.cycles
         num_outputs = 2 if opts.task == "multilabel" else len(self.classes)
         model_kwargs = dict(opts.model_cfg)
@@ -402,7 +413,8 @@ class Trainer:
             loss_kwargs.setdefault("pos_weight",
                                    ((len(ml) - pos) / pos * opts.sensitivity_bias).tolist())
         self.loss_fn = build_loss(opts.loss, num_classes=num_outputs,
-                                  task="multiclass" if opts.task == "ranking" else opts.task,
+                                  task=("multiclass" if opts.task in ("ranking", "binary")
+                                        else opts.task),
                                   **loss_kwargs).to(device)
         #: the GHM histogram of the epoch in progress (summed over its steps) and one
         #: summary per finished epoch (``ghm_stats.json``), for GHM losses only
@@ -1455,7 +1467,8 @@ def command(
     lr: Annotated[float | None, typer.Option(
         help="Peak learning rate (default 3e-5 for AST/ADD, 1e-3 for CNNs).")] = None,
     task: Annotated[str | None, typer.Option(
-        help="multiclass (4-way softmax), multilabel (crackle/wheeze sigmoids) or ranking "
+        help="multiclass (4-way softmax), multilabel (crackle/wheeze sigmoids), binary "
+             "(normal vs abnormal: ICBHI's 2-class task) or ranking "
              "(one score per example; ordered classes such as 0_degree, 45_degree; "
              "models cnn and resnet).")] = None,
     loss: Annotated[str | None, typer.Option(

@@ -205,3 +205,57 @@ def test_cuda_training_with_amp_and_cpu_reload(project):
     assert (ck.state["scaler"] is None) == torch.cuda.is_bf16_supported()
     assert all(t.device.type == "cpu" for t in ck.model_state.values())
     assert all(torch.isfinite(t).all() for t in _weights(res.dir / "best.safetensors").values())
+
+
+def test_binary_task_is_normal_vs_abnormal_end_to_end(project, tmp_path):
+    """ICBHI's 2-class task: crackle, wheeze and both are `abnormal`; eval reports the
+    2-class Sp/Se; the ONNX export is a 2-class softmax that predict reads."""
+    from rsctool.data.manifest import read_manifest
+    from rsctool.eval import EvalOptions
+    from rsctool.eval import run as evaluate
+
+    res = run(project, TrainOptions(task="binary", epochs=1, max_steps=2, **FAST))
+    ck = load_checkpoint(project.abs(project.get("runs", res.run)["best"]))
+    assert ck.state["config"]["classes"] == ["normal", "abnormal"]
+    assert ck.state["config"]["task"] == "binary"
+    doc = evaluate(project, EvalOptions(run=res.run, plots=False)).results[0]
+    test = [c for c in read_manifest(project.abs(project.get("datasets", "demo")["manifest"]))
+            if c.split == "test"]
+    n_abnormal = sum(c.label != "normal" for c in test)
+    assert doc["classes"] == ["normal", "abnormal"]
+    assert doc["support"] == {"normal": len(test) - n_abnormal, "abnormal": n_abnormal}
+    cm = doc["confusion"]
+    assert doc["specificity"] == pytest.approx(cm[0][0] / sum(cm[0]))
+    assert doc["sensitivity"] == pytest.approx(cm[1][1] / sum(cm[1]))
+    out = tmp_path / "binary.onnx"
+    r = runner.invoke(app, ["--project", str(project.path), "-q", "export", "--run", res.run,
+                            "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["parity_inputs"] != "noise"  # real (mapped) val cycles
+    wav = test[0].audio
+    r = runner.invoke(app, ["--project", str(project.path), "-q", "predict", wav, "--model",
+                            str(out), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["model"]["classes"] == ["normal", "abnormal"]
+    records = doc["predictions"]
+    assert records and {rec["label"] for rec in records} <= {"normal", "abnormal"}
+    assert set(records[0]["probabilities"]) == {"normal", "abnormal"}
+    assert {rec["annotated"] for rec in records} <= {"normal", "abnormal"}  # mapped too
+
+
+def test_binary_task_needs_a_normal_class(tmp_path):
+    from rsctool.testing import write_folder_dataset
+
+    files = [f"{c}/{c}_{i}.wav" for c in ("a_degree", "b_degree") for i in range(4)]
+    data = write_folder_dataset(tmp_path / "data", files, seconds=1.0, sample_rate=8000)
+    proj = tmp_path / "rsctool.toml"
+    r = runner.invoke(app, ["--project", str(proj), "-q", "analyze", str(data), "--no-plots",
+                            "--no-fbank-stats", "--split", "random:0.5:0.25"])
+    assert r.exit_code == 0, r.output
+    before = proj.read_bytes()
+    r = runner.invoke(app, ["--project", str(proj), "-q", "train", "--task", "binary",
+                            "--model", "cnn", "--size", "tiny", "--epochs", "1"])
+    assert r.exit_code == 2, r.output
+    assert "needs a dataset with a 'normal' class" in r.output
+    assert proj.read_bytes() == before

@@ -165,13 +165,19 @@ def dataset_statistics(cycles: Sequence[Cycle], clip: ClipConfig,
     return st["mean"], st["std"]
 
 
+#: The classes of ``task="binary"``, ICBHI's 2-class task: every label other than
+#: ``normal`` (crackle, wheeze, both) is ``abnormal``.
+BINARY_CLASSES: tuple[str, ...] = ("normal", "abnormal")
+
+
 class CycleDataset(torch.utils.data.Dataset):
     """Items for training and evaluation.
 
     Each item is a dict: ``x`` `(T, F)` float32 normalised log-mel, ``y`` (class index,
     long; or `(2,)` float crackle/wheeze targets for ``task="multilabel"``), ``domain``
     (0 real, 1 synthetic), ``index``, and ``meta`` (per-item metadata tensors) when a
-    metadata encoder is given.
+    metadata encoder is given. ``task="binary"`` takes `classes` = `BINARY_CLASSES` and
+    maps every non-normal label to ``abnormal``.
     """
 
     def __init__(self, cycles: Sequence[Cycle], classes: Sequence[str], clip: ClipConfig,
@@ -183,10 +189,17 @@ class CycleDataset(torch.utils.data.Dataset):
         self.cache = cache
         self.task = task
         index = {c: i for i, c in enumerate(self.classes)}
-        unknown = sorted({c.label for c in self.cycles} - set(index))
+        if task == "binary":
+            if tuple(self.classes) != BINARY_CLASSES:
+                raise ConfigError(f"task binary has the classes {list(BINARY_CLASSES)}, "
+                                  f"got {self.classes}")
+            labels = ["normal" if c.label == "normal" else "abnormal" for c in self.cycles]
+        else:
+            labels = [c.label for c in self.cycles]
+        unknown = sorted(set(labels) - set(index))
         if unknown:
             raise ConfigError(f"labels {unknown} are not among the classes {self.classes}")
-        self.targets = torch.tensor([index[c.label] for c in self.cycles], dtype=torch.long)
+        self.targets = torch.tensor([index[label] for label in labels], dtype=torch.long)
         if task == "multilabel":
             if any(c.crackle is None for c in self.cycles):
                 raise ConfigError("multilabel task needs crackle/wheeze flags (ICBHI data)")
