@@ -192,7 +192,9 @@ def cli_argv() -> list[str]:
     ``accelerate launch``)."""
     from pathlib import Path
 
-    if not sys.argv or Path(sys.argv[0]).name not in ("rsctool", "__main__.py"):
+    argv0 = Path(sys.argv[0]) if sys.argv else Path()
+    if not (argv0.name == "rsctool"  # the console script
+            or (argv0.name == "__main__.py" and argv0.parent.name == "rsctool")):  # -m
         raise ConfigError("--processes works from the command line; from Python, start "
                           "the processes with torchrun or `accelerate launch`")
     return list(sys.argv[1:])

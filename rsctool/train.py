@@ -1491,8 +1491,10 @@ def command(
     dataset: Annotated[str | None, typer.Option(
         help="Dataset name in the project (default: the last analysed).")] = None,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Run name (with --seeds: the group name, runs NAME-s0, NAME-s1, ...); "
-                      "an unfinished run of that name is resumed.")] = None,
+        "--run", "--run-name",
+        help="Run name (with --seeds: the group name, runs NAME-s0, NAME-s1, ...); "
+             "an unfinished run of that name is resumed. (Under torchrun, spell it "
+             "--run-name: torchrun takes --run for its --run-path.)")] = None,
     seeds: Annotated[list[str] | None, typer.Option(
         "--seeds", help="One run per seed, recorded as a group: --seeds 5 (seeds 0-4) or "
                         "--seeds 0 1 2 3 4. `rsctool eval --group NAME` gives mean and std.",
