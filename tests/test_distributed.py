@@ -70,6 +70,14 @@ def _torchrun(project: Path, *args: str) -> list[str]:
             "--project", str(project), *args]
 
 
+def _accelerate(project: Path, *args: str) -> list[str]:
+    # --multi_gpu also on CPU: `--cpu --num_processes 2` starts one process without MPI
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "rsctool", "--quiet", "--device", "cpu",
+            "--project", str(project), *args]
+
+
 def _check(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -223,14 +231,15 @@ def test_two_processes_match_one_process(project):
 
 @pytest.mark.slow
 def test_killed_process_then_resume_matches_uninterrupted(project):
-    """torchrun, 2 processes; the second is killed mid-run (torchrun then stops the
-    first): the project file and checkpoint stay whole, the record says running, and
-    re-running resumes (each process's RNG restored) to the uninterrupted weights."""
+    """The uninterrupted run under `accelerate launch`, the other under torchrun, 2
+    processes; its second process is killed mid-run (torchrun then stops the first): the
+    project file and checkpoint stay whole, the record says running, and re-running it
+    with `--processes 2` resumes (each process's RNG restored) to the uninterrupted
+    weights."""
     args = [*PARITY_ARGS[:-2], "--specaugment", "--deterministic", "--epochs", "3",
             "--set", "checkpoint_every=1"]
+    _check(_accelerate(project.path, "train", *args, "--run", "straight"))
     # torchrun's own parser takes `--run` for its `--run-path`: hence --run-name
-    straight = _check(_torchrun(project.path, "train", *args, "--run-name", "straight"))
-    assert straight.returncode == 0
     proc = subprocess.Popen(_torchrun(project.path, "train", *args, "--run-name", "crash"),
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ckpt = project.path.parent / ".rsctool" / "runs" / "crash" / "last.safetensors"
@@ -260,6 +269,8 @@ def test_killed_process_then_resume_matches_uninterrupted(project):
                       "--json"))
     assert json.loads(res.stdout)["resumed"] is True
     straight_dir = project.path.parent / ".rsctool" / "runs" / "straight"
+    hist = json.loads((straight_dir / "history.json").read_text())
+    assert [h["processes"] for h in hist] == [2, 2, 2]
     a, b = _weights(straight_dir / "last.safetensors"), _weights(ckpt)
     assert _max_diff(a, b) == 0.0  # bit for bit: same batches, same RNG per process
     assert Project.load(project.path).get("runs", "crash")["status"] == "done"
