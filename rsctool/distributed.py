@@ -18,6 +18,7 @@ process may do (seed sweeps, tests, the Python API).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -217,6 +218,9 @@ def launch(argv: Sequence[str], processes: int) -> int:
                           run_id=str(uuid.uuid4()), rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
                           start_method="spawn")
+    # The processes print their own messages (an error once, by the main process); the
+    # launcher's log lines about a failed process would repeat it as noise.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, sys.executable)("-m", "rsctool", *argv)
     except ChildFailedError as e:

@@ -314,3 +314,17 @@ def test_processes_shortcut_is_documented():
     text = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
     for needle in ("--processes", "accelerate launch", "torchrun", "srun", "--grad-accum"):
         assert needle in text
+
+
+@pytest.mark.slow
+def test_error_inside_the_processes_is_one_line(project):
+    """A bad option only the processes can see (an unknown dataset): exit 2, one line
+    (printed by the main process; the launcher's own log lines are silenced)."""
+    before = project.path.read_bytes()
+    res = subprocess.run(_cli(project.path, "train", "--model", "cnn", "--size", "tiny",
+                              "--dataset", "nope", "--processes", "2"),
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--dataset 'nope' is not in the project" in lines[0], lines
+    assert project.path.read_bytes() == before
