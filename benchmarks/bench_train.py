@@ -55,7 +55,8 @@ def bench_model(project: Any, spec: str, args: argparse.Namespace) -> dict[str, 
     n_params = sum(p.numel() for p in trainer.model.parameters())
 
     # data loading: time to get each batch onto the device (cache warm)
-    order = epoch_order(len(trainer.train_set), 0, 0)
+    order = epoch_order(len(trainer.train_set), 0, 0).tolist()
+    order = [order[i:i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
     load_times: list[float] = []
     batches = []
     it = iter(trainer._loader(trainer.train_set, order))

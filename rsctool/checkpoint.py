@@ -49,7 +49,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any])
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
                     state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None,
                     rng: bool = False,
-                    extras: dict[str, torch.nn.Module] | None = None) -> None:
+                    extras: dict[str, torch.nn.Module] | None = None,
+                    rng_extra: dict[str, torch.Tensor] | None = None) -> None:
     """Write a checkpoint atomically (temp file + fsync + rename).
 
     Args:
@@ -61,6 +62,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
         extras: further modules trained alongside the model (e.g. the adversarial
             discriminator), saved under ``extra.NAME.*`` so the model's own state dict
             (what `eval` and `export` load strictly) stays exactly the model's.
+        rng_extra: further RNG states saved under ``rng.KEY`` (with `rng`): the other
+            processes' of a multi-process run, as ``rankR.torch`` / ``rankR.cuda``.
     """
     from safetensors.torch import save_file
 
@@ -79,6 +82,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
+        for k, v in (rng_extra or {}).items():
+            tensors[f"rng.{k}"] = v.detach().cpu().contiguous()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -122,12 +127,23 @@ class Checkpoint:
                 name, key = k[6:].split(".", 1)
                 self.extras.setdefault(name, {})[key] = v
 
-    def restore_rng(self) -> None:
+    def restore_rng(self, rank: int = 0) -> bool:
+        """Restore the RNG state of process `rank` of the run that saved it (0: the main
+        process, or the only one); False when the checkpoint has none for `rank`."""
+        if rank > 0:
+            key = f"rank{rank}."
+            if key + "torch" not in self.rng:
+                return False
+            torch.set_rng_state(self.rng[key + "torch"])
+            if key + "cuda" in self.rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(self.rng[key + "cuda"])
+            return True
         if "torch" in self.rng:
             torch.set_rng_state(self.rng["torch"])
         cuda = [self.rng[k] for k in sorted(self.rng) if k.startswith("cuda.")]
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+        return "torch" in self.rng
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:

@@ -70,11 +70,13 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            err_console.print(f"error: {e}", markup=False, highlight=False)
+            if _main_process():  # several processes (torchrun, --processes): say it once
+                err_console.print(f"error: {e}", markup=False, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: stopped cleanly; run the same command again to "
-                              "resume", markup=False, highlight=False)
+            if _main_process():
+                err_console.print("interrupted: stopped cleanly; run the same command again "
+                                  "to resume", markup=False, highlight=False)
             raise typer.Exit(130) from None
         except NoSuchOption as e:
             if e.option_name in _GLOBAL_OPTIONS and ctx.invoked_subcommand:
@@ -99,6 +101,14 @@ class _Group(TyperGroup):
                     f"internal error: {type(e).__name__}: {first} (set RSCTOOL_DEBUG=1 for the "
                     "traceback, and please report it)", markup=False, highlight=False)
             raise typer.Exit(1) from None
+
+
+def _main_process() -> bool:
+    """False in the non-main processes of a multi-process launch (their messages would
+    repeat the main process's)."""
+    from rsctool.distributed import env_rank
+
+    return env_rank() == 0
 
 
 app = typer.Typer(

@@ -543,14 +543,28 @@ def _find_set(project: Any, opts: SynthOptions, gen_hash: str) -> tuple[str | No
 
 def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: bool = False,
         log: Callable[[str], None] | None = None) -> SynthResult:
-    """Generate (or resume, extend, or skip) a synthetic set and record it in the project."""
+    """Generate (or resume, extend, or skip) a synthetic set and record it in the project.
+
+    Under a launcher with several processes (``torchrun``/``accelerate launch -m rsctool
+    synth ...``) the processes share out the sample indices (`_generate_sharded`): each
+    writes its own files and manifest part, and after a barrier the main process merges
+    one manifest, writes the indexes and summary and records the set; only the main
+    process writes the project file.
+    """
     from rsctool.data.manifest import ManifestWriter, file_sha256, iter_manifest
+    from rsctool.distributed import setup
     from rsctool.generators import Request, postprocess, sample_seed
-    from rsctool.train import resolve_device
+    from rsctool.train import _sync_project, resolve_device
 
     log = log or (lambda msg: None)
     opts = opts.validate()
     dev = resolve_device(device)
+    dist = setup(dev)
+    if dist.distributed:
+        dev = dist.device
+        if not dist.is_main:
+            log, progress = (lambda msg: None), False
+    dist.barrier()  # every process has read the project before the main one writes it
     text = opts.backend in ("audioldm", "audioldm2")
     ds_name, ds_record, cycles = _dataset(project, opts.dataset, required=not text)
     counts = _resolve_counts(opts, project, ds_name, ds_record)
@@ -609,8 +623,13 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
         if empty:
             raise ConfigError(f"diffwave: dataset {ds_name!r} has no real train cycles of "
                               f"class {empty[0]!r} to re-synthesise")
-        voc_name, ckpt = ensure_vocoder(project, opts, ds_name, ds_record, real_train, dev,
-                                        progress, log)
+        if dist.is_main:  # trained (or found) once; the other processes then load it
+            voc_name, ckpt = ensure_vocoder(project, opts, ds_name, ds_record, real_train,
+                                            dev, progress, log)
+        _sync_project(project, dist)
+        if not dist.is_main:
+            voc_name, ckpt = ensure_vocoder(project, opts, ds_name, ds_record, real_train,
+                                            dev, progress, log)
         backend = DiffWaveBackend(ckpt, sources, device=dev, fast=opts.sampler == "fast",
                                   max_seconds=opts.max_seconds, stretch=opts.stretch,
                                   mel_noise=opts.mel_noise, gain_db=opts.gain_db,
@@ -661,26 +680,38 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     if text:
         backend.pipe  # noqa: B018 - load the model now: a bad --model fails before any write
     if name is None or rec is None:
-        name = project.reserve_name("synthetic", name or opts.backend,
-                                    {"backend": opts.backend, "status": "running"})
+        if dist.is_main:
+            name = project.reserve_name("synthetic", name or opts.backend,
+                                        {"backend": opts.backend, "status": "running"})
+        name = dist.broadcast(name)
         rec = None
     out = (Path(opts.out).resolve() if opts.out else
            project.record_dir("synthetic", name, rec, marker="manifest.jsonl"))
-    if opts.force and out.exists():
-        _remove_synth_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.jsonl"
     summary_path = out / "generation_summary.json"
-    project.update_record(
-        "synthetic", name, backend=opts.backend, model=described.get("model"), dataset=ds_name,
-        classes=list(counts), n=None if opts.balance else (opts.n or DEFAULT_N),
-        requested=counts,
-        balance=opts.balance, seed=opts.seed, dir=project.rel(out),
-        manifest=project.rel(manifest_path), summary=project.rel(summary_path),
-        gen_hash=gen_hash, status="running", device=dev, vocoder=extra.get("vocoder"),
-        filter_run=qf.run if qf else None, min_confidence=opts.min_confidence)
+    if dist.is_main:
+        if opts.force and out.exists():
+            _remove_synth_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
+        project.update_record(
+            "synthetic", name, backend=opts.backend, model=described.get("model"),
+            dataset=ds_name, classes=list(counts),
+            n=None if opts.balance else (opts.n or DEFAULT_N), requested=counts,
+            balance=opts.balance, seed=opts.seed, dir=project.rel(out),
+            manifest=project.rel(manifest_path), summary=project.rel(summary_path),
+            gen_hash=gen_hash, status="running", device=dev.split(":")[0],
+            vocoder=extra.get("vocoder"), filter_run=qf.run if qf else None,
+            min_confidence=opts.min_confidence, processes=dist.world)
+        manifest_path.touch()
+    _sync_project(project, dist)
 
-    batch_size = opts.batch_size or (4 if dev == "cuda" and text else 1)
+    batch_size = opts.batch_size or (4 if dev.startswith("cuda") and text else 1)
+    if dist.distributed:
+        return _generate_sharded(
+            project, opts, dist, name=name, out=out, counts=counts, backend=backend,
+            described=described, prompts=prompts, qf=qf, cycles=cycles, seconds=seconds,
+            batch_size=batch_size, extra=extra, gen_hash=gen_hash, dev=dev,
+            progress=progress)
     fade_s = opts.fade_ms / 1000.0
     writer = ManifestWriter(manifest_path)
     existing = {c.id: c for c in iter_manifest(manifest_path)} \
@@ -749,22 +780,187 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
         writer.close()
         rejected.close()
 
-    # everything generated: indexes, summary, then the record says done
-    all_cycles = sorted(existing.values(), key=lambda c: c.id)
+    return _finish_set(project, opts, name=name, out=out, counts=counts,
+                       cycles=list(existing.values()), rejected=rejected.counts(),
+                       described=described, prompts=prompts, extra=extra, gen_hash=gen_hash,
+                       dev=dev, qf=qf, made=made)
+
+
+def _finish_set(project: Any, opts: SynthOptions, *, name: str, out: Path,
+                counts: dict[str, int], cycles: list[Cycle], rejected: Counter,
+                described: dict[str, Any], prompts: Any, extra: dict[str, Any],
+                gen_hash: str, dev: str, qf: Any, made: int) -> SynthResult:
+    """Everything generated: indexes, summary, then the record says done."""
+    from rsctool.data.manifest import file_sha256
+
+    manifest_path = out / "manifest.jsonl"
+    all_cycles = sorted(cycles, key=lambda c: c.id)
     _write_indexes(out, all_cycles)
     sha = file_sha256(manifest_path)
     final_counts = {c: sum(1 for x in all_cycles if x.label == c) for c in counts}
-    summary = _summary(name, opts, described, counts, all_cycles, rejected.counts(), prompts,
+    summary = _summary(name, opts, described, counts, all_cycles, rejected, prompts,
                        {**extra, "manifest": str(manifest_path), "manifest_sha256": sha,
                         "gen_hash": gen_hash, "device": dev,
                         "filter": qf.identity() if qf else None})
-    atomic_write_json(summary_path, summary)
+    atomic_write_json(out / "generation_summary.json", summary)
     project.update_record("synthetic", name, status="done", counts=final_counts, sha256=sha,
                           samples=len(all_cycles),
                           seconds_per_sample=summary["seconds_per_sample"]["all"])
-    return SynthResult(name, out, final_counts, made=made, rejected=dict(rejected.counts()),
+    return SynthResult(name, out, final_counts, made=made, rejected=dict(rejected),
                        seconds_per_sample=summary["seconds_per_sample"]["all"],
                        summary=summary)
+
+
+def _read_part(path: Path) -> list[Cycle]:
+    """The complete records of a manifest part another process may still append to (a
+    torn or partial last line is not read)."""
+    out: list[Cycle] = []
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    lines = raw.split("\n")
+    for line in lines[:-1]:  # the text after the last newline is incomplete
+        if not line.strip():
+            continue
+        try:
+            out.append(Cycle.from_dict(json.loads(line)))
+        except (ValueError, TypeError):
+            break
+    return out
+
+
+def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str, out: Path,
+                      counts: dict[str, int], backend: Any, described: dict[str, Any],
+                      prompts: Any, qf: Any, cycles: Sequence[Cycle], seconds: Any,
+                      batch_size: int, extra: dict[str, Any], gen_hash: str, dev: str,
+                      progress: bool) -> SynthResult:
+    """`run`'s generation with several processes.
+
+    Per class, in rounds: the next ``processes x batch_size`` sample indices still to
+    make (never more than the class still needs), a contiguous batch of them per process.
+    Each process generates and post-processes its batch (and scores it with the quality
+    filter) and writes its kept samples, its own ``manifest.part-R.jsonl`` and
+    ``rejected.part-R.jsonl``; the processes then exchange how many they kept. Sample
+    ``i`` is the same function of ``(--seed, class, i)`` as in one process, and the
+    indices are taken in the same order, so the set equals the one-process set. After a
+    barrier the main process merges the parts into ``manifest.jsonl`` and
+    ``rejected.jsonl`` (the parts are then removed; an interrupted run leaves them, and
+    the next run, with any number of processes, reads them back) and finishes the set.
+    """
+    from rsctool.data.manifest import ManifestWriter, iter_manifest, write_manifest
+    from rsctool.generators import Request, postprocess, sample_seed
+
+    manifest_path = out / "manifest.jsonl"
+    writer = ManifestWriter(out / f"manifest.part-{dist.rank}.jsonl")  # drops a torn tail
+    rejected = _Rejected(out / f"rejected.part-{dist.rank}.jsonl")
+    dist.barrier()  # every part is clean before any process reads the others'
+    existing = {c.id: c for c in iter_manifest(manifest_path)} \
+        if manifest_path.exists() and manifest_path.stat().st_size else {}
+    for part in sorted(out.glob("manifest.part-*.jsonl")):
+        existing.update({c.id: c for c in _read_part(part)})
+    skip: set[tuple[str, int]] = set()
+    for path in [out / "rejected.jsonl", *sorted(out.glob("rejected.part-*.jsonl"))]:
+        skip |= set(_Rejected(path).items)
+    dist.barrier()  # all read the same parts before any process appends to its own
+    source_meta = {c.id: c for c in cycles}
+    kept = Counter(c.label for c in existing.values())
+    fade_s = opts.fade_ms / 1000.0
+    made = 0
+    bar = StepProgress(progress, f"synth {name}", sum(counts.values()),
+                       sum(min(kept[c], n) for c, n in counts.items()))
+    try:
+        for label in counts:
+            target = counts[label]
+            limit = target * (opts.max_tries if qf else 1)
+            pending = (i for i in range(limit)
+                       if cycle_id(name, label, i, opts.backend) not in existing
+                       and (label, i) not in skip)
+            while kept[label] < target:
+                take = [i for _, i in zip(range(min(dist.world * batch_size,
+                                                    target - kept[label])), pending,
+                                          strict=False)]
+                if not take:
+                    break
+                mine = take[dist.rank * batch_size:(dist.rank + 1) * batch_size]
+                batch = [Request(label, i, sample_seed(opts.seed, label, i),
+                                 prompt_for_(prompts, label, i)) for i in mine]
+                n_kept = 0
+                for req, gen in zip(batch, backend.generate(batch) if batch else [],
+                                    strict=True):
+                    length = opts.seconds or gen.target_seconds or seconds or 8.0
+                    wav = postprocess(gen.wav, gen.sample_rate, opts.sample_rate, length,
+                                      peak=opts.peak, fade_s=fade_s)
+                    cyc = _make_cycle(name, opts, out, req, gen, wav, described,
+                                      source_meta.get(gen.info.get("source_cycle")))
+                    if qf is not None:
+                        conf = qf.confidence(wav, opts.sample_rate, label, cyc)
+                        cyc.generator["confidence"] = round(conf, 6)
+                        if conf < qf.min_confidence:
+                            rejected.add({"label": label, "index": req.index,
+                                          "seed": req.seed, "confidence": conf, **gen.info})
+                            continue
+                    _write_sample(out, cyc, wav, opts.sample_rate)
+                    writer.write(cyc)
+                    existing[cyc.id] = cyc
+                    n_kept += 1
+                    made += 1
+                total = int(round(dist.all_sum([n_kept])[0]))
+                kept[label] += total
+                bar.update(advance=total, label=label)
+            if kept[label] < target and dist.is_main:
+                warn(f"synthetic set {name!r}: only {kept[label]} of {target} {label} samples "
+                     f"passed --min-confidence {opts.min_confidence} in {limit} tries "
+                     "(lower it or raise --max-tries)")
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            writer.close()
+            rejected.close()
+            if dist.is_main:
+                project.update_record("synthetic", name, status="interrupted")
+        raise
+    finally:
+        bar.close()
+        writer.close()
+        rejected.close()
+    made = int(round(dist.all_sum([made])[0]))  # also: every process has closed its parts
+    result = None
+    if dist.is_main:
+        merged = {c.id: c for c in iter_manifest(manifest_path)} \
+            if manifest_path.stat().st_size else {}
+        parts = sorted(out.glob("manifest.part-*.jsonl"))
+        for part in parts:
+            merged.update({c.id: c for c in _read_part(part)})
+        order = {label: k for k, label in enumerate(counts)}
+        all_cycles = sorted(merged.values(), key=lambda c: (
+            order.get(c.label, len(order)), int(c.generator.get("index", 0)), c.id))
+        write_manifest(manifest_path, all_cycles)
+        rej_all: dict[tuple[str, int], dict[str, Any]] = {}
+        rej_parts = sorted(out.glob("rejected.part-*.jsonl"))
+        for path in [out / "rejected.jsonl", *rej_parts]:
+            rej_all.update(_Rejected(path).items)
+        if rej_all:
+            atomic_write_text(out / "rejected.jsonl", "".join(
+                json.dumps(d) + "\n" for _, d in sorted(rej_all.items())))
+        for path in [*parts, *rej_parts]:
+            path.unlink(missing_ok=True)
+        result = _finish_set(project, opts, name=name, out=out, counts=counts,
+                             cycles=all_cycles, rejected=Counter(lbl for lbl, _ in rej_all),
+                             described=described, prompts=prompts, extra=extra,
+                             gen_hash=gen_hash, dev=dev.split(":")[0], qf=qf, made=made)
+    from rsctool.train import _sync_project
+
+    _sync_project(project, dist)
+    return dist.broadcast(result)
+
+
+def prompt_for_(prompts: Any, label: str, index: int) -> str | None:
+    """The prompt of sample `index` of `label` (text-to-audio backends), else None."""
+    if not prompts:
+        return None
+    from rsctool.generators.audioldm import prompt_for
+
+    return prompt_for(prompts, label, index)
 
 
 def _make_cycle(name: str, opts: SynthOptions, out: Path, req: Any, gen: Any, wav: Any,
@@ -1053,6 +1249,9 @@ def command(
         help="With a filter: give up on a class after N x this many samples.")] = 4,
     force: Annotated[bool, typer.Option(
         help="Regenerate a set made with other options (deletes its files).")] = False,
+    processes: Annotated[int | None, typer.Option(
+        help="Share the samples out to N processes on this machine (one per GPU): the "
+             "same as `torchrun --nproc-per-node N -m rsctool synth ...`.", min=1)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
     = False,
 ) -> None:
@@ -1076,10 +1275,18 @@ def command(
         mel_noise=mel_noise, gain_db=gain_db, min_confidence=min_confidence,
         filter_run=filter_run, max_tries=max_tries, force=force)
     opts = opts.validate()  # bad options fail before the project is read
+    if processes is not None:
+        from rsctool.distributed import launch_here
+
+        launch_here(processes)  # returns only when this process should do the work
     project = state.load_project(must_exist=opts.backend == "diffwave" or opts.balance
                                  or opts.min_confidence is not None)
     result = run(project, opts, device=state.device, progress=not state.quiet and not json_out,
                  log=lambda msg: info(state, msg))
+    from rsctool.distributed import env_rank
+
+    if env_rank() != 0:
+        return  # the main process reports
     doc = {"name": result.name, "dir": str(result.dir), "counts": result.counts,
            "made": result.made, "rejected": result.rejected, "skipped": result.skipped,
            "seconds_per_sample": result.seconds_per_sample}

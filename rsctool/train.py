@@ -83,6 +83,7 @@ class TrainOptions:
     patience: int = 0
     checkpoint_every: int = 0
     max_steps: int | None = None
+    grad_accum: int = 1
     num_workers: int = 0
     amp: bool = True
     seed: int = 0
@@ -141,7 +142,10 @@ class TrainOptions:
                                   "--task ranking")
             if o.class_order is not None:
                 raise ConfigError("--class-order applies to --task ranking only")
-        for name, v, lo in (("--epochs", o.epochs, 1), ("--batch-size", o.batch_size, 1)):
+        for name, v, lo in (("--epochs", o.epochs, 1), ("--batch-size", o.batch_size, 1),
+                            ("--grad-accum", o.grad_accum, 1)):
+            if name == "--grad-accum" and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"{name} must be an integer, got {v!r}")
             if v < lo:
                 raise ConfigError(f"{name} must be >= {lo}, got {v}")
         if not (o.lr > 0 and o.weight_decay >= 0 and o.warmup_epochs >= 0 and o.mixup >= 0
@@ -327,16 +331,21 @@ class Trainer:
     """One training run. Built from resolved options; `fit()` does the work."""
 
     def __init__(self, project: Any, opts: TrainOptions, run_name: str, run_dir: Path,
-                 device: str, progress: bool = False, log: Callable[[str], None] | None = None):
+                 device: str, progress: bool = False, log: Callable[[str], None] | None = None,
+                 dist: Any = None):
         import torch
 
         from rsctool.data.dataset import CycleDataset, class_balanced_weights, feature_cache
+        from rsctool.distributed import Dist
         from rsctool.losses import build_loss
         from rsctool.models import create_model
         from rsctool.models.metadata import MetadataEncoder
 
         self.project, self.opts, self.run_name, self.dir = project, opts, run_name, run_dir
-        self.device = device
+        # this process's share of a data-parallel run (rsctool.distributed); one process
+        # is the same code path with world 1
+        self.dist = dist if dist is not None else Dist(device=device)
+        self.device = device = self.dist.device if dist is not None else device
         self.progress = progress
         self.log = log or (lambda msg: None)
         self.dataset_name, record = pick_dataset(project, opts.dataset)
@@ -427,6 +436,13 @@ class Trainer:
             self.adversary = AdversarialObjective.for_model(
                 self.model, weight=opts.adv_weight, hidden=opts.adv_hidden,
                 schedule=opts.adv_schedule).to(device)
+        # Training forwards go through these (DistributedDataParallel with several
+        # processes, the modules themselves in one); state dicts come from the modules.
+        self.train_model = self.dist.prepare(
+            self.model, find_unused=self.dist.distributed and _has_unused_parameters(
+                self.model, self.train_set, device))
+        self.train_adversary = (self.dist.prepare(self.adversary)
+                                if self.adversary is not None else None)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad]
             + (list(self.adversary.parameters()) if self.adversary is not None else []),
@@ -438,7 +454,7 @@ class Trainer:
         self.warmup_steps = int(round(opts.warmup_epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_with_warmup(s, self.total_steps, self.warmup_steps))
-        self.use_amp = opts.amp and device == "cuda"
+        self.use_amp = opts.amp and self.dist.device_type == "cuda"
         # bf16 where the GPU has it (Ampere and later): fp32's range, so no loss scaling;
         # fp16 with a GradScaler otherwise.
         self.amp_dtype = (torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported()
@@ -457,7 +473,7 @@ class Trainer:
         from rsctool.environment import collect
 
         # where the run started (a resume keeps it and records its own as `resumed_in`)
-        self.environment: dict[str, Any] = collect(device)
+        self.environment: dict[str, Any] = collect(self.dist.device_type)
         self.resumed_in: list[dict[str, Any]] = []
         self.group: str | None = None  # set by run() for a member of a seed sweep
 
@@ -498,6 +514,10 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
             "synthetic": self.synthetic.summary(),
+            # how this invocation computes the global batch (a resume may differ)
+            "distributed": {**self.dist.describe(), "grad_accum": self.opts.grad_accum,
+                            "per_process_batch": self.opts.batch_size
+                            // (self.dist.world * self.opts.grad_accum)},
             **self.provenance(),
         }
 
@@ -517,7 +537,10 @@ class Trainer:
             "ghm_stats": self.ghm_stats,
         }
 
-    def save(self, name: str, *, full: bool = True) -> Path:
+    def save(self, name: str, *, full: bool = True, gather: bool = True) -> Path:
+        """Write checkpoint `name` (main process only). A full one holds every process's
+        RNG state: with several processes that is a collective (all must call it), unless
+        not `gather` (an interrupted run: the main process's own state only)."""
         from rsctool.checkpoint import save_checkpoint
 
         path = self.dir / name
@@ -526,9 +549,15 @@ class Trainer:
             extras["adversary"] = self.adversary
         if full and any(True for _ in self.loss_fn.buffers()):
             extras["loss"] = self.loss_fn  # e.g. the GHM moving averages: resume exactly
-        save_checkpoint(path, model=self.model, state=self._state(),
-                        optimizer=self.optimizer if full else None, rng=full,
-                        extras=extras or None)
+        rng_extra = None
+        if full and gather and self.dist.distributed:
+            states = self.dist.all_gather(_rng_state(self.dist))
+            rng_extra = {f"rank{r}.{k}": v for r, st in enumerate(states) if r > 0
+                         for k, v in st.items()}
+        if self.dist.is_main:
+            save_checkpoint(path, model=self.model, state=self._state(),
+                            optimizer=self.optimizer if full else None, rng=full,
+                            extras=extras or None, rng_extra=rng_extra)
         return path
 
     def restore(self, path: Path) -> None:
@@ -573,7 +602,11 @@ class Trainer:
         self.scheduler.last_epoch = self.step
         for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
             g["lr"] = base * cosine_with_warmup(self.step, self.total_steps, self.warmup_steps)
-        ck.restore_rng()
+        if not ck.restore_rng(self.dist.rank) and self.dist.rank > 0:
+            # a process the checkpointed run did not have: a fresh stream of its own
+            import torch
+
+            torch.manual_seed(rank_seed(self.opts.seed, self.dist.rank, self.step))
 
     # ----- loops -----------------------------------------------------------------------
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -584,29 +617,39 @@ class Trainer:
             out["meta"] = {k: v.to(dev, non_blocking=True) for k, v in batch["meta"].items()}
         return out
 
-    def _loader(self, dataset: Any, indices: Any) -> Any:
+    def _loader(self, dataset: Any, batches: list[list[int]]) -> Any:
+        """Loads `batches` (lists of dataset indices: this process's micro-batches)."""
         import torch
 
         from rsctool.data.dataset import collate
 
-        subset = torch.utils.data.Subset(dataset, indices.tolist())
         return torch.utils.data.DataLoader(
-            subset, batch_size=self.opts.batch_size, shuffle=False, collate_fn=collate,
-            num_workers=self.opts.num_workers, pin_memory=self.device == "cuda",
+            dataset, batch_sampler=batches, collate_fn=collate,
+            num_workers=self.opts.num_workers, pin_memory=self.dist.device_type == "cuda",
             persistent_workers=False, generator=_loader_generator(self.opts.seed, self.epoch))
 
     def train_epoch(self, on_step: Callable[[], None] | None = None) -> dict[str, float]:
+        """One epoch (or what is left of it). ``--batch-size`` is the global batch: each
+        optimizer step sees the same samples whatever the number of processes and
+        accumulation steps (`micro_batches` splits it), and the per-sample mean loss of
+        the global batch, so the gradient is the one-process gradient."""
         import torch
 
         from rsctool.data.dataset import epoch_order, mixup, spec_augment
 
-        opts = self.opts
+        opts, dist = self.opts, self.dist
         self.model.train()
         if self.adversary is not None:
             self.adversary.train()
         order = epoch_order(len(self.train_set), self.epoch, opts.seed, self.sample_weights)
         done_in_epoch = self.step - self.epoch * self.steps_per_epoch
-        order = order[done_in_epoch * opts.batch_size:]
+        order_list = order[done_in_epoch * opts.batch_size:].tolist()
+        plan: list[tuple[list[int], float, bool]] = []
+        for k in range(0, len(order_list), opts.batch_size):
+            plan += micro_batches(order_list[k:k + opts.batch_size], opts.batch_size,
+                                  dist.world, opts.grad_accum, dist.rank)
+        # with several processes each GHM loss sees (and its statistics count) only its
+        # own process's share of the batch
         ghm = getattr(self.loss_fn, "ghm", None)
         if ghm is not None and (self.ghm_acc is None
                                 or self.ghm_acc.get("epoch") != self.epoch + 1):
@@ -615,10 +658,13 @@ class Trainer:
                             "g_sum": 0.0, "density": None, "bin_weights": None}
         total_loss, n_seen, t0 = 0.0, 0, time.perf_counter()
         set_progress = getattr(self.model, "set_progress", None)
-        for batch in self._loader(self.train_set, order):
+        first = True  # the next micro-batch starts an optimizer step
+        loss = torch.zeros(())
+        loader = self._loader(self.train_set, [p[0] for p in plan])
+        for (_, factor, sync), batch in zip(plan, loader, strict=True):
             if self.step >= self.total_steps:
                 break
-            if set_progress is not None:
+            if first and set_progress is not None:
                 set_progress(self.step / max(1, self.total_steps))
             b = self._to_device(batch)
             x, y = b["x"], b["y"]
@@ -628,14 +674,31 @@ class Trainer:
                 x, y = mixup(x, y, len(self.classes), opts.mixup)
             if ghm is not None:
                 ghm.last_stats = None  # a ranking batch without pairs leaves it None
-            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.use_amp):
-                out = self.model(x, b.get("meta"))
-                loss = self.loss_fn(out, y)
-                if self.adversary is not None:  # domain CE through gradient reversal
-                    loss = loss + self.adversary(out, b["domain"],
-                                                 self.step / max(1, self.total_steps))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            # accumulation micro-steps skip the gradient all-reduce; the last one syncs
+            sync_ctx = (contextlib.nullcontext() if sync
+                        else dist.no_sync(self.train_model, self.train_adversary))
+            with sync_ctx:
+                with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.use_amp):
+                    out = self.train_model(x, b.get("meta"))
+                    loss = self.loss_fn(out, y)
+                    if self.adversary is not None:  # domain CE through gradient reversal
+                        loss = loss + self.train_adversary(out, b["domain"],
+                                                           self.step / max(1, self.total_steps))
+                if first:
+                    self.optimizer.zero_grad(set_to_none=True)
+                # this micro-batch's share of the global batch mean (DDP averages over
+                # processes); exactly the loss itself in one process without accumulation
+                scaled = loss if factor == 1.0 else loss * factor
+                self.scaler.scale(scaled).backward()
+            first = False
+            if factor > 0:
+                total_loss += float(loss.detach()) * len(x)
+                n_seen += len(x)
+                if ghm is not None and ghm.last_stats is not None:
+                    _accumulate_ghm(self.ghm_acc, ghm.last_stats)
+            if not sync:
+                continue
+            first = True
             self.scaler.step(self.optimizer)
             self.scaler.update()
             with warnings.catch_warnings():
@@ -646,18 +709,17 @@ class Trainer:
                                         UserWarning)
                 self.scheduler.step()
             self.step += 1
-            if ghm is not None and ghm.last_stats is not None:
-                _accumulate_ghm(self.ghm_acc, ghm.last_stats)
-            total_loss += float(loss.detach()) * len(x)
-            n_seen += len(x)
             if on_step is not None:
                 on_step()
             if opts.checkpoint_every and self.step % opts.checkpoint_every == 0:
                 self.save("last.safetensors")
             self._bar.update(loss=float(loss.detach()), epoch=self.epoch + 1)
         dt = time.perf_counter() - t0
-        return {"train_loss": total_loss / max(1, n_seen),
-                "samples_per_s": n_seen / dt if dt > 0 else 0.0,
+        # over all processes (the count of contributing processes proves how many ran)
+        total_loss, n_all, processes = dist.all_sum([total_loss, n_seen, 1.0])
+        return {"train_loss": total_loss / max(1.0, n_all),
+                "samples_per_s": n_all / dt if dt > 0 else 0.0,
+                "processes": int(round(processes)),
                 **(self.adversary.epoch_stats() if self.adversary is not None else {})}
 
     @staticmethod
@@ -670,7 +732,6 @@ class Trainer:
         import torch
 
         from rsctool.data.dataset import collate
-        from rsctool.metrics import multilabel_to_class
 
         model.eval()
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
@@ -690,36 +751,39 @@ class Trainer:
                 if embeddings:
                     embs.append(out["embedding"].float().cpu())
         p = torch.cat(probs) if probs else torch.zeros(0, 2 if task == "multilabel" else 1)
-        if task == "ranking":
-            from rsctool.metrics import scores_to_classes
-
-            pred = scores_to_classes(p[:, 0].numpy(), thresholds or []).tolist()
-        elif task == "multilabel":
-            t = thresholds or [0.5, 0.5]
-            pred = multilabel_to_class((p[:, 0] >= t[0]).numpy(), (p[:, 1] >= t[1]).numpy())
-            pred = [int(v) for v in pred]
-        else:
-            pred = p.argmax(-1).tolist()
-        res = {"pred": pred, "probs": p}
+        res = {"pred": predictions(p, task, thresholds), "probs": p}
         if embeddings:
             res["embedding"] = torch.cat(embs) if embs else torch.zeros(0)
         return res
 
     def validate(self) -> dict[str, Any]:
+        """Validation metrics. With several processes each predicts a contiguous share of
+        the validation split and all gather the probabilities, so every process computes
+        the same metrics (and takes the same model-selection and early-stopping steps)."""
+        import torch
+
+        from rsctool.distributed import shard_range
         from rsctool.metrics import choose_thresholds
 
         assert self.val_set is not None
         if self.opts.task == "ranking":
             return self._validate_ranking()
-        out = self.predict(self.model, self.val_set, self.opts.batch_size * 2, self.device,
+        dist = self.dist
+        data: Any = self.val_set
+        if dist.distributed:
+            data = torch.utils.data.Subset(
+                self.val_set, list(shard_range(len(self.val_set), dist.rank, dist.world)))
+        out = self.predict(self.model, data, self.opts.batch_size * 2, self.device,
                            self.opts.task, self.thresholds)
+        probs = out["probs"]
+        if dist.distributed:
+            probs = torch.cat(dist.all_gather(probs))
         if self.opts.task == "multilabel":
-            t = choose_thresholds(out["probs"].numpy(), self.val_set.multilabel.numpy())
+            t = choose_thresholds(probs.numpy(), self.val_set.multilabel.numpy())
             self.thresholds = [float(t[0]), float(t[1])]
-            out = self.predict(self.model, self.val_set, self.opts.batch_size * 2, self.device,
-                               self.opts.task, self.thresholds)
-        m = selection_metrics(self.classes, self.val_set.targets.tolist(), out["pred"])
-        m["loss"] = validation_loss(out["probs"], self.val_set.multilabel
+        pred = predictions(probs, self.opts.task, self.thresholds)
+        m = selection_metrics(self.classes, self.val_set.targets.tolist(), pred)
+        m["loss"] = validation_loss(probs, self.val_set.multilabel
                                     if self.opts.task == "multilabel" else self.val_set.targets)
         return m
 
@@ -771,6 +835,9 @@ class Trainer:
                     if self.opts.task == "ranking":
                         self._train_thresholds()
                 row["seconds"] = time.perf_counter() - t0
+                # every process takes the main process's row and decision (they agree on
+                # the metrics already; this also makes the history identical everywhere)
+                row, improved = self.dist.broadcast((row, improved))
                 self.history.append(row)
                 for tracker in self.trackers:
                     tracker.log(row, step=row["epoch"])
@@ -785,10 +852,11 @@ class Trainer:
                 else:
                     self.bad_epochs += 1
                 self.save("last.safetensors")
-                self._write_history()
-                self.project.update_record("runs", self.run_name, epoch=self.epoch,
-                                           step=self.step, best_score=self.best_select,
-                                           best_epoch=self.best_epoch)
+                if self.dist.is_main:
+                    self._write_history()
+                    self.project.update_record("runs", self.run_name, epoch=self.epoch,
+                                               step=self.step, best_score=self.best_select,
+                                               best_epoch=self.best_epoch)
                 self.log(_epoch_line(row))
                 if opts.patience and self.bad_epochs >= opts.patience:
                     self.log(f"early stopping: no validation improvement in {opts.patience} "
@@ -845,6 +913,106 @@ class Trainer:
         for row in self.history:
             lines.append(",".join("" if row.get(k) is None else f"{row[k]}" for k in keys))
         atomic_write_text(self.dir / "history.csv", "\n".join(lines) + "\n")
+
+
+def predictions(probs: Any, task: str, thresholds: list[float] | None = None) -> list[int]:
+    """Class indices from probabilities `(N, C)` (multilabel: `(N, 2)` sigmoid outputs
+    and their `thresholds`, default 0.5 each; ranking: `(N, 1)` scores and the class
+    boundaries `thresholds`)."""
+    if task == "ranking":  # (N, 1) scores -> classes between the score thresholds
+        from rsctool.metrics import scores_to_classes
+
+        return scores_to_classes(probs[:, 0].numpy(), thresholds or []).tolist()
+    if task == "multilabel":
+        from rsctool.metrics import multilabel_to_class
+
+        t = thresholds or [0.5, 0.5]
+        pred = multilabel_to_class((probs[:, 0] >= t[0]).numpy(),
+                                   (probs[:, 1] >= t[1]).numpy())
+        return [int(v) for v in pred]
+    return probs.argmax(-1).tolist()
+
+
+def micro_batches(batch: Sequence[int], batch_size: int, world: int, accum: int, rank: int
+                  ) -> list[tuple[list[int], float, bool]]:
+    """Process `rank`'s share of one global batch: ``(indices, factor, sync)`` per
+    accumulation micro-step.
+
+    The global batch (`batch_size` samples; the last one of an epoch may be short) is cut
+    into ``world * accum`` chunks of ``batch_size // (world * accum)``; micro-step ``j``
+    of process ``r`` takes chunk ``j * world + r``. `factor` scales that micro-batch's
+    mean loss to its share of the global batch mean, times `world` because
+    DistributedDataParallel averages gradients over processes: the summed gradient is
+    the one-process gradient of the whole batch. `sync` marks the micro-step whose
+    backward all-reduces (the last one with data). A process with no data in that step
+    (a short last batch) runs chunk 0 with factor 0, so it still joins the all-reduce;
+    empty earlier micro-steps are skipped.
+    """
+    m = len(batch)
+    per = batch_size // (world * accum)
+    chunks = [list(batch[q * per:(q + 1) * per]) for q in range(world * accum)]
+    steps = [j for j in range(accum) if chunks[j * world]]
+    out: list[tuple[list[int], float, bool]] = []
+    for j in steps:
+        mine = chunks[j * world + rank]
+        sync = j == steps[-1]
+        if mine:
+            out.append((mine, len(mine) * world / m, sync))
+        elif sync:
+            out.append((chunks[j * world], 0.0, True))
+    return out
+
+
+def _has_unused_parameters(model: Any, dataset: Any, device: str) -> bool:
+    """Whether a training forward of `model` leaves trainable parameters out of the graph
+    (DistributedDataParallel must then look for them every step). One forward and
+    gradient on two training items; the model's state and the RNG are left as found."""
+    import copy
+
+    import torch
+
+    from rsctool.data.dataset import collate
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or len(dataset) == 0:
+        return False
+    state = copy.deepcopy(model.state_dict())
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(torch.device(device)) if device.startswith(
+        "cuda") else None
+    was_training = model.training
+    try:
+        batch = collate([dataset[i] for i in range(min(2, len(dataset)))])
+        meta = ({k: v.to(device) for k, v in batch["meta"].items()}
+                if "meta" in batch else None)
+        model.train()
+        out = model(batch["x"].to(device), meta)
+        total = sum(v.float().sum() for v in out.values()
+                    if torch.is_tensor(v) and v.requires_grad)
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+        return any(g is None for g in grads)
+    finally:
+        model.load_state_dict(state)
+        model.train(was_training)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, torch.device(device))
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The torch seed of process `rank` > 0 of a run (the main process uses `seed`
+    itself), so augmentation differs between processes but is reproducible."""
+    return (int(seed) * 1_000_003 + int(rank) * 7_919 + int(step)) % (2 ** 63)
+
+
+def _rng_state(dist: Any) -> dict[str, Any]:
+    """This process's torch RNG state (and its CUDA device's), for the checkpoint."""
+    import torch
+
+    st = {"torch": torch.get_rng_state()}
+    if dist.device_type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(torch.device(dist.device))
+    return st
 
 
 def _loader_generator(seed: int, epoch: int = 0) -> Any:
@@ -1020,13 +1188,24 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     `trackers`: experiment trackers to mirror the history into (``tensorboard``,
     ``mlflow``; see `rsctool.tracking`). They are presentation, not part of the run's
     options or params hash.
+
+    Under a launcher (``accelerate launch``, ``torchrun``, ``train --processes N``) every
+    process calls this: all read the project, build the same trainer and train on their
+    share of each global batch (`rsctool.distributed`); only the main process writes the
+    project file, checkpoints, history and logs, and the others follow its decisions
+    (the run name; `_sync_project` after its writes).
     """
+    from rsctool.distributed import setup
     from rsctool.tracking import make_trackers
 
     log = log or (lambda msg: None)
     opts = opts.resolve()
     tracker_objs = make_trackers(trackers)  # fail before any work if one is missing
     dev = resolve_device(device)
+    dist = setup(dev)
+    if not dist.is_main:
+        log, progress, tracker_objs = (lambda msg: None), False, []
+    dist.barrier()  # every process has read the project before the main one writes it
     runs = project.section("runs")
     resume_from: Path | None = None
     name: str | None = None
@@ -1052,26 +1231,44 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
 
             opts = TrainOptions(**load_checkpoint(last).state["config"]["options"])
             resume_from = last
+    check_batch_split(opts.batch_size, dist.world, opts.grad_accum)
     _seed_everything(opts.seed, opts.deterministic)
     # Build everything (dataset, model, loss) before touching the project file, so a bad
     # option fails with the project byte-identical.
-    trainer = Trainer(project, opts, name or "(new)", Path(), dev, progress=progress, log=log)
+    trainer = Trainer(project, opts, name or "(new)", Path(), dev, progress=progress, log=log,
+                      dist=dist)
+    if dist.rank > 0:
+        # the model was initialised alike everywhere; augmentation streams differ
+        import torch
+
+        torch.manual_seed(rank_seed(opts.seed, dist.rank))
     opts.dataset = trainer.dataset_name  # resolved: "the last analysed" is no config
     if name is None:
-        if reserve is not None:
-            name, group = reserve()
-        else:
-            name = project.reserve_name("runs", opts.run or opts.model,
-                                        {"model": opts.model, "status": "running"})
+        if dist.is_main:
+            if reserve is not None:
+                name, group = reserve()
+            else:
+                name = project.reserve_name("runs", opts.run or opts.model,
+                                            {"model": opts.model, "status": "running"})
+        name, group = dist.broadcast((name, group))
         opts.run = name
         run_dir = project.state_dir() / "runs" / name
     trainer.run_name, trainer.dir = name, run_dir
     trainer.group = group
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is not None:
         trainer.restore(resume_from)
         log(f"resuming run {name!r} at epoch {trainer.epoch + 1}, step {trainer.step}")
+    if dist.distributed:
+        log(f"{dist.world} processes ({dist.backend}), global batch {opts.batch_size} = "
+            f"{dist.world} x {opts.grad_accum} accumulation step(s) x "
+            f"{opts.batch_size // (dist.world * opts.grad_accum)}")
     config = trainer.run_config()
+    if not dist.is_main:
+        result = trainer.fit()
+        _sync_project(project, dist)
+        return result
     atomic_write_json(run_dir / "config.json", config)
     ids_file = trainer.synthetic.write(run_dir)  # exactly which synthetic cycles it uses
     prov = config
@@ -1090,7 +1287,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         split_hash=prov["split"]["hash"], split=prov["split"]["spec"],
         official_split=prov["split"]["official"], norm=trainer.normalization["norm"],
         norm_mean=trainer.normalization["mean"], norm_std=trainer.normalization["std"],
-        deterministic=opts.deterministic,
+        deterministic=opts.deterministic, processes=dist.world,
         environment=_compact_env(trainer.environment, trainer.resumed_in),
         **{k: v for k, v in (("group", group), ("like", like)) if v is not None})
     if trainer.normalization.get("new"):
@@ -1111,7 +1308,8 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     except KeyboardInterrupt:
         status = "interrupted"
         with contextlib.suppress(Exception):
-            trainer.save("last.safetensors")
+            # no collective here: the other processes are being interrupted too
+            trainer.save("last.safetensors", gather=False)
             project.update_record("runs", name, status="interrupted", epoch=trainer.epoch,
                                   step=trainer.step)
         raise
@@ -1124,7 +1322,28 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     atomic_write_json(run_dir / "summary.json", {
         "run": name, "best_score": result.best_score, "best_epoch": trainer.best_epoch,
         "epochs": result.epochs_done, "steps": result.steps, "history": result.history})
+    _sync_project(project, dist)
     return result
+
+
+def check_batch_split(batch_size: int, processes: int, grad_accum: int) -> None:
+    """ConfigError unless the global batch splits evenly into `processes` x `grad_accum`
+    micro-batches."""
+    if batch_size % (processes * grad_accum):
+        raise ConfigError(
+            f"--batch-size {batch_size} is the global batch: it must be divisible by "
+            f"processes x --grad-accum = {processes} x {grad_accum} = "
+            f"{processes * grad_accum}")
+
+
+def _sync_project(project: Any, dist: Any) -> None:
+    """After the main process wrote the project file: the others wait for it and re-read
+    the file, so their next reads see what it wrote."""
+    if not dist.distributed:
+        return
+    dist.barrier()
+    if not dist.is_main:
+        project.reload()
 
 
 # --------------------------------------------------------------------------- seed sweeps
@@ -1291,7 +1510,12 @@ def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
         results.append(res)
     group = state["group"]
     assert group is not None
-    _finish_group(project, group)
+    from rsctool.distributed import setup
+
+    dist = setup(resolve_device(device))
+    if dist.is_main:
+        _finish_group(project, group)
+    _sync_project(project, dist)
     return GroupResult(group, seed_list, results)
 
 
@@ -1451,8 +1675,10 @@ def command(
     dataset: Annotated[str | None, typer.Option(
         help="Dataset name in the project (default: the last analysed).")] = None,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Run name (with --seeds: the group name, runs NAME-s0, NAME-s1, ...); "
-                      "an unfinished run of that name is resumed.")] = None,
+        "--run", "--run-name",
+        help="Run name (with --seeds: the group name, runs NAME-s0, NAME-s1, ...); "
+             "an unfinished run of that name is resumed. (Under torchrun, spell it "
+             "--run-name: torchrun takes --run for its --run-path.)")] = None,
     seeds: Annotated[list[str] | None, typer.Option(
         "--seeds", help="One run per seed, recorded as a group: --seeds 5 (seeds 0-4) or "
                         "--seeds 0 1 2 3 4. `rsctool eval --group NAME` gives mean and std.",
@@ -1495,6 +1721,14 @@ def command(
     ] = None,
     max_steps: Annotated[int | None, typer.Option(
         help="Stop after this many optimizer steps (quick runs).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(
+        help="Gradient accumulation: compute each --batch-size batch in this many "
+             "micro-batches per process (less memory, same optimizer steps; default 1).")
+    ] = None,
+    processes: Annotated[int | None, typer.Option(
+        help="Data-parallel training in N processes on this machine (one per GPU, or gloo "
+             "on CPU): the same as `torchrun --nproc-per-node N -m rsctool train ...`. "
+             "--batch-size stays the global batch.", min=1)] = None,
     clip_seconds: Annotated[float | None, typer.Option(
         help="Cycle length the model sees, s: shorter cycles are padded by repetition, "
              "longer ones cropped (default 8).")] = None,
@@ -1546,6 +1780,7 @@ def command(
     cli = {"model": model, "size": size, "dataset": dataset, "run": run_name,
            "epochs": epochs, "batch_size": batch_size, "lr": lr, "task": task, "loss": loss,
            "balanced": balanced, "norm": norm, "patience": patience, "max_steps": max_steps,
+           "grad_accum": grad_accum,
            "clip_seconds": clip_seconds, "num_mel_bins": num_mel_bins,
            "specaugment": specaugment}
     values.update({k: v for k, v in cli.items() if v is not None})
@@ -1597,6 +1832,8 @@ def command(
         opts = TrainOptions(**values)
     except TypeError as e:
         raise ConfigError(f"invalid train options: {e}") from None
+    if processes is not None:
+        _launch_processes(processes, opts)  # returns only when this process should train
     lines: list[str] = []
 
     def log(msg: str) -> None:
@@ -1608,6 +1845,10 @@ def command(
         "log": log, "trackers": log_to or (), "explicit": explicit, "like": like}
     if seed_list is not None:
         group = run_group(project, opts, seed_list, **kwargs)
+        from rsctool.distributed import env_rank
+
+        if env_rank() != 0:
+            return  # the main process reports
         docs = [_result_doc(r) for r in group.results]
         if json_out:
             print_json({"group": group.group, "seeds": group.seeds, "runs": docs,
@@ -1623,6 +1864,10 @@ def command(
                     f"{spread} (rsctool eval --group {group.group})")
         return
     result = run(project, opts, **kwargs)
+    from rsctool.distributed import env_rank
+
+    if env_rank() != 0:
+        return  # the main process reports
     doc = _result_doc(result)
     if json_out:
         print_json(doc)
@@ -1633,6 +1878,18 @@ def command(
         what = " (pairwise accuracy)" if opts.task == "ranking" else ""
         info(state, f"run {result.run!r}: best validation score{what} {score}; "
                     f"checkpoints in {result.dir}")
+
+
+def _launch_processes(processes: int, opts: TrainOptions) -> None:
+    """``train --processes N``: start N processes running this same command (torch's
+    elastic launcher, as torchrun does) and exit with their exit code. Returns (without
+    launching) for N = 1, and inside a process a launcher started with N processes."""
+    from rsctool.distributed import launch_here, launched_world_size
+
+    if launched_world_size() == 1 and processes > 1:
+        resolved = opts.resolve()
+        check_batch_split(resolved.batch_size, processes, resolved.grad_accum)
+    launch_here(processes)
 
 
 def _result_doc(result: TrainResult) -> dict[str, Any]:

@@ -506,7 +506,7 @@ class VocoderTrainer:
         self.seconds = 0.0
         alpha_cum = np.cumprod(1.0 - cfg.betas())
         self.noise_level = torch.tensor(alpha_cum.astype(np.float32), device=device)
-        self.amp = device == "cuda" and torch.cuda.is_bf16_supported()
+        self.amp = str(device).startswith("cuda") and torch.cuda.is_bf16_supported()
 
     @property
     def checkpoint(self) -> Path:
