@@ -1041,6 +1041,8 @@ def print_eval(doc: dict[str, Any]) -> None:
                    _pct(doc["per_class_recall"][k]))
     err_console.print(cm)
     for title, key in (("per device", "per_device"), ("per site", "per_site")):
+        if set(doc[key]) <= {"unknown"}:  # no device/site recorded (e.g. folder data)
+            continue
         g = Table(title=f"{title} (%)", title_justify="left")
         for col in (title.split()[1], "n", "Sp", "Se", "Score", "2-class Score", "accuracy"):
             g.add_column(col, justify="left" if col == title.split()[1] else "right")
