@@ -553,7 +553,7 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     """
     from rsctool.data.manifest import ManifestWriter, file_sha256, iter_manifest
     from rsctool.distributed import setup
-    from rsctool.generators import Request, postprocess, sample_seed
+    from rsctool.generators import Request, sample_seed
     from rsctool.train import _sync_project, resolve_device
 
     log = log or (lambda msg: None)
@@ -712,7 +712,6 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
             described=described, prompts=prompts, qf=qf, cycles=cycles, seconds=seconds,
             batch_size=batch_size, extra=extra, gen_hash=gen_hash, dev=dev,
             progress=progress)
-    fade_s = opts.fade_ms / 1000.0
     writer = ManifestWriter(manifest_path)
     existing = {c.id: c for c in iter_manifest(manifest_path)} \
         if manifest_path.stat().st_size else {}
@@ -742,19 +741,10 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                 if not batch:
                     continue
                 for req, gen in zip(batch, backend.generate(batch), strict=True):
-                    length = opts.seconds or gen.target_seconds or seconds or 8.0
-                    wav = postprocess(gen.wav, gen.sample_rate, opts.sample_rate, length,
-                                      peak=opts.peak, fade_s=fade_s)
-                    cyc = _make_cycle(name, opts, out, req, gen, wav, described,
-                                      source_meta.get(gen.info.get("source_cycle")))
-                    if qf is not None:
-                        conf = qf.confidence(wav, opts.sample_rate, label, cyc)
-                        cyc.generator["confidence"] = round(conf, 6)
-                        if conf < qf.min_confidence:
-                            rejected.add({"label": label, "index": req.index, "seed": req.seed,
-                                          "confidence": conf, **gen.info})
-                            continue
-                    _write_sample(out, cyc, wav, opts.sample_rate)
+                    cyc = _keep_sample(name, opts, out, req, gen, described, source_meta,
+                                       seconds, qf, rejected)
+                    if cyc is None:
+                        continue
                     writer.write(cyc)
                     existing[cyc.id] = cyc
                     kept[label] += 1
@@ -849,7 +839,7 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
     the next run, with any number of processes, reads them back) and finishes the set.
     """
     from rsctool.data.manifest import ManifestWriter, iter_manifest, write_manifest
-    from rsctool.generators import Request, postprocess, sample_seed
+    from rsctool.generators import Request, sample_seed
 
     manifest_path = out / "manifest.jsonl"
     writer = ManifestWriter(out / f"manifest.part-{dist.rank}.jsonl")  # drops a torn tail
@@ -865,7 +855,6 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
     dist.barrier()  # all read the same parts before any process appends to its own
     source_meta = {c.id: c for c in cycles}
     kept = Counter(c.label for c in existing.values())
-    fade_s = opts.fade_ms / 1000.0
     made = 0
     bar = StepProgress(progress, f"synth {name}", sum(counts.values()),
                        sum(min(kept[c], n) for c, n in counts.items()))
@@ -888,19 +877,10 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
                 n_kept = 0
                 for req, gen in zip(batch, backend.generate(batch) if batch else [],
                                     strict=True):
-                    length = opts.seconds or gen.target_seconds or seconds or 8.0
-                    wav = postprocess(gen.wav, gen.sample_rate, opts.sample_rate, length,
-                                      peak=opts.peak, fade_s=fade_s)
-                    cyc = _make_cycle(name, opts, out, req, gen, wav, described,
-                                      source_meta.get(gen.info.get("source_cycle")))
-                    if qf is not None:
-                        conf = qf.confidence(wav, opts.sample_rate, label, cyc)
-                        cyc.generator["confidence"] = round(conf, 6)
-                        if conf < qf.min_confidence:
-                            rejected.add({"label": label, "index": req.index,
-                                          "seed": req.seed, "confidence": conf, **gen.info})
-                            continue
-                    _write_sample(out, cyc, wav, opts.sample_rate)
+                    cyc = _keep_sample(name, opts, out, req, gen, described, source_meta,
+                                       seconds, qf, rejected)
+                    if cyc is None:
+                        continue
                     writer.write(cyc)
                     existing[cyc.id] = cyc
                     n_kept += 1
@@ -982,6 +962,30 @@ def _make_cycle(name: str, opts: SynthOptions, out: Path, req: Any, gen: Any, wa
                  crackle=crackle, wheeze=wheeze, recording=stem,
                  sample_rate=opts.sample_rate, source="synthetic", generator=generator,
                  **meta)
+
+
+def _keep_sample(name: str, opts: SynthOptions, out: Path, req: Any, gen: Any,
+                 described: dict[str, Any], source_meta: dict[str, Cycle],
+                 seconds: float | None, qf: Any, rejected: Any) -> Cycle | None:
+    """Post-process one generated sample (resample, crop/pad to its length, peak, fades),
+    score it with the quality filter, and write it; None (recorded in `rejected`) when
+    the filter turns it down."""
+    from rsctool.generators import postprocess
+
+    length = opts.seconds or gen.target_seconds or seconds or 8.0
+    wav = postprocess(gen.wav, gen.sample_rate, opts.sample_rate, length, peak=opts.peak,
+                      fade_s=opts.fade_ms / 1000.0)
+    cyc = _make_cycle(name, opts, out, req, gen, wav, described,
+                      source_meta.get(gen.info.get("source_cycle")))
+    if qf is not None:
+        conf = qf.confidence(wav, opts.sample_rate, req.label, cyc)
+        cyc.generator["confidence"] = round(conf, 6)
+        if conf < qf.min_confidence:
+            rejected.add({"label": req.label, "index": req.index, "seed": req.seed,
+                          "confidence": conf, **gen.info})
+            return None
+    _write_sample(out, cyc, wav, opts.sample_rate)
+    return cyc
 
 
 def _write_sample(out: Path, cycle: Cycle, wav: Any, sample_rate: int) -> None:
