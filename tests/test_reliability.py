@@ -85,18 +85,28 @@ def test_sigkill_then_rerun_matches_uninterrupted(project_dir):
         assert torch.equal(v, b.model_state[k]), k
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT delivered and handled by default, whatever this
+    test process inherited from earlier tests (a library that left SIGINT ignored or
+    blocked in the parent makes the child ignore Ctrl-C, as a shell's background job)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resumes(project_dir):
     # batch 4: ~4x the steps of TRAIN, so that on a loaded machine the signal still lands
     # long before the last step (it once arrived after training had finished)
     args = [*TRAIN[:TRAIN.index("--batch-size")], "--batch-size", "4",
             *TRAIN[TRAIN.index("--batch-size") + 2:], "--run", "intr"]
-    proc = _rsctool(project_dir, *args)
+    proc = _rsctool(project_dir, *args, preexec_fn=_default_sigint)
     ckpt = project_dir / ".rsctool" / "runs" / "intr" / "last.safetensors"
     _wait_for_step(ckpt, 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()
+    assert proc.returncode == 130, (
+        f"{err.decode()}\n(parent: SIGINT handler {signal.getsignal(signal.SIGINT)!r}, "
+        f"blocked {signal.pthread_sigmask(signal.SIG_BLOCK, [])!r})")
     text = err.decode()
     assert "interrupted" in text and "Traceback" not in text
     rec = Project.load(project_dir / "rsctool.toml").get("runs", "intr")

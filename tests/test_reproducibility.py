@@ -421,13 +421,16 @@ def _recipe_commands(script: Path) -> list[list[str]]:
     import shlex
 
     text = script.read_text(encoding="utf-8").replace("\\\n", " ")
-    stand_in = {"SEEDS": "5", "m": "ast", "g": "ast-real"}
+    stand_in = {"SEEDS": "5", "m": "ast", "g": "ast-real", "n": "500", "N_SYNTH": "100"}
     out = []
     for line in text.splitlines():
         line = line.strip()
         if not line.startswith("$RSCTOOL "):
             continue
-        line = re.sub(r"\$\{?(\w+)\}?", lambda m: stand_in.get(m.group(1), "x"), line)
+        # option lists (`$FAST_TRAIN`, `$extra`) stand for no option at all here
+        line = re.sub(r"\$\{?(\w+)\}?",
+                      lambda m: "" if m.group(1).startswith("FAST_") or m.group(1) == "extra"
+                      else stand_in.get(m.group(1), "x"), line)
         out.append(shlex.split(line)[1:])
     return out
 
@@ -447,8 +450,8 @@ def test_recipes_use_existing_options_and_seed_groups(script):
             assert ctx.params["split"] == "official"
         if args[0] == "train":
             assert ctx.params["seeds"] == ["5"] and ctx.params["run_name"]
-        if args[0] == "eval":
-            assert ctx.params["group"]
+        if args[0] == "eval":  # a seed group, or its runs beside the other models'
+            assert ctx.params["group"] or ctx.params["runs"]
     text = (EXAMPLES / script).read_text(encoding="utf-8")
     assert "Paper (seed 00" in text  # the number the paper reports sits next to the command
     doc = (EXAMPLES.parent / "docs" / "reproducing.md").read_text(encoding="utf-8")
