@@ -24,8 +24,11 @@ from rsctool.docgen import check_command, cli_options
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.sh"))
-#: test_sweep_ends_with_a_table_csv_and_json runs sweep.sh with more checks.
-RUN_SEPARATELY = ("sweep.sh",)
+#: Scripts run by other tests with more checks: sweep.sh by
+#: test_sweep_ends_with_a_table_csv_and_json, demo.sh by
+#: test_demo.py::test_readme_demo_reaches_the_quality_bar (the whole demo), and
+#: folder-ranking-ghm.sh by test_ranking.py::test_example_script_runs.
+RUN_SEPARATELY = ("sweep.sh", "demo.sh", "folder-ranking-ghm.sh")
 
 #: Fast-mode wall-clock budget per script (s) on the 2-core CI machine; a script that
 #: needs more should trim its fast mode.
