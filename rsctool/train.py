@@ -883,7 +883,17 @@ class Trainer:
         """Close the GHM histogram of the epoch: append it to ``ghm_stats.json``."""
         acc = self.ghm_acc
         self.ghm_acc = None
-        if not acc or not acc["steps"]:
+        if not acc:
+            return
+        if self.dist.distributed:
+            # every process's share of the batches (a collective: all processes close the
+            # same epochs); density and EMA stay the main process's own
+            k = len(acc["counts"])
+            s = self.dist.all_sum([acc["steps"], acc["n"], acc["g_sum"], *acc["counts"],
+                                   *acc["weight_sums"]])
+            acc.update(steps=int(round(s[0])), n=int(round(s[1])), g_sum=s[2],
+                       counts=[int(round(v)) for v in s[3:3 + k]], weight_sums=s[3 + k:])
+        if not acc["steps"]:
             return
         ghm = self.loss_fn.ghm
         n = max(1, acc["n"])
@@ -900,7 +910,8 @@ class Trainer:
             "ema_density": [float(v) for v in ghm.density.tolist()],
             "g_mean": acc["g_sum"] / n,
         })
-        atomic_write_json(self.dir / "ghm_stats.json", self.ghm_stats)
+        if self.dist.is_main:
+            atomic_write_json(self.dir / "ghm_stats.json", self.ghm_stats)
 
     def _write_history(self) -> None:
         atomic_write_json(self.dir / "history.json", self.history)

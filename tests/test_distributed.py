@@ -328,3 +328,18 @@ def test_error_inside_the_processes_is_one_line(project):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "--dataset 'nope' is not in the project" in lines[0], lines
     assert project.path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_ghm_statistics_cover_every_process(project):
+    """With 2 processes the epoch's GHM histogram counts the examples of both (the main
+    process writes it), as one process does."""
+    one = run(project, TrainOptions(run="ghm-one", epochs=1, loss="ghm", **PARITY))
+    _check(_cli(project.path, "train", *PARITY_ARGS, "--epochs", "1", "--loss", "ghm",
+                "--run", "ghm-two", "--processes", "2"))
+    project.reload()
+    a = json.loads((one.dir / "ghm_stats.json").read_text())
+    b = json.loads((project.abs(project.get("runs", "ghm-two")["dir"]) / "ghm_stats.json")
+                   .read_text())
+    assert [s["epoch"] for s in b] == [1]
+    assert b[0]["n"] == a[0]["n"] == sum(b[0]["counts"]) > 0
