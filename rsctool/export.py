@@ -442,10 +442,11 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     x0, meta0, _ = inputs.batch(0, min(2, inputs.n))
     example = (x0, *meta0)
     out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _claim_output(out, project.state_dir() / "locks")
     tmp_files: list[Path] = []
 
     def tmp_path(tag: str) -> Path:
-        fd, p = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".{tag}.tmp.onnx",
+        fd, p = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{tag}.tmp.onnx",
                                  dir=out.parent)
         os.close(fd)
         tmp_files.append(Path(p))
@@ -507,10 +508,33 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
         for p in tmp_files:
             with contextlib.suppress(OSError):
                 p.unlink()
+        lock.release()
     doc.update(status="done", sha256=file_sha256(out), size_bytes=out.stat().st_size,
                inputs_hash=inputs_hash, seconds=round(time.perf_counter() - t0, 3))
     project.set_record("exports", ename, doc)
     return {"name": ename, **doc, "skipped": False}
+
+
+def _claim_output(out: Path, lock_dir: Path) -> Any:
+    """Hold the export lock of output file `out` (released by the caller) and remove the
+    temp files a killed export of it left behind: while the lock is held no other export
+    writes them. Another process exporting to `out` now is a ConfigError. The lock file
+    lives in `lock_dir` (the project's state folder), not beside a user's output."""
+    import filelock
+
+    from rsctool.utils import sha256_text
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(lock_dir / f"export-{sha256_text(str(out))[:16]}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise ConfigError(f"{out} is being exported by another rsctool process; wait for "
+                          "it or choose another --out") from None
+    for stale in out.parent.glob(f".{out.name}.*.tmp.onnx"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    return lock
 
 
 # --------------------------------------------------------------------------- command

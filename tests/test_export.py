@@ -152,6 +152,30 @@ def test_unchanged_export_is_a_noop_unless_forced(proj):
     assert other["skipped"] is False and other["opset"] == 18
 
 
+def test_concurrent_export_of_one_file_is_refused(proj):
+    """While one export writes a file, another export of that file exits 2 and writes
+    nothing; stale temp files of a killed export of it are removed by the next one."""
+    import filelock
+
+    out = proj.parent / ".rsctool" / "runs" / "cnn" / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    before = proj.read_bytes()
+    from rsctool.utils import sha256_text
+
+    key = sha256_text(str(out.resolve()))[:16]
+    with filelock.FileLock(str(proj.parent / ".rsctool" / "locks" / f"export-{key}.lock")):
+        r = invoke(proj, "export", "--run", "cnn")
+        assert r.exit_code == 2, r.output
+        assert "is being exported by another rsctool process" in r.output
+    assert not out.exists() and proj.read_bytes() == before
+    stale = out.with_name(".model.onnx.abc123.fp32.tmp.onnx")
+    stale.write_bytes(b"half a model")
+    other = out.with_name(".model.int8.onnx.abc123.int8.tmp.onnx")  # another output's
+    other.write_bytes(b"live")
+    export_json(proj, "--run", "cnn")
+    assert not stale.exists() and other.exists()
+
+
 def test_failed_parity_leaves_no_file_and_records_the_failure(proj, monkeypatch, tmp_path):
     import rsctool.export as export
 

@@ -236,6 +236,7 @@ def test_sigkill_during_export_never_records_partial_output(trained_dir, delay):
     assert doc["status"] == "done" and doc["parity_max_abs"] <= 1e-4
     assert file_sha256(out) == doc["sha256"]
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert not list(out.parent.glob(".*.tmp.onnx"))  # the killed export's temp files too
 
 
 # ------------------------------------------------------------------ concurrency (slow)
