@@ -754,9 +754,7 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                     _write_indexes(out, list(existing.values()))
                     last_index = time.monotonic()
             if kept[label] < target:
-                warn(f"synthetic set {name!r}: only {kept[label]} of {target} {label} samples "
-                     f"passed --min-confidence {opts.min_confidence} in {limit} tries "
-                     "(lower it or raise --max-tries)")
+                _warn_filter_shortfall(name, label, kept[label], target, opts, limit)
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
             writer.close()
@@ -889,9 +887,7 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
                 kept[label] += total
                 bar.update(advance=total, label=label)
             if kept[label] < target and dist.is_main:
-                warn(f"synthetic set {name!r}: only {kept[label]} of {target} {label} samples "
-                     f"passed --min-confidence {opts.min_confidence} in {limit} tries "
-                     "(lower it or raise --max-tries)")
+                _warn_filter_shortfall(name, label, kept[label], target, opts, limit)
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
             writer.close()
@@ -962,6 +958,13 @@ def _make_cycle(name: str, opts: SynthOptions, out: Path, req: Any, gen: Any, wa
                  crackle=crackle, wheeze=wheeze, recording=stem,
                  sample_rate=opts.sample_rate, source="synthetic", generator=generator,
                  **meta)
+
+
+def _warn_filter_shortfall(name: str, label: str, kept: int, target: int,
+                           opts: SynthOptions, tries: int) -> None:
+    warn(f"synthetic set {name!r}: only {kept} of {target} {label} samples passed "
+         f"--min-confidence {opts.min_confidence} in {tries} tries (lower it or raise "
+         "--max-tries)")
 
 
 def _keep_sample(name: str, opts: SynthOptions, out: Path, req: Any, gen: Any,
