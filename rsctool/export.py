@@ -153,7 +153,11 @@ def export_wrapper(model: Any, *, task: str, needs_metadata: bool, fbank: Any = 
                 x = self.fbank(x)
             md = dict(zip(META_KEYS, meta, strict=True)) if needs_metadata else None
             logits = self.model(x, md)["logits"]
-            probs = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, -1)
+            if task == "ranking":  # (B, 1) score: no probabilities; "probs" repeats it
+                probs = logits[:, :1]
+            else:
+                probs = (torch.sigmoid(logits) if task == "multilabel"
+                         else torch.softmax(logits, -1))
             return logits, probs
 
     # torch.onnx.export puts the wrapper back into its own mode afterwards: build it in
@@ -404,9 +408,6 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     t0 = time.perf_counter()
     name = select_runs(project, opts.run, [])[0][0]
     loaded = load_run(project, name, opts.checkpoint, "cpu")
-    if loaded.task == "ranking":
-        raise ConfigError(f"run {name!r} is a ranking run (one score per example): export "
-                          "supports classification runs only; use `rsctool eval` for it")
     if loaded.config.get("needs_metadata") and loaded.encoder is None:
         raise DataError("checkpoint of a metadata model lacks its metadata encoder",
                         loaded.checkpoint)

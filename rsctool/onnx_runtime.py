@@ -165,8 +165,13 @@ class ModelSpec:
     def validate(self, path: str | os.PathLike | None = None) -> ModelSpec:
         if not self.classes or not all(isinstance(c, str) for c in self.classes):
             raise DataError(f"ONNX metadata: bad class names {self.classes!r}", path)
-        if self.task not in ("multiclass", "multilabel"):
+        if self.task not in ("multiclass", "multilabel", "ranking"):
             raise DataError(f"ONNX metadata: unknown task {self.task!r}", path)
+        if self.task == "ranking" and (not self.thresholds
+                                       or len(self.thresholds) != len(self.classes) - 1):
+            raise DataError(f"ONNX metadata: a ranking model needs {len(self.classes) - 1} "
+                            f"score thresholds for its {len(self.classes)} classes, got "
+                            f"{self.thresholds!r}", path)
         if self.task == "multilabel" and self.classes != MULTILABEL_CLASSES:
             raise DataError(f"ONNX metadata: a multilabel model needs the classes "
                             f"{MULTILABEL_CLASSES}, got {self.classes}", path)
@@ -234,18 +239,24 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def decide(logits: np.ndarray, task: str, thresholds: Sequence[float] | None = None
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Predicted classes from logits `(B, C)`, as `Trainer.predict` decides.
 
     Multiclass: argmax of the softmax. Multilabel: crackle = sigmoid >= threshold (and
     wheeze likewise; 0.5 when no thresholds), mapped to normal/crackle/wheeze/both; the
-    class probabilities are then (1-c)(1-w), c(1-w), (1-c)w, cw.
+    class probabilities are then (1-c)(1-w), c(1-w), (1-c)w, cw. Ranking: one score per
+    example `(B, 1)`; the class is the number of ascending `thresholds` it reaches (as
+    `rsctool.metrics.scores_to_classes`); there are no class probabilities.
 
     Returns:
-        ``(pred (B,) int, class_probs (B, C') float, raw_probs (B, C))`` where raw_probs
-        are the softmax or the two sigmoids.
+        ``(pred (B,) int, class_probs (B, C') float or None (ranking), raw (B, C))``
+        where raw is the softmax, the two sigmoids or the score.
     """
     logits = np.asarray(logits, dtype=np.float64)
+    if task == "ranking":
+        t = np.sort(np.asarray(list(thresholds or []), dtype=np.float64))
+        pred = np.searchsorted(t, logits[:, 0], side="right").astype(np.int64)
+        return pred, None, logits[:, :1]
     if task == "multilabel":
         p = sigmoid(logits)
         t = list(thresholds) if thresholds else [0.5, 0.5]

@@ -176,10 +176,6 @@ class TorchBackend:
 
         self.device = resolve_device(device)
         self.loaded = load_run(project, run, checkpoint, self.device)
-        if self.loaded.task == "ranking":
-            raise ConfigError(f"run {run!r} is a ranking run (one score per example): "
-                              "predict supports classification runs only; use "
-                              "`rsctool eval` for it")
         if self.loaded.config.get("needs_metadata") and self.loaded.encoder is None:
             raise DataError("checkpoint of a metadata model lacks its metadata encoder",
                             self.loaded.checkpoint)
@@ -555,18 +551,21 @@ def merge_segments(records: Sequence[Mapping[str, Any]], classes: Sequence[str]
         if has_normal and label == "normal":
             open_ = False
             continue
-        p = (1.0 - r["probabilities"]["normal"]) if has_normal else r["probabilities"][label]
+        probs = r.get("probabilities")  # None for a ranking model (scores)
+        p = (None if probs is None else
+             (1.0 - probs["normal"]) if has_normal else probs[label])
         seg = segments[-1] if segments else None
         if (open_ and seg is not None and r["start"] <= seg["end"] + 1e-9
                 and (has_normal or seg["label"] == label)):
             seg["end"] = max(seg["end"], r["end"])
             seg["labels"][label] = seg["labels"].get(label, 0) + 1
             seg["windows"] += 1
-            seg["max_probability"] = max(seg["max_probability"], round(p, 6))
+            if p is not None:
+                seg["max_probability"] = max(seg["max_probability"], round(p, 6))
         else:
             segments.append({"start": r["start"], "end": r["end"], "label": label,
                              "labels": {label: 1}, "windows": 1,
-                             "max_probability": round(p, 6)})
+                             "max_probability": None if p is None else round(p, 6)})
         open_ = True
     order = {c: i for i, c in enumerate(classes)}
     for seg in segments:
@@ -635,8 +634,10 @@ class Predictor:
                     "file": where, "type": it.kind, "index": it.index,
                     "start": round(it.start, 4), "end": round(it.end, 4),
                     "label": spec.classes[int(pred[j])],
-                    "probabilities": {c: round(float(probs[j, k]), 6)
-                                      for k, c in enumerate(spec.classes)}}
+                    "probabilities": None if probs is None else
+                    {c: round(float(probs[j, k]), 6) for k, c in enumerate(spec.classes)}}
+                if spec.task == "ranking":  # the class is where the score falls
+                    rec["score"] = round(float(raw[j, 0]), 6)
                 if spec.task == "multilabel":
                     rec["sigmoid"] = {"crackle": round(float(raw[j, 0]), 6),
                                       "wheeze": round(float(raw[j, 1]), 6)}
@@ -683,12 +684,14 @@ def render(doc: dict[str, Any], fmt: str, classes: Sequence[str]) -> str:
         lines += [json.dumps({"type": "error", **e}, ensure_ascii=False) for e in doc["errors"]]
         return "".join(line + "\n" for line in lines)
     buf = io.StringIO()
+    ranking = doc["model"].get("task") == "ranking"  # a score instead of probabilities
     cols = ["type", "file", "index", "start", "end", "label", "annotated",
-            *(f"p_{c}" for c in classes), *(f"n_{c}" for c in classes), "error"]
+            *(["score"] if ranking else (f"p_{c}" for c in classes)),
+            *(f"n_{c}" for c in classes), "error"]
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in doc["predictions"]:
-        w.writerow({**r, **{f"p_{c}": v for c, v in r["probabilities"].items()}})
+        w.writerow({**r, **{f"p_{c}": v for c, v in (r["probabilities"] or {}).items()}})
     for s in doc["recordings"]:
         for i, seg in enumerate(s.get("segments", [])):
             w.writerow({"type": "segment", "file": s["file"], "index": i, **seg,

@@ -361,14 +361,43 @@ def test_eval_plots_ghm_needs_ghm_run(proj):
 
 
 @pytest.mark.slow
-def test_export_and_predict_refuse_ranking_runs(proj, folder_demo):
-    before = proj.read_bytes()
-    r = invoke(proj, "export", "--run", "rank-ghm")
-    assert r.exit_code == 2 and "is a ranking run" in r.output, r.output
-    wav = next(folder_demo.rglob("*.wav"))
-    r = invoke(proj, "predict", wav, "--run", "rank-ghm", "--backend", "torch")
-    assert r.exit_code == 2 and "is a ranking run" in r.output, r.output
-    assert proj.read_bytes() == before
+def test_ranking_runs_export_and_predict_with_their_thresholds(proj, folder_demo, tmp_path):
+    """A ranking run exports (score output, validation thresholds in the metadata) and
+    predicts the same classes from both backends as `eval` does from the checkpoint."""
+    from rsctool.onnx_runtime import ModelSpec
+
+    out = tmp_path / "rank.onnx"
+    r = invoke(proj, "export", "--run", "rank-ghm", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["parity_max_abs"] < 1e-4 and doc["parity_n"] > 0
+    import onnx
+
+    spec = ModelSpec.from_props({p.key: p.value for p in onnx.load(str(out)).metadata_props})
+    ev = invoke(proj, "eval", "--run", "rank-ghm", "--no-plots", "--json")
+    assert ev.exit_code == 0, ev.output
+    thresholds = json.loads(ev.stdout)["thresholds"]
+    assert spec.task == "ranking" and spec.thresholds == pytest.approx(thresholds)
+    wavs = sorted(folder_demo.rglob("*.wav"))[:6]
+    docs = {}
+    for backend, args in (("onnx", ["--model", str(out)]),
+                          ("torch", ["--run", "rank-ghm", "--backend", "torch"])):
+        r = invoke(proj, "predict", *map(str, wavs), *args, "--format", "json")
+        assert r.exit_code == 0, r.output
+        docs[backend] = json.loads(r.stdout)
+    for backend, d in docs.items():
+        assert d["model"]["task"] == "ranking", backend
+        recs = d["predictions"]
+        assert len(recs) == 6 and all(rec["probabilities"] is None for rec in recs)
+        for rec in recs:  # the class is where the score falls between the thresholds
+            k = sum(rec["score"] >= t for t in sorted(thresholds))
+            assert rec["label"] == d["model"]["classes"][k]
+    a, b = docs["onnx"]["predictions"], docs["torch"]["predictions"]
+    assert [x["label"] for x in a] == [x["label"] for x in b]
+    assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], abs=1e-4)
+    r = invoke(proj, "predict", str(wavs[0]), "--model", str(out), "--format", "csv")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0].split(",")[6:8] == ["annotated",
+                                                                             "score"]
 
 
 @pytest.mark.slow
