@@ -13,6 +13,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): tiny models on a busy 2-core machine
+    spend 10-50x more in intra-op thread hand-offs than in their math."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 #: The real ICBHI 2017 metadata (no audio), present in the developers' checkout only.
 ICBHI_META = Path(__file__).resolve().parents[2] / "shared" / "icbhi-meta"
 

@@ -38,13 +38,7 @@ TINY_SYNTH = {"backend": "diffwave", "vocoder_size": "tiny", "vocoder_steps": 4,
               "vocoder_checkpoint_every": 2, "max_seconds": 1.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions: thread hand-offs on a busy 2-core machine cost more than the math
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- model

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_helpers import crash_and_resume
 from typer.testing import CliRunner
 
 from rsctool.cli import app
@@ -33,12 +35,7 @@ RANK = ["--task", "ranking", "--model", "cnn", "--size", "tiny", "--clip-seconds
         "--num-mel-bins", "64", "--batch-size", "16", "--lr", "3e-3", "--no-specaugment"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(project: Path, *args: str):
@@ -404,9 +401,8 @@ def test_ranking_runs_export_and_predict_with_their_thresholds(proj, folder_demo
 def test_ranking_ghm_crash_and_resume_is_exact(analysed, tmp_path, monkeypatch):
     """A GHM ranking run killed mid-epoch resumes to the same weights and the same GHM
     statistics (the moving averages and the half-finished epoch's histogram are saved)."""
-    import rsctool.data.dataset as ds
     from rsctool.checkpoint import load_checkpoint
-    from rsctool.train import TrainOptions, run
+    from rsctool.train import run
 
     shutil.copytree(analysed.parent, tmp_path / "p")
     project = Project.load(tmp_path / "p" / "rsctool.toml")
@@ -414,22 +410,8 @@ def test_ranking_ghm_crash_and_resume_is_exact(analysed, tmp_path, monkeypatch):
             "clip_seconds": 1.0, "num_mel_bins": 64, "batch_size": 16, "lr": 3e-3,
             "epochs": 2, "specaugment": True, "deterministic": True, "checkpoint_every": 2,
             "loss_cfg": {"momentum": 0.5}}
-    straight = run(project, TrainOptions(run="straight", **opts), device="cpu")
-    orig = ds.spec_augment
-    calls = {"n": 0}
-
-    def crash_at_step_7(x, **kw):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise RuntimeError("simulated crash")
-        return orig(x, **kw)
-
-    monkeypatch.setattr(ds, "spec_augment", crash_at_step_7)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(project, TrainOptions(run="crashy", **opts), device="cpu")
-    monkeypatch.setattr(ds, "spec_augment", orig)
-    resumed = run(project, TrainOptions(run="crashy", **opts), device="cpu")
-    assert resumed.resumed and resumed.steps == straight.steps
+    straight, resumed = crash_and_resume(monkeypatch, functools.partial(run, device="cpu"),
+                                         project, opts, crash_at=7)
     a = load_checkpoint(straight.dir / "last.safetensors")
     b = load_checkpoint(resumed.dir / "last.safetensors")
     for k in a.model_state:

@@ -25,14 +25,7 @@ FAST_CLI = ["--model", "cnn", "--size", "tiny", "--clip-seconds", "2", "--batch-
             "--lr", "0.003", "--epochs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Per-clip feature ops on a busy 2-core machine are 10-50x slower with torch's
-    # intra-op pool than without; results compared here are within one setting.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(project: Project | Path, *args: str):

@@ -4,6 +4,7 @@ synthetic cycles for training, and bad options."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from train_helpers import crash_and_resume
 from typer.testing import CliRunner
 
 from rsctool.cli import app
@@ -27,16 +29,7 @@ runner = CliRunner()
 TINY = {"steps": 2, "seconds": 1.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny models here do microseconds of math per op; with several threads on a
-    # busy 2-core machine the thread hand-offs cost 10-50x more than the work.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
@@ -457,30 +450,14 @@ def test_adversarial_run_records_discriminator_accuracy(project, tiny_ldm):
 def test_adversarial_run_resumes_with_its_discriminator(project, tiny_ldm, monkeypatch):
     import torch
 
-    import rsctool.data.dataset as ds
     from rsctool.checkpoint import load_checkpoint
-    from rsctool.train import TrainOptions
     from rsctool.train import run as train
 
     run(project, _opts(tiny_ldm, classes=["crackle"], n=4, name="advr"), device="cpu")
     opts = dict(epochs=2, synthetic=["advr"], adversarial=True, deterministic=True,
                 checkpoint_every=1, **{**FAST, "batch_size": 32})
-    straight = train(project, TrainOptions(run="straight", **opts), device="cpu")
-    orig = ds.spec_augment
-    calls = {"n": 0}
-
-    def crash_at_3(x, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash")
-        return orig(x, **kw)
-
-    monkeypatch.setattr(ds, "spec_augment", crash_at_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(project, TrainOptions(run="crashy", **opts), device="cpu")
-    monkeypatch.setattr(ds, "spec_augment", orig)
-    resumed = train(project, TrainOptions(run="crashy", **opts), device="cpu")
-    assert resumed.resumed and resumed.steps == straight.steps
+    straight, resumed = crash_and_resume(monkeypatch, functools.partial(train, device="cpu"),
+                                         project, opts, crash_at=3)
     a = load_checkpoint(straight.dir / "last.safetensors")
     b = load_checkpoint(resumed.dir / "last.safetensors")
     for k, v in a.extras["adversary"].items():

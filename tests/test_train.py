@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import crash_and_resume
 from typer.testing import CliRunner
 
 from rsctool.checkpoint import load_checkpoint
@@ -70,28 +71,9 @@ def test_test_split_is_never_loaded(project, monkeypatch):
 
 
 def test_crash_and_resume_gives_identical_weights(project, monkeypatch):
-    import rsctool.data.dataset as ds
-
     opts = dict(epochs=3, specaugment=True, mixup=0.2, deterministic=True,
                 checkpoint_every=2, **FAST)
-    straight = run(project, TrainOptions(run="straight", **opts))
-
-    orig = ds.spec_augment
-    calls = {"n": 0}
-
-    def crash_at_step_6(x, **kw):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise RuntimeError("simulated crash")
-        return orig(x, **kw)
-
-    monkeypatch.setattr(ds, "spec_augment", crash_at_step_6)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(project, TrainOptions(run="crashy", **opts))
-    assert project.get("runs", "crashy")["status"] == "running"
-    monkeypatch.setattr(ds, "spec_augment", orig)
-    resumed = run(project, TrainOptions(run="crashy", **opts))
-    assert resumed.resumed and resumed.steps == straight.steps
+    straight, resumed = crash_and_resume(monkeypatch, run, project, opts, crash_at=6)
     a = _weights(straight.dir / "last.safetensors")
     b = _weights(resumed.dir / "last.safetensors")
     assert a.keys() == b.keys()
