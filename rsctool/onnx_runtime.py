@@ -254,9 +254,9 @@ def decide(logits: np.ndarray, task: str, thresholds: Sequence[float] | None = N
     """
     logits = np.asarray(logits, dtype=np.float64)
     if task == "ranking":
-        t = np.sort(np.asarray(list(thresholds or []), dtype=np.float64))
-        pred = np.searchsorted(t, logits[:, 0], side="right").astype(np.int64)
-        return pred, None, logits[:, :1]
+        from rsctool.metrics import scores_to_classes  # numpy only, as this module
+
+        return scores_to_classes(logits[:, 0], thresholds or []), None, logits[:, :1]
     if task == "multilabel":
         p = sigmoid(logits)
         t = list(thresholds) if thresholds else [0.5, 0.5]

@@ -490,12 +490,12 @@ def annotated_cycles(audio: Path, annotation: Path, spec: Any) -> Iterable[Item]
     """The annotation's cycles, each read and padded/cropped as in training."""
     from rsctool.audio import audio_info, load_cycle
     from rsctool.data.icbhi import END_TOLERANCE_S, read_annotation
-    from rsctool.data.manifest import icbhi_label
+    from rsctool.data.manifest import BINARY_CLASSES, binary_label, icbhi_label
 
     rows = read_annotation(annotation, strict=True)
     duration = audio_info(audio).duration
     # a 2-class (train --task binary) model: crackle, wheeze and both are "abnormal"
-    binary = list(spec.classes) == ["normal", "abnormal"]
+    binary = tuple(spec.classes) == BINARY_CLASSES
     for i, (start, end, crackle, wheeze) in enumerate(rows):
         if start >= duration:
             raise DataError(f"cycle {i + 1} starts at {start:g} s, after the end of the audio "
@@ -506,9 +506,7 @@ def annotated_cycles(audio: Path, annotation: Path, spec: Any) -> Iterable[Item]
         end = min(end, duration)
         wav = load_cycle(audio, start, end, spec.sample_rate, spec.clip_seconds, spec.pad_mode)
         label = icbhi_label(crackle, wheeze)
-        if binary and label != "normal":
-            label = "abnormal"
-        yield Item("cycle", i, start, end, wav, label)
+        yield Item("cycle", i, start, end, wav, binary_label(label) if binary else label)
 
 
 def sliding_windows(audio: Path, spec: Any, window: float, hop: float,

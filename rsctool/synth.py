@@ -571,9 +571,9 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     # Output-folder checks before any model is loaded or vocoder trained (nothing written)
     if opts.out and opts.force:
         _check_removable(Path(opts.out).resolve())
-    if opts.name and not opts.out and project.get("synthetic", opts.name) is not None:
-        project.record_dir("synthetic", opts.name, project.get("synthetic", opts.name),
-                           marker="manifest.jsonl")
+    named = project.get("synthetic", opts.name) if opts.name and not opts.out else None
+    if named is not None:
+        project.record_dir("synthetic", opts.name, named, marker="manifest.jsonl")
     if ds_record is not None:
         known = ds_record.get("classes") or sorted({c.label for c in cycles})
         unknown = [c for c in counts if c not in known]

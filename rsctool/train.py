@@ -353,7 +353,7 @@ class Trainer:
         self.classes = list(record.get("classes") or sorted({c.label for c in cycles}))
         dataset_classes = list(self.classes)
         if opts.task == "binary":
-            from rsctool.data.dataset import BINARY_CLASSES
+            from rsctool.data.manifest import BINARY_CLASSES
 
             # normal vs abnormal (ICBHI's 2-class task): every non-normal label is abnormal
             if "normal" not in self.classes or len(self.classes) < 2:
@@ -1263,7 +1263,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
                                             {"model": opts.model, "status": "running"})
         name, group = dist.broadcast((name, group))
         opts.run = name
-        run_dir = project.state_dir() / "runs" / name
+        run_dir = project.record_dir("runs", name, None)
     trainer.run_name, trainer.dir = name, run_dir
     trainer.group = group
     if dist.is_main:

@@ -22,7 +22,7 @@ import torch
 
 from rsctool.audio import load_cycle
 from rsctool.data.cache import FeatureCache
-from rsctool.data.manifest import Cycle
+from rsctool.data.manifest import BINARY_CLASSES, Cycle, binary_label
 from rsctool.errors import ConfigError
 from rsctool.features import FbankConfig, fbank, num_frames
 
@@ -165,11 +165,6 @@ def dataset_statistics(cycles: Sequence[Cycle], clip: ClipConfig,
     return st["mean"], st["std"]
 
 
-#: The classes of ``task="binary"``, ICBHI's 2-class task: every label other than
-#: ``normal`` (crackle, wheeze, both) is ``abnormal``.
-BINARY_CLASSES: tuple[str, ...] = ("normal", "abnormal")
-
-
 class CycleDataset(torch.utils.data.Dataset):
     """Items for training and evaluation.
 
@@ -193,7 +188,7 @@ class CycleDataset(torch.utils.data.Dataset):
             if tuple(self.classes) != BINARY_CLASSES:
                 raise ConfigError(f"task binary has the classes {list(BINARY_CLASSES)}, "
                                   f"got {self.classes}")
-            labels = ["normal" if c.label == "normal" else "abnormal" for c in self.cycles]
+            labels = [binary_label(c.label) for c in self.cycles]
         else:
             labels = [c.label for c in self.cycles]
         unknown = sorted(set(labels) - set(index))

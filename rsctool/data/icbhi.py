@@ -99,10 +99,11 @@ def parse_recording_name(stem: str) -> dict[str, str]:
 def unknown_code(name: dict[str, str]) -> str | None:
     """The first of site, mode, device of a parsed name outside `ICBHI_CODES`, as a
     message, or None when all are ICBHI 2017 codes."""
+    synthetic = name["site"] == SYNTHETIC_SITE  # its device is the generator: any code
     for field, known in ICBHI_CODES.items():
-        if field == "device" and name["site"] == SYNTHETIC_SITE:
+        if synthetic and field in ("site", "device"):
             continue
-        if name[field] not in known and not (field == "site" and name[field] == SYNTHETIC_SITE):
+        if name[field] not in known:
             return (f"unknown {field} {name[field]!r} in the recording name (ICBHI 2017: "
                     f"{', '.join(known)}; analyze --allow-unknown-codes accepts others)")
     return None

@@ -23,6 +23,8 @@ from rsctool.utils import atomic_write_text
 
 #: The four ICBHI classes, in the order used for class indices everywhere.
 ICBHI_CLASSES: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
+#: The classes of ``train --task binary``, ICBHI's 2-class task (see `binary_label`).
+BINARY_CLASSES: tuple[str, ...] = ("normal", "abnormal")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SOURCES: tuple[str, ...] = ("real", "synthetic")
 
@@ -30,6 +32,12 @@ SOURCES: tuple[str, ...] = ("real", "synthetic")
 def icbhi_label(crackle: int, wheeze: int) -> str:
     """Map the two ICBHI annotation flags to one of `ICBHI_CLASSES`."""
     return ICBHI_CLASSES[int(bool(crackle)) + 2 * int(bool(wheeze))]
+
+
+def binary_label(label: str) -> str:
+    """The `BINARY_CLASSES` label of a cycle label: every label but ``normal`` (crackle,
+    wheeze, both) is ``abnormal``."""
+    return "normal" if label == "normal" else "abnormal"
 
 
 @dataclass
