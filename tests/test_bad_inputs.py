@@ -343,7 +343,26 @@ def _stage_args(stage: str, root: Path) -> list[str]:
         "predict": ["predict", wav, "--run", "r1", "--backend", "torch"],
         "predict-onnx": ["predict", wav, "--run", "r1", "--backend", "onnx"],
         "status": ["status", "--run", "r1"],
+        # the existing records' stages (recorded folders)
+        "train-r1": ["train", "--model", "cnn", "--size", "tiny", "--epochs", "1",
+                     "--run", "r1", "--dataset", "d", "--force"],
+        "synth-s1": ["synth", "--backend", "diffwave", "--classes", "crackle", "--n", "1",
+                     "--name", "s1", "--vocoder-size", "tiny", "--vocoder-steps", "1"],
     }[stage]
+
+
+def _broken_copy_exits_2(base_project: Path, tmp_path: Path, make, stage: str,
+                         where: str) -> None:
+    """A copy of `base_project` broken by `make`: `stage` exits 2 with one line matching
+    `where` and leaves the project file byte-identical."""
+    import shutil
+
+    root = tmp_path / "p"
+    shutil.copytree(base_project, root, symlinks=True)
+    make(root)
+    project = root / "rsctool.toml"
+    before = project.read_bytes()
+    _check_exit_2(_invoke(project, *_stage_args(stage, root)), project, before, where)
 
 
 ALL_STAGES = ["analyze", "synth", "train", "eval", "export", "predict", "predict-onnx",
@@ -403,19 +422,7 @@ DIR_CASES = [
                          ids=[f"{c[0]}-{s}" for c in DIR_CASES for s in c[2]])
 def test_recorded_folders_outside_the_project_are_refused(base_project, tmp_path, make,
                                                           stage, where):
-    import shutil
-
-    root = tmp_path / "p"
-    shutil.copytree(base_project, root, symlinks=True)
-    make(root)
-    project = root / "rsctool.toml"
-    before = project.read_bytes()
-    args = {"train-r1": ["train", "--model", "cnn", "--size", "tiny", "--epochs", "1",
-                         "--run", "r1", "--dataset", "d", "--force"],
-            "synth-s1": ["synth", "--backend", "diffwave", "--classes", "crackle", "--n", "1",
-                         "--name", "s1", "--vocoder-size", "tiny", "--vocoder-steps", "1"],
-            }.get(stage) or _stage_args(stage, root)
-    _check_exit_2(_invoke(project, *args), project, before, where)
+    _broken_copy_exits_2(base_project, tmp_path, make, stage, where)
 
 
 def test_synth_force_never_empties_a_foreign_folder(base_project, tmp_path):
@@ -439,15 +446,7 @@ def test_synth_force_never_empties_a_foreign_folder(base_project, tmp_path):
                          ids=[c[0] for c in PROJECT_CASES])
 @pytest.mark.parametrize("stage", ALL_STAGES)
 def test_bad_project_file_exit_2_on_every_stage(base_project, tmp_path, stage, make, where):
-    import shutil
-
-    root = tmp_path / "p"
-    shutil.copytree(base_project, root, symlinks=True)
-    make(root)
-    project = root / "rsctool.toml"
-    before = project.read_bytes()
-    result = _invoke(project, *_stage_args(stage, root))
-    _check_exit_2(result, project, before, where)
+    _broken_copy_exits_2(base_project, tmp_path, make, stage, where)
 
 
 def _remove(rel: str):
@@ -478,14 +477,7 @@ STALE_CASES = [
                          [(c[1], s, c[3]) for c in STALE_CASES for s in c[2]],
                          ids=[f"{c[0]}-{s}" for c in STALE_CASES for s in c[2]])
 def test_paths_that_no_longer_exist(base_project, tmp_path, make, stage, where):
-    import shutil
-
-    root = tmp_path / "p"
-    shutil.copytree(base_project, root, symlinks=True)
-    make(root)
-    project = root / "rsctool.toml"
-    before = project.read_bytes()
-    _check_exit_2(_invoke(project, *_stage_args(stage, root)), project, before, where)
+    _broken_copy_exits_2(base_project, tmp_path, make, stage, where)
 
 
 # ------------------------------------------------------------ annotation parser property
