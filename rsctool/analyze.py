@@ -62,6 +62,9 @@ class AnalyzeOptions:
         where: folder data: ``{field: [accepted values]}`` filter on pattern fields.
         group_by: folder data: a pattern field (or ``groups``, the sub-folders) whose
             files all go to one split.
+        split_file: ICBHI data, ``--split official``: the split file to use instead of
+            the one in the dataset folder (or its parent), or of the official list
+            built into rsctool when there is none.
     """
 
     data_dir: Path
@@ -80,15 +83,18 @@ class AnalyzeOptions:
     name_pattern: str | None = None
     where: dict[str, list[str]] | None = None
     group_by: str | None = None
+    split_file: Path | None = None
 
     def params(self) -> dict[str, Any]:
         """What determines the output (the fingerprint's parameter half)."""
         d = asdict(self)
         d.pop("force")
         d.pop("plots")
-        for key in ("name_pattern", "where", "group_by"):  # folder options, when unused,
-            if d[key] is None:  # leave the fingerprints of earlier analyses unchanged
+        for key in ("name_pattern", "where", "group_by", "split_file"):  # options, when
+            if d[key] is None:  # unused, leave the fingerprints of earlier analyses unchanged
                 d.pop(key)
+        if self.split_file is not None:
+            d["split_file"] = str(Path(self.split_file).resolve())
         d["data_dir"] = str(Path(self.data_dir).resolve())
         d["analyze_version"] = ANALYZE_VERSION
         return d
@@ -106,28 +112,38 @@ class AnalyzeResult:
 # --------------------------------------------------------------------------- helpers
 
 def detect_format(root: Path) -> str:
-    """``icbhi`` when the folder holds ICBHI-named annotation files, ``folder`` when it
-    holds class sub-folders with audio; DataError otherwise."""
-    from rsctool.data.folder import is_folder_dir
-    from rsctool.data.icbhi import is_icbhi_dir
+    """``icbhi`` when the folder (or one a few levels below it) holds ICBHI-named
+    annotation files, ``folder`` when it holds two class sub-folders or more with audio;
+    DataError otherwise (see `rsctool.data.layout.resolve_layout`)."""
+    from rsctool.data.layout import resolve_layout
 
-    if is_icbhi_dir(root):
+    return resolve_layout(root, "auto")[0]
+
+
+def _default_name(root: Path, fmt: str, given: Path | None = None) -> str:
+    """`root`'s folder name, cleaned; ``icbhi`` for ICBHI data in a folder named so (or
+    below one: `given` is the folder the user named, `root` the one found in it)."""
+    folder = root.resolve()
+    names = [folder.name.lower()]
+    if given is not None and given.resolve() != folder:
+        top = given.resolve()
+        names += [p.name.lower() for p in folder.parents if p.is_relative_to(top)]
+    if fmt == "icbhi" and any("icbhi" in b or b.startswith("respiratory") for b in names):
         return "icbhi"
-    if is_folder_dir(root):
-        return "folder"
-    raise DataError("no ICBHI annotation files and no <class>/*.wav folders found "
-                    "(use --format to say which layout it is)", root)
-
-
-def _default_name(root: Path, fmt: str) -> str:
-    base = root.resolve().name.lower()
-    if fmt == "icbhi" and ("icbhi" in base or base.startswith("respiratory")):
-        return "icbhi"
+    base = names[-1]
     cleaned = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in base).strip("-")
     return cleaned or fmt
 
 
-def _dataset_fingerprint(root: Path) -> tuple[str, dict[str, tuple[int, int]]]:
+def _metadata_dirs(folder: Path, given: Path) -> list[Path]:
+    """The folders from `folder`'s grandparent up to `given` (which holds `folder`): where
+    the metadata files of ICBHI data found below `given` may also lie."""
+    folder, given = folder.resolve(), given.resolve()
+    return [p for p in list(folder.parents)[1:] if p.is_relative_to(given)]
+
+
+def _dataset_fingerprint(root: Path, extra_files: Sequence[Path] = ()
+                         ) -> tuple[str, dict[str, tuple[int, int]]]:
     """Hash of every file's relative path, size and mtime under `root` (cheap: no reads).
 
     Returns:
@@ -136,7 +152,8 @@ def _dataset_fingerprint(root: Path) -> tuple[str, dict[str, tuple[int, int]]]:
 
     Hidden folders are skipped; the walk is depth-first with names sorted (files of a
     folder before its sub-folders), as ``os.walk``; files that cannot be stat-ed are left
-    out. The ICBHI metadata files in the parent folder count too.
+    out. The ICBHI metadata files in the parent folder count too, and `extra_files`
+    (e.g. a ``--split-file`` elsewhere) when given.
     """
     entries: list[tuple[str, int, int]] = []
     stats: dict[str, tuple[int, int]] = {}
@@ -172,6 +189,12 @@ def _dataset_fingerprint(root: Path) -> tuple[str, dict[str, tuple[int, int]]]:
     for p in sorted(root.resolve().parent.glob("ICBHI_*.txt")):
         st = p.stat()
         entries.append(("../" + p.name, st.st_size, st.st_mtime_ns))
+    for p in extra_files:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        entries.append(("extra:" + str(p.resolve()), st.st_size, st.st_mtime_ns))
     return params_hash(entries), stats
 
 
@@ -295,13 +318,17 @@ def _scan_samples(path: str, segments: list[tuple[float, float]]) -> tuple[dict[
 
 def _read_cycles(root: Path, fmt: str, opts: AnalyzeOptions, problems: list, *,
                  scanner: AudioScanner | None = None,
-                 file_stats: dict[str, tuple[int, int]] | None = None) -> list[Cycle]:
+                 file_stats: dict[str, tuple[int, int]] | None = None,
+                 metadata_dirs: Sequence[Path] = (),
+                 info: dict[str, Any] | None = None) -> list[Cycle]:
     if fmt == "icbhi":
         from rsctool.data.icbhi import read_icbhi
 
         kwargs = {"split": opts.split or "official", "val_fraction": opts.val_fraction,
                   "seed": opts.seed, "strict": opts.strict,
-                  "allow_unknown_codes": opts.allow_unknown_codes}
+                  "allow_unknown_codes": opts.allow_unknown_codes,
+                  "split_file": opts.split_file, "metadata_dirs": metadata_dirs,
+                  "info": info}
         if scanner is not None and file_stats is not None:
             cycles = _read_icbhi_cached(root, kwargs, scanner, file_stats, problems)
             if cycles is not None:
@@ -393,8 +420,14 @@ def synthesis_plan(train_counts: dict[str, int], target_ratio: float, cap: int) 
 
 
 def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name: str,
-                 opts: AnalyzeOptions, problems: list, split_hash: str) -> dict[str, Any]:
-    """The analysis report (the `--json` document)."""
+                 opts: AnalyzeOptions, problems: list, split_hash: str,
+                 root: Path | None = None, found_from: Path | None = None,
+                 split_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The analysis report (the `--json` document).
+
+    `root`: the folder read (default `opts.data_dir`); `found_from`: the folder the user
+    named when `root` was found below it; `split_info`: what `read_icbhi` reported about
+    the split file (``split_file``, ``split_source``, ``split_aliases``)."""
     classes = list(ICBHI_CLASSES) if fmt == "icbhi" else sorted({c.label for c in cycles})
     splits: dict[str, dict[str, int]] = {}
     for s in SPLITS:
@@ -418,8 +451,10 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
     return {
         "dataset": name,
         "format": fmt,
-        "root": str(Path(opts.data_dir).resolve()),
-        "split": _split_definition(cycles, opts, fmt, split_hash),
+        "root": str(Path(root if root is not None else opts.data_dir).resolve()),
+        **({"found_from": str(found_from.resolve())} if found_from is not None else {}),
+        "split": {**_split_definition(cycles, opts, fmt, split_hash),
+                  **_split_file_fields(split_info)},
         "classes": classes,
         "recordings": len(stats),
         "patients": len(patients),
@@ -460,6 +495,17 @@ def _split_definition(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str,
             "train_test_hash": train_test_hash(cycles)}
 
 
+def _split_file_fields(split_info: dict[str, Any] | None) -> dict[str, Any]:
+    """The report's record of the split file an official ICBHI split came from."""
+    if not split_info or not split_info.get("split_file"):
+        return {}
+    out: dict[str, Any] = {"split_file": split_info["split_file"],
+                           "split_source": split_info.get("split_source")}
+    if split_info.get("split_aliases"):
+        out["split_aliases"] = list(split_info["split_aliases"])
+    return out
+
+
 def _summary(x: np.ndarray) -> dict[str, float | None]:
     if x.size == 0:
         return {"min": None, "mean": None, "max": None}
@@ -486,16 +532,45 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         raise ConfigError(f"--val-fraction must be in [0, 1), got {opts.val_fraction}")
     if opts.target_ratio <= 0 or opts.max_synthetic_per_class < 0:
         raise ConfigError("--target-ratio must be > 0 and --max-synthetic-per-class >= 0")
-    fmt = detect_format(root) if opts.format == "auto" else opts.format
+    from rsctool.data.layout import resolve_layout
+
+    given = root
+    fmt, root = resolve_layout(given, opts.format)
+    found_from = given if root.resolve() != given.resolve() else None
     if fmt != "folder" and (opts.name_pattern or opts.where or opts.group_by):
         raise ConfigError("--name-pattern, --where and --group-by apply to folder datasets "
                           f"(--format folder); {root} is read as {fmt}")
-    name = opts.name or _default_name(root, fmt)
+    if opts.split_file is not None:
+        if fmt != "icbhi":
+            raise ConfigError(f"--split-file applies to ICBHI data (--format icbhi); {root} "
+                              f"is read as {fmt}")
+        if (opts.split or "official") != "official":
+            raise ConfigError("--split-file applies to --split official (the challenge "
+                              f"split), not to --split {opts.split}")
+        if not Path(opts.split_file).is_file():
+            raise DataError("split file not found", opts.split_file)
+    name = opts.name or _default_name(root, fmt, given)
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"--name may hold letters, digits, '-' and '_' only, got {name!r}")
     params = {**opts.params(), "format": fmt, "name": name}
+    if found_from is not None:
+        params["folder"] = str(root.resolve())
     p_hash = params_hash(params)
-    fingerprint, file_stats = _dataset_fingerprint(root)
+    meta_dirs = _metadata_dirs(root, given) if found_from is not None else []
+    extra_files: list[Path] = []
+    if fmt == "icbhi":
+        from rsctool.data.icbhi import find_metadata_files
+
+        folder = root.resolve()
+        for p in find_metadata_files(root, meta_dirs).values():
+            # files in `root` are walked, the parent's ICBHI_*.txt globbed: the rest
+            # (Kaggle names, files further up) count here
+            if p is not None and p.parent != folder and not (
+                    p.parent == folder.parent and p.name.startswith("ICBHI_")):
+                extra_files.append(p)
+        if opts.split_file is not None:
+            extra_files.append(Path(opts.split_file))
+    fingerprint, file_stats = _dataset_fingerprint(root, extra_files)
 
     state_dir = project.state_dir()
     manifest_path = state_dir / "manifests" / f"{name}.jsonl"
@@ -514,8 +589,10 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
                                  timings={"total": time.perf_counter() - t0})
 
     problems: list = []
+    split_info: dict[str, Any] = {}
     scanner = AudioScanner(state_dir / "cache" / "audio-stats.json")
-    cycles = _read_cycles(root, fmt, opts, problems, scanner=scanner, file_stats=file_stats)
+    cycles = _read_cycles(root, fmt, opts, problems, scanner=scanner, file_stats=file_stats,
+                          metadata_dirs=meta_dirs, info=split_info)
     t_read = time.perf_counter()
 
     # Scan samples of each recording once (cached by file identity).
@@ -555,7 +632,8 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     reuse = old if old and old.get("inputs_hash") == fingerprint else None
     norm_stats = _fbank_stats(cycles, reuse, s_hash, opts.fbank_stats, log)
     report = build_report(cycles, stats, fmt=fmt, name=name, opts=opts, problems=problems,
-                          split_hash=s_hash)
+                          split_hash=s_hash, root=root, found_from=found_from,
+                          split_info=split_info)
     # Everything is read and checked: now write outputs, then record them.
     sha = _write_manifest(manifest_path, cycles)
     report["manifest"] = str(manifest_path)
@@ -581,7 +659,12 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     record = {
         "format": fmt,
         "root": project.rel(root.resolve()),
+        **({"found_from": project.rel(found_from.resolve())} if found_from is not None else {}),
         "split": report["split"]["spec"],
+        **({"split_file": _rel_split_file(project, report["split"]["split_file"])}
+           if report["split"].get("split_file") else {}),
+        **({"split_aliases": len(report["split"]["split_aliases"])}
+           if report["split"].get("split_aliases") else {}),
         "split_hash": s_hash,
         "split_train_test_hash": report["split"]["train_test_hash"],
         "val_fraction": opts.val_fraction,
@@ -608,6 +691,30 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     return AnalyzeResult(name, report, manifest_path, timings={
         "read": t_read - t0, "scan": t_scan - t_read, "write": t_end - t_scan,
         "total": t_end - t0, "cache_hits": scanner.hits, "cache_misses": scanner.misses})
+
+
+def _rel_split_file(project: Any, label: str) -> str:
+    """A split file as recorded: ``builtin:...`` as is, a path relative to the project."""
+    return label if label.startswith("builtin:") else project.rel(label)
+
+
+def layout_notes(report: dict[str, Any]) -> list[str]:
+    """stderr lines on which folder and split file an analysis used (from its report)."""
+    notes = []
+    if report.get("found_from"):
+        notes.append(f"reading {report['format']} data in {report['root']} (found in "
+                     f"{report['found_from']})")
+    split = report.get("split") or {}
+    if split.get("split_source") == "builtin":
+        notes.append("split: the official ICBHI 2017 split list built into rsctool (no "
+                     "ICBHI_challenge_train_test.txt beside the data; --split-file PATH "
+                     "overrides)")
+    elif split.get("split_file"):
+        notes.append(f"split file: {split['split_file']}")
+    for a in split.get("split_aliases") or []:
+        notes.append(f"split file line {a['line']}: {a['name']} is a known alias of "
+                     f"{a['recording']} (listed too, {a['split']}); not a problem")
+    return notes
 
 
 def default_stats_clip() -> Any:
@@ -794,6 +901,10 @@ def command(
     group_by: Annotated[str | None, typer.Option(
         help="Folder data: keep all files with the same value of this pattern field (or "
              "'groups': the same sub-folders) in one split, e.g. material.")] = None,
+    split_file: Annotated[Path | None, typer.Option(
+        help="ICBHI data: the train/test split file to use (default: "
+             "ICBHI_challenge_train_test.txt beside the data, else the official list "
+             "built into rsctool).")] = None,
     force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
@@ -805,9 +916,11 @@ def command(
                           allow_unknown_codes=allow_unknown_codes, target_ratio=target_ratio,
                           max_synthetic_per_class=max_synthetic_per_class, plots=plots,
                           fbank_stats=fbank_stats, force=force, name_pattern=name_pattern,
-                          where=parse_where(where), group_by=group_by)
+                          where=parse_where(where), group_by=group_by, split_file=split_file)
     project = state.load_project()
     result = run(project, opts, progress=not state.quiet and not json_out)
+    for note in layout_notes(result.report):
+        info(state, note)
     if json_out:
         print_json(result.report)
     if not state.quiet:

@@ -51,8 +51,10 @@ __all__ = [
     "PROJECT_ENV",
     "SCHEMA",
     "SECTIONS",
+    "STATE_DIR",
     "Project",
     "resolve_project_path",
+    "state_dir_name",
 ]
 
 #: Version of the document layout this rsctool reads and writes.
@@ -63,6 +65,9 @@ SECTIONS: tuple[str, ...] = ("datasets", "synthetic", "vocoders", "runs", "group
 PROJECT_ENV = "RSCTOOL_PROJECT"
 #: File name used when only a folder (or nothing) is given.
 DEFAULT_NAME = "rsctool.toml"
+#: State folder (manifests, caches, run folders) of `DEFAULT_NAME`; other project files
+#: get ``.rsctool-<stem>`` (`state_dir_name`).
+STATE_DIR = ".rsctool"
 
 #: ``MIGRATIONS[v]`` turns a schema-``v`` document into a schema-``v + 1`` one (it may
 #: mutate and return its argument; the ``schema`` key is set by the caller). Empty while
@@ -77,7 +82,7 @@ _TOML_TYPE_NAMES = {
     str: "a string", bool: "a boolean", int: "an integer", float: "a float",
     list: "an array", dict: "a table",
 }
-# Record names become folder names (.rsctool/runs/NAME), so they must be one safe path part.
+# Record names become folder names (<state dir>/runs/NAME), so they must be one safe path part.
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
@@ -189,7 +194,7 @@ def _check_sections(doc: dict, path: Path) -> None:
                 f"`{section}` must be a table of records ([{section}.NAME]), "
                 f"not {_type_name(records)}", path)
         for name, record in records.items():
-            # a hand-edited name like "../x" would become a folder outside .rsctool
+            # a hand-edited name like "../x" would become a folder outside the state dir
             _check_name(section, name, path)
             if not isinstance(record, dict):
                 raise ProjectError(
@@ -466,7 +471,7 @@ class Project:
     def record_dir(self, section: str, name: str, record: dict | None, *,
                    marker: str | None = None) -> Path:
         """The folder of record `name` in `section`: its recorded ``dir``, or the default
-        ``.rsctool/<section>/<name>``.
+        ``<state dir>/<section>/<name>`` (`state_dir`).
 
         rsctool writes (and, with ``--force``, deletes) inside this folder, so a recorded
         ``dir`` must lie inside the project folder: a hand-edited or foreign project file
@@ -518,9 +523,44 @@ class Project:
         finally:
             lock.release()
 
+    def analyze_command(self, record: dict, *, force: bool = True) -> str:
+        """The ``rsctool analyze`` command line that re-makes dataset `record` of this
+        project (for messages about a missing or changed manifest)."""
+        import shlex
+
+        name = next((n for n, r in self.data.get("datasets", {}).items()
+                     if r.get("manifest") == record.get("manifest")), None)
+        parts = ["rsctool"]
+        if self.path.name != DEFAULT_NAME:
+            parts += ["--project", str(self.path)]
+        parts += ["analyze", str(self.abs(record.get("root") or "DATA_DIR"))]
+        if name:
+            parts += ["--name", name]
+        if force:
+            parts.append("--force")
+        return " ".join(shlex.quote(p) for p in parts)
+
     def state_dir(self) -> Path:
-        """``root/.rsctool``: manifests, feature caches and run folders live under it."""
-        return self.root / ".rsctool"
+        """The folder of this project's manifests, feature caches and run folders.
+
+        ``root/.rsctool`` for ``rsctool.toml``; ``root/.rsctool-<stem>`` for any other
+        project file (``--project a.toml`` -> ``.rsctool-a``), so that two project files
+        in one folder never write the same manifest or run folder (a dataset of one name
+        in both would otherwise overwrite the other's manifest). Not ``.rsctool/<stem>``:
+        a project named ``runs.toml`` would then share ``.rsctool/runs`` with
+        ``rsctool.toml``. Records store their paths, so folders written before keep
+        working wherever they are.
+        """
+        return self.root / state_dir_name(self.path)
+
+
+def state_dir_name(project_path: str | os.PathLike) -> str:
+    """Name of the state folder beside project file `project_path` (see
+    `Project.state_dir`): ``.rsctool`` for ``rsctool.toml``, else ``.rsctool-<stem>``."""
+    name = PurePath(os.fspath(project_path)).name
+    if name == DEFAULT_NAME:
+        return STATE_DIR
+    return f"{STATE_DIR}-{PurePath(name).stem or name}"
 
 
 def _first_free(records: dict, base: str) -> str:

@@ -221,9 +221,13 @@ def load_dataset_cycles(project: Any, record: dict[str, Any]) -> list:
 
     path = project.abs(record["manifest"])
     if not path.exists():
-        raise DataError("manifest recorded in the project is missing (re-run analyze)", path)
+        raise DataError("manifest recorded in the project is missing; run "
+                        f"`{project.analyze_command(record)}`", path)
     if record.get("sha256") and file_sha256(path) != record["sha256"]:
-        raise DataError("manifest changed since analyze recorded it (re-run analyze)", path)
+        # e.g. another project file's analyze of a dataset of the same name wrote it
+        raise DataError("manifest changed since analyze recorded it (sha256 differs: edited, "
+                        "or written by another project's analyze); run "
+                        f"`{project.analyze_command(record)}`", path)
     return read_manifest(path)
 
 

@@ -382,11 +382,26 @@ def test_read_icbhi_ambiguous_or_unknown_split_names(tmp_path):
     assert "not named in the split file" in problems[1].message
 
 
-def test_read_icbhi_stale_alias_next_to_the_real_name_is_a_problem(tmp_path):
-    # OPERA's copy of the split file names both the stale and the corrected name
+def test_read_icbhi_stale_alias_next_to_the_real_name_is_a_known_alias(tmp_path):
+    # OPERA's copy of the split file (921 lines) names both the stale and the corrected
+    # name, on the same side: the stale one is a known alias, not a problem
     real = "226_1b1_Pl_sc_LittC2SE"
     db = small_dataset(tmp_path, recordings={A: ROWS, real: ROWS},
                        splits={A: "test", "226_1b1_Pl_sc_Meditron": "train", real: "train"})
+    info: dict = {}
+    problems: list[Problem] = []
+    cycles = read_icbhi(db, problems=problems, val_fraction=0, info=info)
+    assert problems == [] and {c.recording for c in cycles} == {A, real}
+    assert {c.split for c in cycles if c.recording == real} == {"train"}
+    assert info["split_aliases"] == [{"name": "226_1b1_Pl_sc_Meditron", "recording": real,
+                                      "split": "train", "line": 2}]
+    assert info["split_source"] == "folder"
+
+
+def test_read_icbhi_stale_alias_on_the_other_side_is_still_a_problem(tmp_path):
+    real = "226_1b1_Pl_sc_LittC2SE"
+    db = small_dataset(tmp_path, recordings={A: ROWS, real: ROWS},
+                       splits={A: "test", "226_1b1_Pl_sc_Meditron": "test", real: "train"})
     with pytest.raises(DataError, match=r":2: split file names 226_1b1_Pl_sc_Meditron"):
         read_icbhi(db)
     problems: list[Problem] = []

@@ -92,6 +92,12 @@ class NamePattern:
         return None if m is None else m.groupdict()
 
 
+def _is_split_name(name: str) -> bool:
+    from rsctool.data.layout import split_like
+
+    return split_like(name)
+
+
 def _is_audio(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in \
         FOLDER_AUDIO_SUFFIXES
@@ -238,5 +244,18 @@ def read_folder(root: str | os.PathLike, *, split: str = "random:0.7:0.15", seed
         if filters:
             raise DataError(f"no file matches the filter {where!r}", root)
         raise DataError("no usable audio files", root)
+    labels = sorted({c.label for c in cycles})
+    if len(labels) < 2:
+        # one class trains nothing (validation scores a perfect 1.0): most often an
+        # ICBHI or split folder read as a folder dataset
+        from rsctool.data.icbhi import is_icbhi_dir
+
+        what = ""
+        if is_icbhi_dir(root / labels[0]):
+            what = f" ({labels[0]}/ holds ICBHI 2017 recordings: --format icbhi reads them)"
+        elif _is_split_name(labels[0]):
+            what = f" ({labels[0]}/ is named like a split, not a class)"
+        raise DataError(f"only one class ({labels[0]}){what}: a folder dataset needs two "
+                        "classes or more, one sub-folder each (<class>/**/*.wav)", root)
     cycles.sort(key=lambda c: c.id)
     return random_split(cycles, spec.train, spec.val, seed, stratify=True, group_by=group_by)

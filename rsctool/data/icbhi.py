@@ -4,7 +4,8 @@ Layout: one folder with, per recording, ``<patient>_<index>_<site>_<mode>_<devic
 (or ``.flac``) and a same-stem ``.txt`` annotation with one breathing cycle per line,
 ``start<TAB>end<TAB>crackles<TAB>wheezes`` (seconds, seconds, 0/1, 0/1). The challenge
 metadata files (split, diagnosis, demographics) sit in that folder or its parent;
-the Kaggle mirror's names for them are recognised too.
+the Kaggle mirror's names for them are recognised too. The Kaggle mirror has no split
+file: the official split list ships with rsctool (`BUILTIN_SPLIT`) and is used then.
 
 `read_icbhi` returns one `Cycle` per annotation line. In strict mode the first defect
 raises `DataError` naming ``file:line``; in lenient mode each defect becomes a
@@ -32,8 +33,10 @@ from rsctool.errors import ConfigError, DataError
 
 __all__ = [
     "AUDIO_SUFFIXES",
+    "BUILTIN_SPLIT",
     "END_TOLERANCE_S",
     "Problem",
+    "builtin_split_path",
     "find_metadata_files",
     "is_icbhi_dir",
     "parse_recording_name",
@@ -77,6 +80,11 @@ METADATA_NAMES: dict[str, tuple[str, ...]] = {
                   "patient_diagnosis.txt"),
     "demographics": ("icbhi_challenge_demographic_information.txt", "demographic_info.txt"),
 }
+
+#: The official ICBHI 2017 challenge split (920 recording names and train/test, as in
+#: ``ICBHI_challenge_train_test.txt``), shipped in ``rsctool/resources`` for datasets
+#: without a split file (the Kaggle mirror). Recorded as ``builtin:<this name>``.
+BUILTIN_SPLIT = "icbhi_official_split.txt"
 
 _HEADER_WORDS = {"id", "pid", "patient", "patient_id", "patient id", "patient number"}
 
@@ -352,17 +360,32 @@ def read_diagnosis(path: str | os.PathLike, *, strict: bool = True,
     return out
 
 
-def find_metadata_files(root: str | os.PathLike) -> dict[str, Path | None]:
-    """Locate the challenge metadata files in `root` or its parent.
+def builtin_split_path() -> Path:
+    """The packaged official split list (`BUILTIN_SPLIT`)."""
+    from importlib import resources
+
+    return Path(str(resources.files("rsctool") / "resources" / BUILTIN_SPLIT))
+
+
+def find_metadata_files(root: str | os.PathLike, extra_dirs: Iterable[str | os.PathLike] = ()
+                        ) -> dict[str, Path | None]:
+    """Locate the challenge metadata files in `root`, its parent, then `extra_dirs`.
 
     Returns:
         ``{"split": path|None, "diagnosis": path|None, "demographics": path|None}``.
         Names are matched case-insensitively; the official names win over the Kaggle
-        ones (``patient_diagnosis.csv``, ``demographic_info.txt``), `root` over its parent.
+        ones (``patient_diagnosis.csv``, ``demographic_info.txt``), `root` over its parent
+        and the parent over `extra_dirs` (e.g. the folders between the folder that
+        `analyze` was given and the ICBHI folder it found below it).
     """
     root = Path(root).resolve()
     found: dict[str, Path | None] = dict.fromkeys(METADATA_NAMES)
-    for folder in (root, root.parent):
+    folders = [root, root.parent]
+    for extra in extra_dirs:
+        folder = Path(extra).resolve()
+        if folder not in folders:
+            folders.append(folder)
+    for folder in folders:
         try:
             entries = {e.name.lower(): Path(e.path) for e in os.scandir(folder) if e.is_file()}
         except OSError:
@@ -409,14 +432,23 @@ def is_icbhi_dir(root: str | os.PathLike) -> bool:
 
 
 def _resolve_official(split_rows: dict[str, tuple[str, int]], stems: Iterable[str],
-                      split_path: Path, sink: ProblemSink) -> dict[str, str]:
+                      split_path: Path, sink: ProblemSink,
+                      aliases: list[dict[str, Any]] | None = None,
+                      note: str = "") -> dict[str, str]:
     """Map split-file names onto recordings: ``{stem: "train"|"test"}``.
 
     A name without a file is matched to the unique recording with the same
     ``patient_index_site_mode`` prefix that the split file does not name itself (the
     official file says ``226_1b1_Pl_sc_Meditron`` for ``226_1b1_Pl_sc_LittC2SE``).
+    A name without a file whose only same-prefix recording the file already lists with
+    the same side is a known alias, not a problem (the widely copied 921-line variant
+    lists both names): it is appended to `aliases` as ``{"name", "recording", "split",
+    "line"}``. `note` is appended to each problem's message.
     """
     stems = set(stems)
+    by_prefix: dict[str, list[str]] = {}
+    for stem in stems:
+        by_prefix.setdefault(_prefix(stem) or "", []).append(stem)
     out = {name: value for name, (value, _) in split_rows.items() if name in stems}
     unnamed_by_prefix: dict[str, list[str]] = {}
     for stem in sorted(stems - set(out)):
@@ -430,11 +462,18 @@ def _resolve_official(split_rows: dict[str, tuple[str, int]], stems: Iterable[st
             claims.setdefault(candidates[0], []).append(name)
     for line, name, value in missing:
         candidates = unnamed_by_prefix.get(_prefix(name) or "\0", [])
+        same_prefix = by_prefix.get(_prefix(name) or "\0", [])
         if len(candidates) == 1 and len(claims[candidates[0]]) == 1:
             out[candidates[0]] = value
+        elif (not candidates and len(same_prefix) == 1 and same_prefix[0] in split_rows
+                and split_rows[same_prefix[0]][0] == value):
+            if aliases is not None:
+                aliases.append({"name": name, "recording": same_prefix[0], "split": value,
+                                "line": line})
         else:
             sink.report(f"split file names {name}, but there is no such recording "
-                        "(and no unique same-prefix recording it could mean)", split_path, line)
+                        f"(and no unique same-prefix recording it could mean){note}",
+                        split_path, line)
     return out
 
 
@@ -455,7 +494,9 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
                split_file: str | os.PathLike | None = None,
                demographics: str | os.PathLike | None = None,
                diagnosis: str | os.PathLike | None = None,
-               check_audio: bool = True, allow_unknown_codes: bool = False) -> list[Cycle]:
+               check_audio: bool = True, allow_unknown_codes: bool = False,
+               metadata_dirs: Iterable[str | os.PathLike] = (),
+               info: dict[str, Any] | None = None) -> list[Cycle]:
     """Read an ICBHI 2017 dataset folder into cycles.
 
     Args:
@@ -468,13 +509,21 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
         strict: raise the first problem as `DataError`; else record it and skip.
         problems: receives `Problem` records in lenient mode.
         split_file, demographics, diagnosis: metadata files; default: found by
-            `find_metadata_files` in `root` or its parent (demographics and diagnosis
-            are optional: their fields are None when absent).
+            `find_metadata_files` in `root`, its parent or `metadata_dirs`
+            (demographics and diagnosis are optional: their fields are None when
+            absent). Without a split file the official split uses the packaged list
+            (`BUILTIN_SPLIT`), checked against the recordings found like a file.
         check_audio: read each audio header (`rsctool.audio.audio_info`) for the
             sample rate and to check that cycles lie inside the audio. The audio file
             must exist either way.
         allow_unknown_codes: accept site, mode and device codes outside `ICBHI_CODES`
             (kept as named); by default such a recording is a problem.
+        metadata_dirs: more folders to look for metadata files in (after `root` and
+            its parent).
+        info: receives ``split_file`` (the split file used: its path, or
+            ``builtin:<BUILTIN_SPLIT>``; None for a patient split), ``split_source``
+            (``option``, ``folder``, ``builtin`` or None) and ``split_aliases`` (known
+            aliases in the split file, see `_resolve_official`).
 
     Returns:
         Cycles sorted by recording and cycle index; ids ``f"{stem}_{i:03d}"`` with `i`
@@ -499,13 +548,23 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
     root = root.resolve()
     sink = ProblemSink(strict, problems)
 
-    found = find_metadata_files(root)
+    found = find_metadata_files(root, metadata_dirs)
     split_path = _metadata_path(split_file, found["split"], "split")
     demo_path = _metadata_path(demographics, found["demographics"], "demographics")
     diag_path = _metadata_path(diagnosis, found["diagnosis"], "diagnosis")
-    if spec.kind == "official" and split_path is None:
-        raise DataError("the official split needs ICBHI_challenge_train_test.txt in the "
-                        "dataset folder or its parent (or pass a split file)", root)
+    split_source = None
+    split_label: str | None = None
+    if spec.kind == "official":
+        split_source = "option" if split_file is not None else "folder"
+        if split_path is None:  # the Kaggle mirror has none: the packaged official list
+            split_path, split_source = builtin_split_path(), "builtin"
+        split_label = f"builtin:{BUILTIN_SPLIT}" if split_source == "builtin" \
+            else str(split_path)
+    aliases: list[dict[str, Any]] = []
+    if info is not None:
+        info.clear()
+        info.update(split_file=split_label, split_source=split_source,
+                    split_aliases=aliases)
 
     texts, audio = _scan(root)
     if not texts:
@@ -526,13 +585,18 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
         # resolve against every recording with either file, so that a recording whose
         # audio or annotation is missing is reported once (above), not again as an
         # unknown split-file name
-        assigned = _resolve_official(rows, set(texts) | set(audio), split_path, sink)
+        note = ("; this is the official ICBHI 2017 split list built into rsctool, used "
+                "because the dataset folder has no ICBHI_challenge_train_test.txt: pass "
+                "your own with --split-file PATH, or use --split patients:0.6"
+                ) if split_source == "builtin" else ""
+        assigned = _resolve_official(rows, set(texts) | set(audio), split_path, sink,
+                                     aliases, note)
         kept = []
         for stem in stems:
             if stem in assigned:
                 kept.append(stem)
             else:
-                sink.report(f"recording is not named in the split file {split_path}",
+                sink.report(f"recording is not named in the split file {split_path}{note}",
                             texts[stem])
         stems = kept
 
