@@ -75,7 +75,7 @@ def kaggle_layout(root: Path, names: dict[str, str]) -> Path:
     """ROOT/Respiratory_Sound_Database/{audio_and_txt_files/, patient_diagnosis.csv,
     demographic_info.txt}: the Kaggle mirror, which has no split file."""
     base = root / "Respiratory_Sound_Database"
-    write_icbhi_dataset(base / "audio_and_txt_files", {n: ROWS for n in names})
+    write_icbhi_dataset(base / "audio_and_txt_files", dict.fromkeys(names, ROWS))
     pids = sorted({n.split("_")[0] for n in names})
     (base / "patient_diagnosis.csv").write_text(
         "ID,CLASS\n" + "".join(f"{p},COPD\n" for p in pids), encoding="utf-8")
