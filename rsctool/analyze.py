@@ -1,6 +1,7 @@
 """`rsctool analyze DATA_DIR`: dataset -> validated cycle manifest, report and plots.
 
-Reads an ICBHI-2017-format or folder-format dataset, checks every recording (header,
+Reads an ICBHI-2017-format or folder-format dataset (`rsctool.data.layout` picks the
+format, and finds ICBHI data a few folders below the one given), checks every recording (header,
 samples: empty, NaN/inf, silent; cycles inside the audio), assigns splits (official or
 patient-wise, with a patient-wise validation split carved from train), writes the
 manifest (JSONL), `report.json` and PNG plots, and registers the dataset in the project
@@ -863,7 +864,8 @@ def print_report(report: dict[str, Any]) -> None:
 def command(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(
-        help="Dataset folder: ICBHI 2017 layout (wav + txt) or <class>/**/*.wav.")],
+        help="Dataset folder: ICBHI 2017 layout (wav + txt; or a folder a few levels "
+             "above it, as downloads unpack) or <class>/**/*.wav.")],
     *,
     name: Annotated[str | None, typer.Option(
         help="Dataset name in the project (default: from the folder name).")] = None,
