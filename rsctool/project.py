@@ -540,6 +540,23 @@ class Project:
             parts.append("--force")
         return " ".join(shlex.quote(p) for p in parts)
 
+    def manifest_problem(self, record: dict) -> str | None:
+        """Why dataset `record`'s manifest cannot be used (missing, or its sha256 differs
+        from the recorded one, e.g. another project's analyze rewrote it), with the
+        command that re-makes it; None when it is fine."""
+        from rsctool.data.manifest import file_sha256
+
+        if not record.get("manifest"):
+            return None
+        path = self.abs(record["manifest"])
+        if not path.is_file():
+            problem = "manifest is missing"
+        elif record.get("sha256") and file_sha256(path) != record["sha256"]:
+            problem = "manifest changed since analyze recorded it"
+        else:
+            return None
+        return f"{problem} ({path}); run `{self.analyze_command(record)}`"
+
     def state_dir(self) -> Path:
         """The folder of this project's manifests, feature caches and run folders.
 

@@ -136,6 +136,11 @@ def command(
         for name, rec in records.items():
             table.add_row(name, *(_fmt(rec.get(c)) for c in cols))
         err_console.print(table)
+    from rsctool.console import warn
+
+    for name, rec in project.section("datasets").items():
+        if (problem := project.manifest_problem(rec)) is not None:
+            warn(f"dataset {name!r}: {problem}")
 
 
 def _fmt(v: Any) -> str:

@@ -253,6 +253,12 @@ def test_changed_manifest_names_the_command_that_fixes_it(tmp_path):
     message = str(info.value)
     assert "manifest changed" in message
     assert f"rsctool --project {proj} analyze {data.resolve()} --name d --force" in message
+    # status says so too (it used to show nothing wrong)
+    r = invoke("--project", proj, "status")
+    assert r.exit_code == 0, r.output
+    out = flat(r.output)
+    assert "warning: dataset 'd': manifest changed since analyze recorded it" in out, out
+    assert "--name d --force" in out
 
 
 # ------------------------------------------------------------ real ICBHI metadata
