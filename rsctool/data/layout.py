@@ -148,7 +148,7 @@ def resolve_layout(root: str | os.PathLike, fmt: str) -> tuple[str, Path]:
         raise DataError(
             f"found JSON annotations named like its audio files (in "
             f"{_names(found.json_dirs, root)}), as in SPRSound: SPRSound is not supported "
-            f"yet (its support is planned); {FOLDER_HINT}", root)
+            f"yet (its support is planned); {FOLDER_HINT}: pass it if this is one", root)
     if found.split_dirs:
         raise DataError(
             f"its sub-folders are named like splits ({', '.join(found.split_dirs[:4])}), not "
@@ -159,7 +159,7 @@ def resolve_layout(root: str | os.PathLike, fmt: str) -> tuple[str, Path]:
             f"found .txt annotation files next to same-name audio (in "
             f"{_names(found.txt_dirs, root)}), ICBHI style, but not named "
             "<patient>_<index>_<site>_<mode>_<device>; --format icbhi reads ICBHI-named "
-            f"files; {FOLDER_HINT}", root)
+            f"files; {FOLDER_HINT}: pass it if this is one", root)
     if not found.class_dirs:
         raise DataError("no ICBHI annotation files and no <class>/*.wav folders found "
                         "(use --format to say which layout it is)", root)
