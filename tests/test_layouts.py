@@ -314,3 +314,38 @@ def test_real_download_root_and_kaggle_layout(real_download, icbhi_meta, tmp_pat
     assert res.report["problem_count"] == 0 and res.report["cycles"] == 6898
     assert [a["name"] for a in res.report["split"]["split_aliases"]] == [
         "226_1b1_Pl_sc_Meditron"]
+
+
+def test_kaggle_archive_three_levels_down_reads_side_files_up_to_the_given_folder(tmp_path):
+    # the Kaggle archive nests the folder twice and keeps demographic_info.txt at its top
+    root = tmp_path / "archive"
+    inner = root / "Respiratory_Sound_Database" / "Respiratory_Sound_Database"
+    write_icbhi_dataset(inner / "audio_and_txt_files", {A: ROWS, B: ROWS})
+    (inner / "patient_diagnosis.csv").write_text("ID,CLASS\n101,URTI\n102,Healthy\n")
+    (root / "demographic_info.txt").write_text("101 3 F NA 19 99\n102 0.75 F NA 9.8 73\n")
+    split = tmp_path / "split.txt"
+    split.write_text(f"{A}\ttest\n{B}\ttrain\n")
+    proj = tmp_path / "rsctool.toml"
+    r = invoke("--project", proj, "analyze", root, *FAST, "--split-file", split)
+    assert r.exit_code == 0, r.output
+    rec = dataset(proj, "icbhi")
+    cycles = read_manifest(tmp_path / rec["manifest"])
+    assert {c.patient: (c.age, c.diagnosis) for c in cycles} == {
+        "101": (3.0, "URTI"), "102": (0.75, "Healthy")}
+    assert rec["found_from"] == "archive"
+
+
+@pytest.mark.parametrize("where", ["twice", "too-deep"])
+def test_icbhi_folders_analyze_cannot_choose_between_are_refused(tmp_path, where):
+    root = tmp_path / "root"
+    if where == "twice":
+        folders = [root / "copy1", root / "copy2"]
+    else:
+        folders = [root / "a" / "b" / "c" / "d"]
+    for folder in folders:
+        write_icbhi_dataset(folder, {A: ROWS, B: ROWS}, splits={A: "test", B: "train"})
+    r = invoke("--project", tmp_path / "p.toml", "analyze", root, *FAST)
+    assert r.exit_code == 2, r.output
+    out = flat(r.output)
+    assert "ICBHI recordings in" in out and "run analyze on the folder you mean" in out, out
+    assert folders[0].relative_to(root).as_posix() + "/" in out
