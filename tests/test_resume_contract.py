@@ -140,3 +140,31 @@ def test_extend_a_finished_run_keeps_its_history(project):
                         (["--run", "x", "--extend"], "--epochs N")):
         r = _cli(project, *TRAIN, *bad)
         assert r.exit_code == 2 and needle in r.output, r.output
+
+
+@pytest.fixture(scope="module")
+def tiny_ldm(tmp_path_factory):
+    from rsctool.testing import write_tiny_audioldm
+
+    return write_tiny_audioldm(tmp_path_factory.mktemp("models") / "tiny-audioldm", "audioldm")
+
+
+def test_unnamed_synth_twice_is_one_set_and_new_makes_another(project, tiny_ldm):
+    args = ["synth", "--classes", "crackle", "--n", "1", "--model", str(tiny_ldm),
+            "--steps", "2", "--seconds", "1", "--json"]
+    first = _cli(project, *args)
+    assert first.exit_code == 0, first.output
+    name = json.loads(first.stdout)["name"]
+    again = _cli(project, *args)
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert doc["name"] == name and doc["skipped"] is True and doc["made"] == 0, again.output
+    assert f"already done: synthetic set {name!r}" in again.stderr, again.stderr
+    assert list(Project.load(project.path).section("synthetic")) == [name]
+    fresh = _cli(project, *args, "--new")
+    assert fresh.exit_code == 0, fresh.output
+    doc = json.loads(fresh.stdout)
+    assert doc["name"] != name and doc["made"] == 1 and not doc["skipped"]
+    assert len(Project.load(project.path).section("synthetic")) == 2
+    taken = _cli(project, *args, "--name", name, "--new")
+    assert taken.exit_code == 2 and "--new" in taken.output, taken.output
