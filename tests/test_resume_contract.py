@@ -115,7 +115,8 @@ def test_extend_a_finished_run_keeps_its_history(project):
     before = json.loads((run_dir / "history.json").read_text())
     refused = _cli(project, *TRAIN, "--epochs", "3", "--run", "x")
     assert refused.exit_code == 2 and "--extend" in refused.output, refused.output
-    longer = _cli(project, *TRAIN, "--epochs", "3", "--run", "x", "--extend", "--json")
+    # the documented form: the run's own options, only the new total given
+    longer = _cli(project, "train", "--run", "x", "--epochs", "3", "--extend", "--json")
     assert longer.exit_code == 0, longer.output
     doc = json.loads(longer.stdout)
     assert doc["epochs"] == 3 and not doc["skipped"], longer.output
