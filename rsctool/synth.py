@@ -109,6 +109,8 @@ class SynthOptions:
         filter_run: run that scores samples (None: the last finished run).
         max_tries: with a filter, give up on a class after n * max_tries samples.
         force: regenerate a set made with other options (its folder is deleted).
+        new: make a new set even if one was made with the same options (without
+            `name`, the same options find their set again: resumed or a no-op).
     """
 
     backend: str = "audioldm"
@@ -147,6 +149,7 @@ class SynthOptions:
     filter_run: str | None = None
     max_tries: int = 4
     force: bool = False
+    new: bool = False
 
     def validate(self) -> SynthOptions:
         """Check what needs no project; returns a copy with classes de-duplicated."""
@@ -533,8 +536,13 @@ def _summary(name: str, opts: SynthOptions, backend_info: dict[str, Any],
 def _find_set(project: Any, opts: SynthOptions, gen_hash: str) -> tuple[str | None,
                                                                         dict | None]:
     sets = project.section("synthetic")
+    if opts.new and opts.name is not None and opts.name in sets:
+        raise ConfigError(f"--new: synthetic set {opts.name!r} exists; give a new --name or "
+                          "drop --name for a BACKEND-N name")
     if opts.name is not None:
         return opts.name, sets.get(opts.name)
+    if opts.new:
+        return None, None
     for name, rec in reversed(list(sets.items())):
         if rec.get("gen_hash") == gen_hash:
             return name, rec
@@ -663,8 +671,8 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
         if smaller:
             c = smaller[0]
             raise ConfigError(f"synthetic set {name!r} already holds {before[c]} {c} samples; "
-                              f"asking for {counts[c]} would shrink it: use --force or "
-                              "another --name")
+                              f"asking for {counts[c]} would shrink it: use --force, "
+                              "--new or another --name")
         mpath = project.abs(rec["manifest"]) if rec.get("manifest") else None
         if (rec.get("status") == "done" and before == counts and mpath is not None
                 and mpath.exists() and file_sha256(mpath) == rec.get("sha256")):
@@ -1256,6 +1264,9 @@ def command(
         help="With a filter: give up on a class after N x this many samples.")] = 4,
     force: Annotated[bool, typer.Option(
         help="Regenerate a set made with other options (deletes its files).")] = False,
+    new: Annotated[bool, typer.Option(
+        "--new", help="Make a new set even if one was made with the same options (without "
+                      "--name, the same options find their set again).")] = False,
     processes: Annotated[int | None, typer.Option(
         help="Share the samples out to N processes on this machine (one per GPU): the "
              "same as `torchrun --nproc-per-node N -m rsctool synth ...`.", min=1)] = None,
@@ -1280,7 +1291,7 @@ def command(
         vocoder_segment_frames=vocoder_segment_frames, vocoder_lr=vocoder_lr,
         vocoder_checkpoint_every=vocoder_checkpoint_every, sampler=sampler, stretch=stretch,
         mel_noise=mel_noise, gain_db=gain_db, min_confidence=min_confidence,
-        filter_run=filter_run, max_tries=max_tries, force=force)
+        filter_run=filter_run, max_tries=max_tries, force=force, new=new)
     opts = opts.validate()  # bad options fail before the project is read
     if processes is not None:
         from rsctool.distributed import launch_here
@@ -1300,8 +1311,8 @@ def command(
     if json_out:
         print_json(doc)
     if result.skipped:
-        info(state, f"synthetic set {result.name!r} is already complete: nothing to do "
-                    "(--force regenerates it)")
+        info(state, f"already done: synthetic set {result.name!r} with these options; "
+                    "nothing to do (--new makes another set, --force regenerates it)")
     else:
         sps = ("n/a" if result.seconds_per_sample is None
                else f"{result.seconds_per_sample:.3g} s/sample")

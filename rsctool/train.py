@@ -1143,7 +1143,8 @@ def recorded_options(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _check_same_options(name: str, run_dir: Path, explicit: dict[str, Any]) -> None:
+def _check_same_options(name: str, run_dir: Path, explicit: dict[str, Any],
+                        ignore: tuple[str, ...] = ("run",)) -> None:
     """ConfigError when options given explicitly for an existing run differ from the
     ones it was started with: resuming or skipping would silently ignore them."""
     path = run_dir / "config.json"
@@ -1151,10 +1152,45 @@ def _check_same_options(name: str, run_dir: Path, explicit: dict[str, Any]) -> N
         recorded = json.loads(path.read_text())["options"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # a run killed before its config was written: nothing to compare with
-    diffs = _option_diffs(recorded, explicit)
+    diffs = _option_diffs(recorded, explicit, ignore=ignore)
     if diffs:
+        longer = any(d.startswith(("epochs ", "max_steps ")) for d in diffs)
+        hint = (f"; to train it longer, add --extend (train --run {name} --epochs N "
+                "--extend)" if longer else "")
         raise ConfigError(f"run {name!r} exists with other options ({'; '.join(diffs)}): "
-                          "use a new --run name, or --force to retrain it from scratch")
+                          "use a new --run name (or --new), or --force to retrain it from "
+                          f"scratch{hint}")
+
+
+#: Options that may change when a run is extended (`run(..., extend=True)`).
+EXTENDABLE = ("epochs", "max_steps")
+
+
+def run_hash(opts: TrainOptions, dataset: str | None = None) -> str:
+    """The identity of a run: the hash of its resolved options without the run name,
+    with the dataset's resolved name (`dataset`, else ``opts.dataset``). Recorded as the
+    run's ``params_hash``; a run started without ``--run`` is found again by it."""
+    d = asdict(opts)
+    d.pop("run", None)
+    if dataset is not None:
+        d["dataset"] = dataset
+    return params_hash(d)
+
+
+def find_same_run(project: Any, opts: TrainOptions, like: str | None = None) -> str | None:
+    """The run an unnamed ``train`` with (resolved) `opts` means: the last recorded run
+    that is not part of a seed group, has the same `run_hash` on the same dataset
+    (same name and, where recorded, the same manifest hash) and the same ``like``
+    origin; None when there is none (a new run)."""
+    dataset, record = pick_dataset(project, opts.dataset)
+    wanted = run_hash(opts, dataset)
+    sha = record.get("sha256")
+    for name, rec in reversed(list(project.section("runs").items())):
+        if (rec.get("group") is None and rec.get("params_hash") == wanted
+                and rec.get("dataset", dataset) == dataset
+                and rec.get("dataset_sha256", sha) == sha and rec.get("like") == like):
+            return name
+    return None
 
 
 def _compact_env(env: dict[str, Any], resumed_in: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1186,8 +1222,20 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         force: bool = False, log: Callable[[str], None] | None = None,
         trackers: Sequence[str] = (), explicit: dict[str, Any] | None = None,
         group: str | None = None, like: str | None = None,
-        reserve: Callable[[], tuple[str, str]] | None = None) -> TrainResult:
-    """Train (or resume, or skip) a run; records it in the project file.
+        reserve: Callable[[], tuple[str, str]] | None = None, new: bool = False,
+        extend: bool = False) -> TrainResult:
+    """Train (or resume, or skip, or extend) a run; records it in the project file.
+
+    A run without a name (``opts.run`` None) is the run recorded with the same options
+    (`find_same_run`: same `run_hash` on the same dataset), so the same command again
+    resumes it when unfinished and is a no-op (``skipped``) when done; only other options
+    (or `new`) start a new run, named after the model plus a counter.
+
+    `extend`: continue the existing run ``opts.run`` (finished or not) from its last
+    full checkpoint up to the larger ``opts.epochs`` (or ``max_steps``): the history and
+    best checkpoint are kept, the cosine schedule is recomputed for the new total, and
+    the change is recorded as ``extended = [{from, to, epoch, step}]`` in the project
+    record and ``config.json``. Other options must match the run's.
 
     `group`: the seed sweep (`run_group`) the run belongs to; an existing run of that
     name must belong to it. `reserve`: how a new run claims its name (and its group's,
@@ -1222,8 +1270,16 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         log, progress, tracker_objs = (lambda msg: None), False, []
     dist.barrier()  # every process has read the project before the main one writes it
     runs = project.section("runs")
+    _check_new_extend(opts, runs, new=new, extend=extend, force=force)
+    if opts.run is None and not new and group is None and reserve is None:
+        found = find_same_run(project, opts, like)
+        if found is not None:
+            opts = dataclasses.replace(opts, run=found)
+            log(f"same options as run {found!r}: continuing it (--new starts another run)")
     resume_from: Path | None = None
     name: str | None = None
+    extended: list[dict[str, Any]] = []
+    extension: dict[str, Any] | None = None
     if opts.run is not None and opts.run in runs:
         rec = runs[opts.run]
         name = opts.run
@@ -1234,18 +1290,26 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
                               "use another --run name for the group")
         group = group or rec.get("group")
         like = like or rec.get("like")
+        extended = [dict(e) for e in rec.get("extended") or []]
         if explicit and not force:
-            _check_same_options(name, run_dir, explicit)
-        if rec.get("status") == "done" and not force:
+            _check_same_options(name, run_dir, explicit,
+                                ignore=("run", *EXTENDABLE) if extend else ("run",))
+        if rec.get("status") == "done" and not force and not extend:
             return TrainResult(name, run_dir, project.abs(rec["best"]) if rec.get("best")
                                else None, rec.get("best_score"), int(rec.get("epoch", 0)),
                                int(rec.get("step", 0)), skipped=True)
-        if rec.get("status") != "done" and last.exists() and not force:
+        if (rec.get("status") != "done" or extend) and last.exists() and not force:
             # Resume with the options the run was started with.
             from rsctool.checkpoint import load_checkpoint
 
-            opts = TrainOptions(**load_checkpoint(last).state["config"]["options"])
+            recorded = TrainOptions(**load_checkpoint(last).state["config"]["options"])
+            if extend:
+                recorded, extension = _extended_options(name, recorded, opts, explicit)
+            opts = recorded
             resume_from = last
+        elif extend:
+            raise ConfigError(f"--extend: run {name!r} has no last checkpoint ({last}) to "
+                              "continue from; train it again without --extend")
     check_batch_split(opts.batch_size, dist.world, opts.grad_accum)
     _seed_everything(opts.seed, opts.deterministic)
     # Build everything (dataset, model, loss) before touching the project file, so a bad
@@ -1263,8 +1327,13 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
             if reserve is not None:
                 name, group = reserve()
             else:
+                # the identity goes in with the name, so a run killed before its first
+                # record update is still found again by the same command
                 name = project.reserve_name("runs", opts.run or opts.model,
-                                            {"model": opts.model, "status": "running"})
+                                            {"model": opts.model, "status": "running",
+                                             "dataset": opts.dataset,
+                                             "params_hash": run_hash(opts),
+                                             **({"like": like} if like else {})})
         name, group = dist.broadcast((name, group))
         opts.run = name
         run_dir = project.record_dir("runs", name, None)
@@ -1274,12 +1343,27 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         run_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is not None:
         trainer.restore(resume_from)
+        if extension is not None:
+            if trainer.step >= trainer.total_steps:
+                raise ConfigError(f"--extend: run {name!r} already made {trainer.step} "
+                                  f"steps, and {opts.epochs} epochs"
+                                  + (f" with --max-steps {opts.max_steps}"
+                                     if opts.max_steps is not None else "")
+                                  + f" are {trainer.total_steps}: ask for more")
+            # patience counts from the extension: "train 20 more epochs" trains them
+            # unless validation stops improving in the new ones
+            trainer.bad_epochs = 0
+            extended.append({**extension, "epoch": trainer.epoch, "step": trainer.step})
+            log(f"extending run {name!r} from {extension['from']} to {extension['to']} "
+                f"epochs (history kept; the cosine schedule is recomputed for the new total)")
         log(f"resuming run {name!r} at epoch {trainer.epoch + 1}, step {trainer.step}")
     if dist.distributed:
         log(f"{dist.world} processes ({dist.backend}), global batch {opts.batch_size} = "
             f"{dist.world} x {opts.grad_accum} accumulation step(s) x "
             f"{opts.batch_size // (dist.world * opts.grad_accum)}")
     config = trainer.run_config()
+    if extended:
+        config["extended"] = extended
     if not dist.is_main:
         result = trainer.fit()
         _sync_project(project, dist)
@@ -1297,14 +1381,15 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         dir=project.rel(run_dir), last=project.rel(run_dir / "last.safetensors"),
         best=project.rel(run_dir / "best.safetensors"), task=opts.task,
         classes=trainer.classes, device=dev, seed=opts.seed,
-        params_hash=params_hash(asdict(opts)),
+        params_hash=run_hash(opts),
         dataset_sha256=prov["data"]["manifest_sha256"],
         split_hash=prov["split"]["hash"], split=prov["split"]["spec"],
         official_split=prov["split"]["official"], norm=trainer.normalization["norm"],
         norm_mean=trainer.normalization["mean"], norm_std=trainer.normalization["std"],
         deterministic=opts.deterministic, processes=dist.world,
         environment=_compact_env(trainer.environment, trainer.resumed_in),
-        **{k: v for k, v in (("group", group), ("like", like)) if v is not None})
+        **{k: v for k, v in (("group", group), ("like", like)) if v is not None},
+        **({"extended": extended} if extended else {}))
     if trainer.normalization.get("new"):
         _record_stats(project, trainer.dataset_name, trainer.normalization)
     if ids_file is not None:
@@ -1339,6 +1424,42 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         "epochs": result.epochs_done, "steps": result.steps, "history": result.history})
     _sync_project(project, dist)
     return result
+
+
+def _check_new_extend(opts: TrainOptions, runs: dict[str, Any], *, new: bool, extend: bool,
+                      force: bool) -> None:
+    """ConfigError for `new` / `extend` requests that cannot mean anything."""
+    if new and extend:
+        raise ConfigError("--new starts a new run and --extend continues one: give one")
+    if extend and force:
+        raise ConfigError("--extend continues a run and --force retrains it from scratch: "
+                          "give one")
+    if new and opts.run is not None and opts.run in runs:
+        raise ConfigError(f"--new: run {opts.run!r} exists; give a new --run name or drop "
+                          "--run for a MODEL-N name")
+    if extend and (opts.run is None or opts.run not in runs):
+        known = ", ".join(runs) or "none"
+        what = "give the run to extend as --run NAME" if opts.run is None else \
+            f"there is no run {opts.run!r}"
+        raise ConfigError(f"--extend continues an existing run: {what} (runs: {known})")
+
+
+def _extended_options(name: str, recorded: TrainOptions, wanted: TrainOptions,
+                      explicit: dict[str, Any] | None
+                      ) -> tuple[TrainOptions, dict[str, Any]]:
+    """The options of run `name` extended to `wanted`'s length (``epochs``, and
+    ``max_steps`` where given explicitly, or always from the Python API), and the
+    ``{from, to}`` epochs of the extension. ConfigError unless it asks for more."""
+    max_steps = (wanted.max_steps if explicit is None or "max_steps" in explicit
+                 else recorded.max_steps)
+    more_epochs = wanted.epochs > recorded.epochs
+    more_steps = (recorded.max_steps is not None
+                  and (max_steps is None or max_steps > recorded.max_steps))
+    if wanted.epochs < recorded.epochs or not (more_epochs or more_steps):
+        raise ConfigError(f"--extend: run {name!r} was set to {recorded.epochs} epochs; "
+                          f"give a larger --epochs (the new total), got {wanted.epochs}")
+    return (dataclasses.replace(recorded, epochs=wanted.epochs, max_steps=max_steps),
+            {"from": recorded.epochs, "to": wanted.epochs})
 
 
 def check_batch_split(batch_size: int, processes: int, grad_accum: int) -> None:
@@ -1426,18 +1547,34 @@ def _group_options(project: Any, grec: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _group_hash(opts: TrainOptions) -> str:
-    """Hash of a group's options: those of its runs without the run name and seed."""
+def _group_hash(opts: TrainOptions, dataset: str | None = None) -> str:
+    """Hash of a group's options: those of its runs without the run name and seed, with
+    the dataset's resolved name (`dataset`, else ``opts.dataset``)."""
     d = asdict(opts)
     d.pop("run")
     d.pop("seed")
+    if dataset is not None:
+        d["dataset"] = dataset
     return params_hash(d)
+
+
+def find_same_group(project: Any, opts: TrainOptions, dataset: str,
+                    like: str | None = None) -> str | None:
+    """The seed group an unnamed ``train --seeds`` with (resolved) `opts` means: the last
+    group recorded with the same `_group_hash` on `dataset` and the same ``like``."""
+    wanted = _group_hash(opts, dataset)
+    for name, grec in reversed(list(project.section("groups").items())):
+        if (grec.get("params_hash") == wanted and grec.get("dataset") == dataset
+                and grec.get("like") == like):
+            return name
+    return None
 
 
 def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
               device: str = "auto", progress: bool = False, force: bool = False,
               log: Callable[[str], None] | None = None, trackers: Sequence[str] = (),
-              explicit: dict[str, Any] | None = None, like: str | None = None) -> GroupResult:
+              explicit: dict[str, Any] | None = None, like: str | None = None,
+              new: bool = False) -> GroupResult:
     """A seed sweep: one run per seed in `seeds` (the seeds themselves; `parse_seeds`
     reads the command line's ``--seeds N``) with otherwise identical options.
 
@@ -1450,7 +1587,8 @@ def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
     unfinished ones and skips the finished ones, and more seeds extend the group. An
     existing group keeps its options: explicit options that differ are refused (as for
     one run), unless `force`. `rsctool eval --group GROUP` reports mean and standard
-    deviation over the seeds.
+    deviation over the seeds. Without a name, the group recorded with the same options
+    (`find_same_group`) is that group, unless `new`.
     """
     log = log or (lambda msg: None)
     opts = opts.resolve()
@@ -1458,6 +1596,14 @@ def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
     explicit = dict(explicit or {})
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     group = opts.run
+    if new and group is not None and project.get("groups", group) is not None:
+        raise ConfigError(f"--new: seed group {group!r} exists; give a new --run name or "
+                          "drop --run for a MODEL-N name")
+    if group is None and not new:
+        group = find_same_group(project, opts, pick_dataset(project, opts.dataset)[0], like)
+        if group is not None:
+            log(f"same options as seed group {group!r}: continuing it (--new starts "
+                "another group)")
     if group is not None:
         project.unique_name("groups", group)  # ProjectError for a name that cannot be one
         grec = project.get("groups", group)
@@ -1476,8 +1622,8 @@ def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
                         given[key] = {**recorded.get(key, {}), **given[key]}
                 opts = TrainOptions(**{**{k: v for k, v in recorded.items() if k in fields},
                                        **given, "run": group}).resolve()
-    gh = _group_hash(opts)
     dataset = pick_dataset(project, opts.dataset)[0]
+    gh = _group_hash(opts, dataset)
     state: dict[str, Any] = {"group": group}
 
     def claimer(seed: int) -> Callable[[], tuple[str, str]]:
@@ -1778,6 +1924,13 @@ def command(
         help="Deterministic algorithms: same seed, same machine, same weights bit for bit "
              "on CPU (limits on CUDA: docs/reproducing.md).")] = None,
     force: Annotated[bool, typer.Option(help="Retrain a finished run from scratch.")] = False,
+    new: Annotated[bool, typer.Option(
+        "--new", help="Start a new run (or seed group) even if one with the same options "
+                      "exists (without --run, the same options find their run again).")
+    ] = False,
+    extend: Annotated[bool, typer.Option(
+        "--extend", help="Continue the run --run NAME (finished or not) up to a larger "
+                         "--epochs from its last checkpoint, keeping its history.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
     = False,
 ) -> None:
@@ -1847,6 +2000,10 @@ def command(
         opts = TrainOptions(**values)
     except TypeError as e:
         raise ConfigError(f"invalid train options: {e}") from None
+    if extend and seed_list is not None:
+        raise ConfigError("--extend continues one run (--run NAME), not a seed group")
+    if extend and "epochs" not in explicit and "max_steps" not in explicit:
+        raise ConfigError("--extend needs the new total: --epochs N (more than the run's)")
     if processes is not None:
         _launch_processes(processes, opts)  # returns only when this process should train
     lines: list[str] = []
@@ -1857,7 +2014,7 @@ def command(
 
     kwargs: dict[str, Any] = {
         "device": state.device, "progress": not state.quiet and not json_out, "force": force,
-        "log": log, "trackers": log_to or (), "explicit": explicit, "like": like}
+        "log": log, "trackers": log_to or (), "explicit": explicit, "like": like, "new": new}
     if seed_list is not None:
         group = run_group(project, opts, seed_list, **kwargs)
         from rsctool.distributed import env_rank
@@ -1868,6 +2025,10 @@ def command(
         if json_out:
             print_json({"group": group.group, "seeds": group.seeds, "runs": docs,
                         "skipped": all(d["skipped"] for d in docs)})
+        if all(d["skipped"] for d in docs):
+            info(state, f"already done: seed group {group.group!r} (seeds "
+                        f"{', '.join(map(str, group.seeds))}) with these options; nothing to "
+                        "do (--new starts another group, --force retrains it)")
         scores = [r.best_score for r in group.results if r.best_score is not None]
         spread = ""
         if len(scores) > 1:
@@ -1878,7 +2039,7 @@ def command(
         info(state, f"group {group.group!r}: runs {', '.join(r.run for r in group.results)}"
                     f"{spread} (rsctool eval --group {group.group})")
         return
-    result = run(project, opts, **kwargs)
+    result = run(project, opts, extend=extend, **kwargs)
     from rsctool.distributed import env_rank
 
     if env_rank() != 0:
@@ -1887,7 +2048,9 @@ def command(
     if json_out:
         print_json(doc)
     if result.skipped:
-        info(state, f"run {result.run!r} is already done: nothing to do (--force retrains)")
+        info(state, f"already done: run {result.run!r} ({result.epochs_done} epochs) with "
+                    "these options; nothing to do (--new starts another run, --force "
+                    f"retrains it, --run {result.run} --epochs N --extend trains it longer)")
     else:
         score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
         what = " (pairwise accuracy)" if opts.task == "ranking" else ""

@@ -265,8 +265,12 @@ def test_seeds_make_a_group_and_eval_group_reports_mean_and_std(project, tmp_pat
 def test_group_without_a_name_and_python_api(project):
     res = run_group(project, TrainOptions(epochs=1, max_steps=1, **FAST), [4, 2])
     assert res.group == "cnn" and [r.run for r in res.results] == ["cnn-s4", "cnn-s2"]
+    # the same options without a name are that group: another seed extends it
     res2 = run_group(project, TrainOptions(epochs=1, max_steps=1, **FAST), [0])
-    assert res2.group == "cnn-1" and res2.results[0].run == "cnn-1-s0"
+    assert res2.group == "cnn" and res2.results[0].run == "cnn-s0"
+    assert project.get("groups", "cnn")["seeds"] == [0, 2, 4]
+    res3 = run_group(project, TrainOptions(epochs=1, max_steps=1, **FAST), [0], new=True)
+    assert res3.group == "cnn-1" and res3.results[0].run == "cnn-1-s0"
     # a plain run in the way of a group member is refused before anything is written
     run(project, TrainOptions(run="x-s0", epochs=1, max_steps=1, **FAST))
     before = project.path.read_bytes()
