@@ -33,6 +33,7 @@ import typer
 
 from rsctool.console import StepProgress, get_state, info, print_json
 from rsctool.errors import ConfigError, DataError
+from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 TASKS = ("multiclass", "multilabel", "binary", "ranking")
@@ -1178,6 +1179,7 @@ def _record_stats(project: Any, dataset: str, norm: dict[str, Any]) -> None:
     project.update(apply)
 
 
+@releasing  # the run's lock (one writer per run), however `run` ends
 def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: bool = False,
         force: bool = False, log: Callable[[str], None] | None = None,
         trackers: Sequence[str] = (), explicit: dict[str, Any] | None = None,
@@ -1217,6 +1219,8 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     if not dist.is_main:
         log, progress, tracker_objs = (lambda msg: None), False, []
     dist.barrier()  # every process has read the project before the main one writes it
+    if opts.run is not None:  # fail fast, before the model is built
+        hold_record(project, "runs", opts.run, dist)
     runs = project.section("runs")
     resume_from: Path | None = None
     name: str | None = None
@@ -1264,6 +1268,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         name, group = dist.broadcast((name, group))
         opts.run = name
         run_dir = project.record_dir("runs", name, None)
+    hold_record(project, "runs", name, dist)  # one writer per run (held already if named)
     trainer.run_name, trainer.dir = name, run_dir
     trainer.group = group
     if dist.is_main:
