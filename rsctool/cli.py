@@ -43,7 +43,8 @@ EXIT_CODES: dict[int, str] = {
     1: "internal error: a bug; one line names the exception (`RSCTOOL_DEBUG=1` prints the "
        "traceback)",
     2: "bad input or usage: a missing or malformed file, a bad option value, an unknown "
-       "run or dataset; one line names the file and the problem, nothing is half-written "
+       "run or dataset, a run, synthetic set or dataset that another rsctool process is "
+       "writing; one line names the file and the problem, nothing is half-written "
        "(`predict --keep-going`: some files failed)",
     129: "stopped by SIGHUP (the terminal closed), handled like Ctrl-C; the same command "
          "again resumes",

@@ -34,6 +34,7 @@ import typer
 from rsctool.console import StepProgress, get_state, info, print_json
 from rsctool.errors import ConfigError, DataError
 from rsctool.locks import hold_record, releasing
+from rsctool.signals import Interrupted
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 TASKS = ("multiclass", "multilabel", "binary", "ranking")
@@ -1321,11 +1322,14 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     try:
         result = trainer.fit()
         status = "done"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         status = "interrupted"
         with contextlib.suppress(Exception):
-            # no collective here: the other processes are being interrupted too
-            trainer.save("last.safetensors", gather=False)
+            # no collective here: the other processes are being interrupted too. With
+            # several, SIGTERM may be the launcher stopping the survivors of a failed
+            # process mid-step: then the last full checkpoint (every process's RNG) stays
+            if not (dist.distributed and isinstance(e, Interrupted)):
+                trainer.save("last.safetensors", gather=False)
             project.update_record("runs", name, status="interrupted", epoch=trainer.epoch,
                                   step=trainer.step)
         raise
