@@ -193,3 +193,31 @@ def test_an_ignored_sighup_stays_ignored():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, old)
+
+
+def test_sigterm_during_synth_records_interrupted_and_the_same_command_finishes(
+        project, tmp_path, monkeypatch):
+    from rsctool.generators.audioldm import AudioLDMBackend
+    from rsctool.testing import write_tiny_audioldm
+
+    model = write_tiny_audioldm(tmp_path / "tiny-audioldm", "audioldm")
+    orig = AudioLDMBackend.generate
+    calls = {"n": 0}
+
+    def sigterm_third(self, requests):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return orig(self, requests)
+
+    monkeypatch.setattr(AudioLDMBackend, "generate", sigterm_third)
+    args = ["synth", "--backend", "audioldm", "--model", str(model), "--classes", "crackle",
+            "--n", "4", "--steps", "2", "--seconds", "1", "--name", "st"]
+    r = _cli(project, *args)
+    assert r.exit_code == 143, r.output
+    assert "interrupted by SIGTERM" in r.stderr and "Traceback" not in r.output
+    rec = Project.load(project.path).get("synthetic", "st")
+    assert rec["status"] == "interrupted" and rec["counts"] == {"crackle": 2}
+    r = _cli(project, *args, "--json")
+    assert r.exit_code == 0, r.output
+    assert Project.load(project.path).get("synthetic", "st")["status"] == "done"
