@@ -43,6 +43,8 @@ _RECORDS: dict[str, tuple[str, str]] = {
     "synthetic": ("synthetic set", "wait for it or use another --name"),
     "datasets": ("dataset", "wait for it or use another --name"),
 }
+#: How long `hold` tries before it reports the holder (seconds).
+_GRACE_S = 0.2
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 # Locks this process holds: lock file -> Held (re-entrant by count).
@@ -105,7 +107,7 @@ def _holder(info: dict[str, Any]) -> str:
 
 def hold(lock_dir: Path, kind: str, key: str, *, what: str, hint: str,
          verb: str = "written") -> Held:
-    """Take the lock of `key` of `kind` without waiting, for this process.
+    """Take the lock of `key` of `kind` for this process, without waiting for a holder.
 
     Released by the innermost open `scope` when there is one, else by the caller
     (`Held.release`). `what` names the thing in the message (``run 'd'``), `verb` what
@@ -129,7 +131,9 @@ def hold(lock_dir: Path, kind: str, key: str, *, what: str, hint: str,
         lock = filelock.FileLock(os.fspath(path))
         try:
             lock_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire(timeout=0)
+            # a moment's grace, not a wait: `writer` (rsctool status) takes a free lock
+            # for an instant to test it
+            lock.acquire(timeout=_GRACE_S, poll_interval=0.02)
         except filelock.Timeout:
             raise ConfigError(f"{what} is being {verb} by another rsctool process "
                               f"({_holder(_read_info(path.with_suffix('.json')))}); "
