@@ -49,6 +49,21 @@ def held_elsewhere(project: Project, section: str, name: str) -> Iterator[int]:
         proc.wait(timeout=30)
 
 
+@pytest.fixture
+def unhandled_signals_fail() -> Iterator[None]:
+    """SIGTERM/SIGHUP that the CLI does not handle itself fail the test with an error
+    instead of killing the test session (the default action)."""
+    def fail(signum, frame):
+        raise RuntimeError(f"signal {signum} reached the test process unhandled")
+
+    old = {s: signal.signal(s, fail) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _cli(project: Project, *args: str):
     return runner.invoke(app, ["--project", str(project.path), *args])
 
@@ -137,8 +152,8 @@ def test_status_shows_a_running_record_without_a_live_writer_as_interrupted(proj
     assert Project.load(project.path).get("runs", "gone")["status"] == "running"
 
 
-def test_sigterm_during_train_checkpoints_records_interrupted_and_resumes(project,
-                                                                         monkeypatch):
+def test_sigterm_during_train_checkpoints_records_interrupted_and_resumes(
+        project, monkeypatch, unhandled_signals_fail):
     """SIGTERM (`timeout`, SLURM, `docker stop`) takes the Ctrl-C path: exit 143, one
     line, run `interrupted` with its last checkpoint; the same command finishes it."""
     from rsctool.train import Trainer
@@ -170,7 +185,7 @@ def test_sigterm_during_train_checkpoints_records_interrupted_and_resumes(projec
     assert Project.load(project.path).get("runs", "t")["status"] == "done"
 
 
-def test_sighup_stops_any_stage_with_exit_129(project, monkeypatch):
+def test_sighup_stops_any_stage_with_exit_129(project, monkeypatch, unhandled_signals_fail):
     import rsctool.status as status
 
     def hang_up(*a, **kw):
@@ -196,7 +211,7 @@ def test_an_ignored_sighup_stays_ignored():
 
 
 def test_sigterm_during_synth_records_interrupted_and_the_same_command_finishes(
-        project, tmp_path, monkeypatch):
+        project, tmp_path, monkeypatch, unhandled_signals_fail):
     from rsctool.generators.audioldm import AudioLDMBackend
     from rsctool.testing import write_tiny_audioldm
 
