@@ -29,6 +29,7 @@ import typer
 from rsctool.console import get_state, info, print_json, warn
 from rsctool.data.manifest import ICBHI_CLASSES, SPLITS, Cycle
 from rsctool.errors import ConfigError, DataError
+from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 FORMATS = ("auto", "icbhi", "folder")
@@ -516,6 +517,7 @@ def _summary(x: np.ndarray) -> dict[str, float | None]:
 
 # --------------------------------------------------------------------------- run
 
+@releasing  # the dataset's lock (one writer per name), however `run` ends
 def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         log: Any = None) -> AnalyzeResult:
     """Analyze `opts.data_dir` and register it in `project` (a `rsctool.project.Project`)."""
@@ -553,6 +555,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     name = opts.name or _default_name(root, fmt, given)
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"--name may hold letters, digits, '-' and '_' only, got {name!r}")
+    hold_record(project, "datasets", name)  # one writer per dataset name
     params = {**opts.params(), "format": fmt, "name": name}
     if found_from is not None:
         params["folder"] = str(root.resolve())

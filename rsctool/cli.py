@@ -1,7 +1,8 @@
 """The `rsctool` command: global options, one sub-command per stage, errors -> exit codes.
 
 Exit codes: 0 success; 2 bad input or usage (one line naming the file and problem, no
-traceback); 1 internal error; 130 interrupted (Ctrl-C). Stage modules define their own
+traceback); 1 internal error; 130 interrupted (Ctrl-C), 143 / 129 stopped by SIGTERM /
+SIGHUP (handled like Ctrl-C: a resumable state). Stage modules define their own
 thin Typer command at the bottom; this module only assembles them.
 """
 
@@ -42,10 +43,16 @@ EXIT_CODES: dict[int, str] = {
     1: "internal error: a bug; one line names the exception (`RSCTOOL_DEBUG=1` prints the "
        "traceback)",
     2: "bad input or usage: a missing or malformed file, a bad option value, an unknown "
-       "run or dataset; one line names the file and the problem, nothing is half-written "
+       "run or dataset, a run, synthetic set or dataset that another rsctool process is "
+       "writing; one line names the file and the problem, nothing is half-written "
        "(`predict --keep-going`: some files failed)",
+    129: "stopped by SIGHUP (the terminal closed), handled like Ctrl-C; the same command "
+         "again resumes",
     130: "interrupted (Ctrl-C or SIGINT); the same command again resumes",
     141: "stdout closed early by the reader (e.g. `rsctool ... --json | head`)",
+    143: "stopped by SIGTERM (`timeout`, SLURM pre-emption, `docker stop`), handled like "
+         "Ctrl-C: the run is checkpointed and recorded `interrupted`; the same command "
+         "again resumes",
 }
 
 
@@ -67,17 +74,23 @@ class _Group(TyperGroup):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: typer.Context):
+        from rsctool.signals import exit_code, handled
+
         try:
-            return super().invoke(ctx)
+            with handled():  # SIGTERM and SIGHUP stop a stage like Ctrl-C
+                return super().invoke(ctx)
         except UserError as e:
             if _main_process():  # several processes (torchrun, --processes): say it once
                 err_console.print(f"error: {e}", markup=False, highlight=False)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if _main_process():
-                err_console.print("interrupted: stopped cleanly; run the same command again "
-                                  "to resume", markup=False, highlight=False)
-            raise typer.Exit(130) from None
+                by = f" by {e}" if exit_code(e) != 130 else ""
+                with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                    err_console.print(f"interrupted{by}: stopped cleanly; run the same "
+                                      "command again to resume", markup=False,
+                                      highlight=False)
+            raise typer.Exit(exit_code(e)) from None
         except NoSuchOption as e:
             if e.option_name in _GLOBAL_OPTIONS and ctx.invoked_subcommand:
                 given = f"{e.option_name} {_GLOBAL_OPTIONS[e.option_name]}".strip()
@@ -185,6 +198,8 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app(prog_name="rsctool")
-    except KeyboardInterrupt:  # Ctrl-C outside a sub-command (e.g. during imports)
+    except KeyboardInterrupt as e:  # Ctrl-C outside a sub-command (e.g. during imports)
+        from rsctool.signals import exit_code
+
         err_console.print("interrupted", markup=False)
-        sys.exit(130)
+        sys.exit(exit_code(e))

@@ -205,9 +205,11 @@ def launch(argv: Sequence[str], processes: int) -> int:
     """Run ``python -m rsctool ARGV`` in `processes` processes on this machine through
     torch's elastic launcher (what ``torchrun --standalone --nproc-per-node N`` does) and
     return the exit code: 0, or the first failed process's (2 for bad input, printed
-    once by the main process)."""
+    once by the main process); 128 + N when signal N (SIGTERM, SIGHUP, SIGINT) stopped
+    the launcher, which hands it on to the processes (they stop like on Ctrl-C)."""
     import uuid
 
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -226,9 +228,14 @@ def launch(argv: Sequence[str], processes: int) -> int:
     except ChildFailedError as e:
         codes = [f.exitcode for _, f in sorted(e.failures.items())]
         for code in codes:
-            if code in (2, 130):
+            if code in (2, 130, 143, 129):
                 return code
         return next((c for c in codes if c and c > 0), 1)
+    except SignalException as e:
+        # SIGTERM/SIGHUP/SIGINT reached the launcher (`timeout`, `docker stop`): it passed
+        # the signal on to the processes, whose main one checkpointed, recorded the run
+        # `interrupted` and said so; exit as they did, without repeating it
+        return 128 + int(e.sigval)
     return 0
 
 

@@ -521,17 +521,10 @@ def _claim_output(out: Path, lock_dir: Path) -> Any:
     temp files a killed export of it left behind: while the lock is held no other export
     writes them. Another process exporting to `out` now is a ConfigError. The lock file
     lives in `lock_dir` (the project's state folder), not beside a user's output."""
-    import filelock
+    from rsctool.locks import hold
 
-    from rsctool.utils import sha256_text
-
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(lock_dir / f"export-{sha256_text(str(out))[:16]}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise ConfigError(f"{out} is being exported by another rsctool process; wait for "
-                          "it or choose another --out") from None
+    lock = hold(lock_dir, "export", str(out), what=str(out), verb="exported",
+                hint="wait for it or choose another --out")
     for stale in out.parent.glob(f".{out.name}.*.tmp.onnx"):
         with contextlib.suppress(OSError):
             stale.unlink()

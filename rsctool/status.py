@@ -19,10 +19,46 @@ _COLUMNS = {
 }
 
 
+#: Sections whose ``running`` records hold a lock while their process lives (rsctool.locks).
+_LOCKED = ("runs", "synthetic")
+
+
 def status(project: Any) -> dict:
-    """The project document as a plain dict (with the file path)."""
+    """The project document as a plain dict (with the file path), with honest states:
+    see `honest`."""
     doc = dict(project.data)
+    for section in _LOCKED:
+        if doc.get(section):
+            doc[section] = {name: honest(project, section, name, rec)
+                            for name, rec in doc[section].items()}
+    groups = doc.get("groups")
+    if groups and doc.get("runs"):
+        doc["groups"] = {name: _honest_group(rec, doc["runs"]) for name, rec in groups.items()}
     return {"project": str(project.path), "exists": project.exists(), **doc}
+
+
+def honest(project: Any, section: str, name: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """Record `rec` as `status` shows it: a ``running`` record whose lock no process holds
+    (killed by SIGKILL, the machine went down) is ``interrupted`` with ``status_detail =
+    "process gone"`` (the same command resumes it); a live one gains ``writer``
+    (``{pid, host, since}`` of the process writing it)."""
+    if rec.get("status") != "running":
+        return rec
+    from rsctool.locks import writer
+
+    who = writer(project, section, name)
+    if who is None:
+        return {**rec, "status": "interrupted", "status_detail": "process gone"}
+    return {**rec, "writer": who} if who else rec
+
+
+def _honest_group(grec: dict[str, Any], runs: dict[str, dict]) -> dict[str, Any]:
+    """A ``running`` group none of whose runs is running any more is ``interrupted``."""
+    if grec.get("status") != "running":
+        return grec
+    if any(runs.get(m, {}).get("status") == "running" for m in grec.get("runs") or []):
+        return grec
+    return {**grec, "status": "interrupted", "status_detail": "process gone"}
 
 
 def run_status(project: Any, name: str) -> dict[str, Any]:
@@ -38,6 +74,7 @@ def run_status(project: Any, name: str) -> dict[str, Any]:
     if rec is None:
         known = ", ".join(project.section("runs")) or "none"
         raise ConfigError(f"--run {name!r} is not in the project (known runs: {known})")
+    rec = honest(project, "runs", name, rec)
     run_dir = project.abs(rec["dir"]) if rec.get("dir") else project.state_dir() / "runs" / name
     config_path = run_dir / "config.json"
     try:
@@ -126,7 +163,7 @@ def command(
         return
     err_console.print(f"project {project.path} (schema {project.data.get('schema')})")
     for section, cols in _COLUMNS.items():
-        records = project.section(section)
+        records = doc.get(section) or {}
         if not records:
             continue
         table = Table(title=section, title_justify="left")
@@ -134,13 +171,25 @@ def command(
         for c in cols:
             table.add_column(c)
         for name, rec in records.items():
-            table.add_row(name, *(_fmt(rec.get(c)) for c in cols))
+            table.add_row(name, *(_status(rec) if c == "status" else _fmt(rec.get(c))
+                                  for c in cols))
         err_console.print(table)
     from rsctool.console import warn
 
     for name, rec in project.section("datasets").items():
         if (problem := project.manifest_problem(rec)) is not None:
             warn(f"dataset {name!r}: {problem}")
+
+
+def _status(rec: dict[str, Any]) -> str:
+    """The status column: ``interrupted (process gone)``, ``running (pid 12 on host)``."""
+    text = _fmt(rec.get("status"))
+    if rec.get("status_detail"):
+        return f"{text} ({rec['status_detail']})"
+    who = rec.get("writer") or {}
+    if who.get("pid"):
+        return f"{text} (pid {who['pid']} on {who.get('host') or '?'})"
+    return text
 
 
 def _fmt(v: Any) -> str:

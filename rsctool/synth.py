@@ -54,6 +54,7 @@ from rsctool.data.icbhi import SYNTHETIC_SITE
 from rsctool.data.manifest import ICBHI_CLASSES, Cycle, icbhi_label
 from rsctool.errors import ConfigError, DataError
 from rsctool.generators import BACKENDS
+from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 #: Patient field of synthetic file names, per class (ICBHI patient ids are 101-226).
@@ -549,6 +550,7 @@ def _find_set(project: Any, opts: SynthOptions, gen_hash: str) -> tuple[str | No
     return None, None
 
 
+@releasing  # the set's lock (one writer per set), however `run` ends
 def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: bool = False,
         log: Callable[[str], None] | None = None) -> SynthResult:
     """Generate (or resume, extend, or skip) a synthetic set and record it in the project.
@@ -573,6 +575,8 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
         if not dist.is_main:
             log, progress = (lambda msg: None), False
     dist.barrier()  # every process has read the project before the main one writes it
+    if opts.name:  # fail fast, before a model is loaded
+        hold_record(project, "synthetic", opts.name, dist)
     text = opts.backend in ("audioldm", "audioldm2")
     ds_name, ds_record, cycles = _dataset(project, opts.dataset, required=not text)
     counts = _resolve_counts(opts, project, ds_name, ds_record)
@@ -693,6 +697,7 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                                         {"backend": opts.backend, "status": "running"})
         name = dist.broadcast(name)
         rec = None
+    hold_record(project, "synthetic", name, dist)  # one writer per set
     out = (Path(opts.out).resolve() if opts.out else
            project.record_dir("synthetic", name, rec, marker="manifest.jsonl"))
     manifest_path = out / "manifest.jsonl"

@@ -33,6 +33,8 @@ import typer
 
 from rsctool.console import StepProgress, get_state, info, print_json
 from rsctool.errors import ConfigError, DataError
+from rsctool.locks import hold_record, releasing
+from rsctool.signals import Interrupted
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 TASKS = ("multiclass", "multilabel", "binary", "ranking")
@@ -1218,6 +1220,7 @@ def _record_stats(project: Any, dataset: str, norm: dict[str, Any]) -> None:
     project.update(apply)
 
 
+@releasing  # the run's lock (one writer per run), however `run` ends
 def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: bool = False,
         force: bool = False, log: Callable[[str], None] | None = None,
         trackers: Sequence[str] = (), explicit: dict[str, Any] | None = None,
@@ -1269,6 +1272,8 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     if not dist.is_main:
         log, progress, tracker_objs = (lambda msg: None), False, []
     dist.barrier()  # every process has read the project before the main one writes it
+    if opts.run is not None:  # fail fast, before the model is built
+        hold_record(project, "runs", opts.run, dist)
     runs = project.section("runs")
     _check_new_extend(opts, runs, new=new, extend=extend, force=force)
     if opts.run is None and not new and group is None and reserve is None:
@@ -1337,6 +1342,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         name, group = dist.broadcast((name, group))
         opts.run = name
         run_dir = project.record_dir("runs", name, None)
+    hold_record(project, "runs", name, dist)  # one writer per run (held already if named)
     trainer.run_name, trainer.dir = name, run_dir
     trainer.group = group
     if dist.is_main:
@@ -1405,11 +1411,14 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     try:
         result = trainer.fit()
         status = "done"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         status = "interrupted"
         with contextlib.suppress(Exception):
-            # no collective here: the other processes are being interrupted too
-            trainer.save("last.safetensors", gather=False)
+            # no collective here: the other processes are being interrupted too. With
+            # several, SIGTERM may be the launcher stopping the survivors of a failed
+            # process mid-step: then the last full checkpoint (every process's RNG) stays
+            if not (dist.distributed and isinstance(e, Interrupted)):
+                trainer.save("last.safetensors", gather=False)
             project.update_record("runs", name, status="interrupted", epoch=trainer.epoch,
                                   step=trainer.step)
         raise

@@ -117,6 +117,30 @@ def test_ctrl_c_stops_cleanly_and_resumes(project_dir):
     assert Project.load(project_dir / "rsctool.toml").get("runs", "intr")["status"] == "done"
 
 
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_resumes(project_dir):
+    """`timeout` / SLURM / `docker stop` send SIGTERM: handled like Ctrl-C (it used to
+    kill train on the spot, exit 143 with the run `running` forever)."""
+    args = [*TRAIN[:TRAIN.index("--batch-size")], "--batch-size", "4",
+            *TRAIN[TRAIN.index("--batch-size") + 2:], "--run", "term"]
+    proc = _rsctool(project_dir, *args)
+    ckpt = project_dir / ".rsctool" / "runs" / "term" / "last.safetensors"
+    _wait_for_step(ckpt, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    text = err.decode()
+    assert proc.returncode == 143, text
+    assert "interrupted by SIGTERM: stopped cleanly; run the same command again to resume" \
+        in text and "Traceback" not in text
+    rec = Project.load(project_dir / "rsctool.toml").get("runs", "term")
+    assert rec["status"] == "interrupted"
+    assert _step_of(ckpt) >= 2
+    again = _rsctool(project_dir, *args)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()
+    assert Project.load(project_dir / "rsctool.toml").get("runs", "term")["status"] == "done"
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/rsctool-pwned",))
