@@ -431,10 +431,14 @@ class Project:
         _check_name(section, base, self.path)
         return _first_free(self.reload().get(section, {}), base)
 
-    def reserve_name(self, section: str, base: str, record: dict) -> str:
+    def reserve_name(self, section: str, base: str, record: dict, *,
+                     same: Callable[[dict], bool] | None = None) -> str:
         """Pick a free name like `unique_name` and store `record` under it, in one locked step.
 
-        So concurrent sweeps never get the same run name. Returns the name.
+        So concurrent sweeps never get the same run name. Returns the name. `same`: a
+        record for which it returns True is the one being reserved, claimed meanwhile by
+        another process (two identical unnamed commands started together): ProjectError
+        naming it, instead of a second copy of the same work.
         """
         _check_section(section)
         _check_name(section, base, self.path)
@@ -442,6 +446,14 @@ class Project:
 
         def apply(doc: dict) -> str:
             records = doc.setdefault(section, {})
+            if same is not None:
+                for other, rec in records.items():
+                    if isinstance(rec, dict) and same(rec):
+                        raise ProjectError(
+                            f"{self.path}: {section[:-1] if section.endswith('s') else section}"
+                            f" {other!r} with the same options was started meanwhile by "
+                            "another rsctool process; run the same command again when it "
+                            "ends (it resumes or skips it)")
             name = _first_free(records, base)
             records[name] = record
             return name

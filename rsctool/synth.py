@@ -693,8 +693,14 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
         backend.pipe  # noqa: B018 - load the model now: a bad --model fails before any write
     if name is None or rec is None:
         if dist.is_main:
-            name = project.reserve_name("synthetic", name or opts.backend,
-                                        {"backend": opts.backend, "status": "running"})
+            # the identity goes in with the name, so a set killed before its first
+            # record update is found again, and an identical unnamed synth that claimed
+            # it meanwhile (while this one loaded its model) is refused, not repeated
+            unnamed = opts.name is None and not opts.new
+            name = project.reserve_name(
+                "synthetic", name or opts.backend,
+                {"backend": opts.backend, "status": "running", "gen_hash": gen_hash},
+                same=(lambda r: r.get("gen_hash") == gen_hash) if unnamed else None)
         name = dist.broadcast(name)
         rec = None
     hold_record(project, "synthetic", name, dist)  # one writer per set

@@ -1179,18 +1179,28 @@ def run_hash(opts: TrainOptions, dataset: str | None = None) -> str:
     return params_hash(d)
 
 
-def find_same_run(project: Any, opts: TrainOptions, like: str | None = None) -> str | None:
-    """The run an unnamed ``train`` with (resolved) `opts` means: the last recorded run
-    that is not part of a seed group, has the same `run_hash` on the same dataset
-    (same name and, where recorded, the same manifest hash) and the same ``like``
-    origin; None when there is none (a new run)."""
+def same_run(project: Any, opts: TrainOptions, like: str | None = None
+             ) -> Callable[[dict[str, Any]], bool]:
+    """Whether a run record is the run an unnamed ``train`` with (resolved) `opts` means:
+    not part of a seed group, the same `run_hash` on the same dataset (same name and,
+    where recorded, the same manifest hash) and the same ``like`` origin."""
     dataset, record = pick_dataset(project, opts.dataset)
     wanted = run_hash(opts, dataset)
     sha = record.get("sha256")
-    for name, rec in reversed(list(project.section("runs").items())):
-        if (rec.get("group") is None and rec.get("params_hash") == wanted
+
+    def same(rec: dict[str, Any]) -> bool:
+        return (rec.get("group") is None and rec.get("params_hash") == wanted
                 and rec.get("dataset", dataset) == dataset
-                and rec.get("dataset_sha256", sha) == sha and rec.get("like") == like):
+                and rec.get("dataset_sha256", sha) == sha and rec.get("like") == like)
+
+    return same
+
+
+def find_same_run(project: Any, opts: TrainOptions, like: str | None = None) -> str | None:
+    """The last recorded run that `same_run` matches; None when there is none (a new run)."""
+    same = same_run(project, opts, like)
+    for name, rec in reversed(list(project.section("runs").items())):
+        if same(rec):
             return name
     return None
 
@@ -1334,11 +1344,16 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
             else:
                 # the identity goes in with the name, so a run killed before its first
                 # record update is still found again by the same command
+                # ... and an identical unnamed command that claimed it meanwhile (its
+                # lookup ran while this one built its model) is refused, not repeated
+                unnamed = opts.run is None and not new
                 name = project.reserve_name("runs", opts.run or opts.model,
                                             {"model": opts.model, "status": "running",
                                              "dataset": opts.dataset,
                                              "params_hash": run_hash(opts),
-                                             **({"like": like} if like else {})})
+                                             **({"like": like} if like else {})},
+                                            same=same_run(project, opts, like) if unnamed
+                                            else None)
         name, group = dist.broadcast((name, group))
         opts.run = name
         run_dir = project.record_dir("runs", name, None)

@@ -169,3 +169,25 @@ def test_unnamed_synth_twice_is_one_set_and_new_makes_another(project, tiny_ldm)
     assert len(Project.load(project.path).section("synthetic")) == 2
     taken = _cli(project, *args, "--name", name, "--new")
     assert taken.exit_code == 2 and "--new" in taken.output, taken.output
+
+
+def test_identical_unnamed_command_started_meanwhile_is_refused_not_repeated(project,
+                                                                             monkeypatch):
+    """Two identical unnamed commands started together: both look up (none found), one
+    claims the run while the other builds its model; the other's claim sees it and exits 2
+    instead of training a copy under `cnn-1`."""
+    import rsctool.train as train
+
+    base = [*TRAIN, "--epochs", "1", "--max-steps", "1"]
+    first = _cli(project, *base)
+    assert first.exit_code == 0, first.output
+    (name,) = _runs(project)
+    Project.load(project.path).update_record("runs", name, status="running")
+    monkeypatch.setattr(train, "find_same_run", lambda *a, **k: None)  # looked too early
+    second = _cli(project, *base)
+    assert second.exit_code == 2, second.output
+    assert f"{name!r} with the same options was started meanwhile" in second.output
+    assert list(_runs(project)) == [name]
+    third = _cli(project, *base, "--new")  # --new still means another run
+    assert third.exit_code == 0, third.output
+    assert len(_runs(project)) == 2
