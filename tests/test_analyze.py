@@ -368,3 +368,24 @@ def test_an_empty_split_a_later_stage_needs_is_refused(tmp_path, monkeypatch):
         rep = json.loads(r.stdout)
         assert {s for s, n in rep["splits"].items() if sum(n.values())} >= \
             {"train", "val", "test"}, rep["splits"]
+
+
+def test_dataset_paths_in_the_project_file_are_relative_inside_absolute_outside(tmp_path):
+    # docs/data-formats.md says exactly what is stored (it said "relative" for every path)
+    from rsctool.testing import write_folder_dataset
+
+    files = [f"{c}/{c}_{i}.wav" for c in ("a", "b") for i in range(6)]
+    inside = write_folder_dataset(tmp_path / "proj" / "data", files, seconds=0.2)
+    outside = write_folder_dataset(tmp_path / "elsewhere" / "data", files, seconds=0.2)
+    project = tmp_path / "proj" / "rsctool.toml"
+    for name, root in (("in", inside), ("out", outside)):
+        r = invoke("--project", project, "-q", "analyze", root, "--name", name,
+                   "--no-fbank-stats", "--no-plots", "--split", "random:0.5:0.25")
+        assert r.exit_code == 0, r.output
+    p = Project.load(project)
+    assert p.get("datasets", "in")["root"] == "data"
+    assert p.get("datasets", "out")["root"] == outside.resolve().as_posix()
+    assert p.get("datasets", "out")["manifest"] == ".rsctool/manifests/out.jsonl"
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data-formats.md").read_text()
+    section = doc.split("## The project file", 1)[1].split("\n## ", 1)[0]
+    assert "stored relative to it" in section and "stored absolute" in section
