@@ -809,8 +809,8 @@ def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None
                       sample_rate, clip_seconds, needs_metadata}
         predictions  [{file, type (cycle|window), index, start, end (s), label,
                        probabilities {class: p}, sigmoid (multilabel),
-                       annotated (cycles)}]
-        recordings   [{file, mode, duration, sample_rate, channels, n, counts,
+                       annotated (cycles), warning (audio check text or None)}]
+        recordings   [{file, mode, duration, sample_rate, channels, n, counts, warning,
                        segments (windows) | annotation, annotated_counts, agreement
                        (cycles), window, hop, metadata, metadata_source,
                        metadata_missing (conditioned models), seconds}]
