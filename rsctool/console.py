@@ -70,11 +70,23 @@ def write_stdout(pieces: str | Iterable[str]) -> None:
         return
     out.flush()  # what the text layer holds goes first
     encoding = getattr(out, "encoding", None) or "utf-8"
-    for piece in pieces:
-        view = memoryview(piece.encode(encoding))
+
+    def put(data: bytes) -> None:
+        view = memoryview(data)
         while view:
             n = buf.write(view)
             view = view[len(view) if n is None else n:]
+
+    chunk: list[bytes] = []
+    size = 0
+    for piece in pieces:  # whole pieces, about 64 KiB per write (one syscall unbuffered)
+        data = piece.encode(encoding)
+        chunk.append(data)
+        size += len(data)
+        if size >= 1 << 16:
+            put(b"".join(chunk))
+            chunk, size = [], 0
+    put(b"".join(chunk))
     buf.flush()
 
 
