@@ -286,7 +286,7 @@ def _scan_samples(path: str, segments: list[tuple[float, float]]) -> tuple[dict[
     """``(stats, AudioInfo)`` of one file (see `AudioScanner.scan`)."""
     import soundfile as sf
 
-    from rsctool.audio import audio_info
+    from rsctool.audio import SILENT_AUDIO, LevelStats, audio_info
 
     meta = audio_info(path)  # raises DataError for missing/unreadable/empty files
     try:
@@ -298,9 +298,11 @@ def _scan_samples(path: str, segments: list[tuple[float, float]]) -> tuple[dict[
     if not np.isfinite(data).all():
         raise DataError("audio contains NaN or infinite samples", path)
     wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    peak = float(np.max(np.abs(wav)))
-    if peak == 0.0:
-        raise DataError("silent audio (every sample is zero)", path)
+    levels = LevelStats()  # the same checks as predict's (rsctool.audio)
+    levels.add(wav)
+    if levels.silent:
+        raise DataError(SILENT_AUDIO, path)
+    peak = levels.peak
     seg_db = []
     for s, e in segments:
         seg = wav[int(s * sr): max(int(e * sr), int(s * sr) + 1)]
@@ -311,8 +313,8 @@ def _scan_samples(path: str, segments: list[tuple[float, float]]) -> tuple[dict[
         "channels": int(meta.channels),
         "duration": round(len(wav) / sr, 4),
         "peak": round(peak, 6),
-        "rms_db": _db(float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))),
-        "clipped_fraction": round(float(np.mean(np.abs(wav) >= 0.999)), 6),
+        "rms_db": _db(levels.rms),
+        "clipped_fraction": round(levels.clipped_fraction, 6),
         "segments_rms_db": seg_db,
     }
     return stats, meta
@@ -630,6 +632,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         warn(str(p) if not hasattr(p, "to_dict") else _problem_line(p))
     if not cycles:
         raise DataError("no usable cycles found", root)
+    _check_splits(cycles, opts, fmt, root)
     t_scan = time.perf_counter()
 
     s_hash = compute_split_hash(cycles)
@@ -719,6 +722,25 @@ def layout_notes(report: dict[str, Any]) -> list[str]:
         notes.append(f"split file line {a['line']}: {a['name']} is a known alias of "
                      f"{a['recording']} (listed too, {a['split']}); not a problem")
     return notes
+
+
+def _check_splits(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str, root: Path) -> None:
+    """Exit 2 now, not at train/eval time, when a split the spec asks for is empty:
+    train always; test unless a random spec gives it no share; val when a random spec
+    asks for it (ICBHI's carve-out may legitimately find no second train patient)."""
+    from rsctool.data.splits import check_splits, parse_split_spec
+
+    spec_text = opts.split or ("official" if fmt == "icbhi" else "random:0.7:0.15")
+    spec = parse_split_spec(spec_text)
+    required = ["train"]
+    if spec.kind == "random":
+        if spec.val > 0:
+            required.append("val")
+        if spec.train + spec.val < 1.0 - 1e-9:
+            required.append("test")
+    else:
+        required.append("test")
+    check_splits(cycles, required, spec=spec_text, group_by=opts.group_by, where=root)
 
 
 def default_stats_clip() -> Any:

@@ -6,6 +6,7 @@ sample rates are in Hz; times in seconds.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,15 @@ import numpy as np
 from rsctool.errors import DataError
 
 DEFAULT_SAMPLE_RATE = 16_000
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+#: The audio files every stage reads (folder scans, globs): what libsndfile >= 1.1 decodes.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+#: Shortest usable audio: one 25 ms analysis frame (the fbank default frame length).
+MIN_AUDIO_SECONDS = 0.025
+#: |sample| at or above this counts as clipped (full scale, after int -> float scaling).
+CLIP_LEVEL = 0.999
+#: Share of clipped samples from which a file is reported as clipping.
+CLIPPED_FRACTION_WARN = 0.001
+SILENT_AUDIO = "silent audio (every sample is zero)"
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,107 @@ class AudioInfo:
     def duration(self) -> float:
         """Length in seconds."""
         return self.frames / self.sample_rate
+
+
+def is_audio_file(path: str | os.PathLike) -> bool:
+    """True for a non-hidden name ending in one of `AUDIO_EXTENSIONS` (any case)."""
+    name = os.path.basename(os.fspath(path))
+    return not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS)
+
+
+@dataclass
+class LevelStats:
+    """Sample levels accumulated block by block (so an hour needs one block of memory).
+
+    Attributes:
+        n: samples seen.
+        peak: max |x|.
+        clipped: samples with |x| >= `CLIP_LEVEL`.
+        sum_sq: sum of x^2 (float64).
+    """
+
+    n: int = 0
+    peak: float = 0.0
+    clipped: int = 0
+    sum_sq: float = 0.0
+
+    def add(self, wav: np.ndarray) -> None:
+        """Account for a `(N,)` block of float samples."""
+        if len(wav) == 0:
+            return
+        a = np.abs(wav)
+        self.n += len(wav)
+        self.peak = max(self.peak, float(a.max()))
+        self.clipped += int(np.count_nonzero(a >= CLIP_LEVEL))
+        self.sum_sq += float(np.sum(np.square(wav, dtype=np.float64)))
+
+    @property
+    def clipped_fraction(self) -> float:
+        return self.clipped / self.n if self.n else 0.0
+
+    @property
+    def rms(self) -> float:
+        return math.sqrt(self.sum_sq / self.n) if self.n else 0.0
+
+    @property
+    def silent(self) -> bool:
+        return self.n > 0 and self.peak == 0.0
+
+
+def level_problems(levels: LevelStats) -> list[str]:
+    """Silence and clipping of a whole file, as short texts (empty when fine)."""
+    if levels.silent:
+        return [SILENT_AUDIO]
+    if levels.clipped >= 3 and levels.clipped_fraction >= CLIPPED_FRACTION_WARN:
+        return [f"clipping ({100 * levels.clipped_fraction:.2g} % of samples at full scale)"]
+    return []
+
+
+def wav_truncation(path: str | os.PathLike) -> str | None:
+    """Why a RIFF/WAVE file's data chunk is cut short, or None (fine, or not a wav).
+
+    libsndfile silently reports the frames present, so a copy that stopped half-way reads
+    as a shorter recording; the header's data size still says how long it should be.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order = "little" if head[:4] == b"RIFF" else "big"
+    pos, block_align, rate = 12, 0, 0
+    while pos + 8 <= len(head):
+        cid, n = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], order)
+        if cid == b"fmt " and pos + 22 <= len(head):
+            rate = int.from_bytes(head[pos + 12:pos + 16], order)
+            block_align = int.from_bytes(head[pos + 20:pos + 22], order)
+        if cid == b"data":
+            have = size - (pos + 8)
+            # 0 and 0xFFFFFFFF: a stream written without knowing its length (not a cut)
+            if n in (0, 0xFFFFFFFF) or have >= n:
+                return None
+            if block_align and rate:
+                return (f"truncated audio (the header declares {n // block_align / rate:.3f} s,"
+                        f" the file holds {max(have, 0) // block_align / rate:.3f} s)")
+            return f"truncated audio (the header declares {n} data bytes, the file holds {have})"
+        pos += 8 + n + (n & 1)
+    return None
+
+
+def header_problems(info: AudioInfo, min_seconds: float = MIN_AUDIO_SECONDS) -> list[str]:
+    """Problems visible without reading the samples: too short for one analysis frame
+    (`min_seconds`), a truncated wav data chunk."""
+    out = []
+    if info.duration < min_seconds:
+        out.append(f"too short ({1000 * info.duration:.3g} ms, less than one "
+                   f"{1000 * min_seconds:g} ms analysis frame)")
+    cut = wav_truncation(info.path)
+    if cut:
+        out.append(cut)
+    return out
 
 
 def _sf():
@@ -76,7 +186,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = DEFAULT_SAMPLE
     """Read `path` (any rate, int or float, any channel count) as mono float32.
 
     Args:
-        path: wav/flac/ogg file.
+        path: an audio file (`AUDIO_EXTENSIONS`).
         sample_rate: resample to this rate (Hz); ``None`` keeps the native rate.
         start, end: optional segment in seconds (``end=None``: to the end of the file).
 

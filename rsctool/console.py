@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,48 @@ def get_state(ctx: Any) -> AppState:
     return AppState()
 
 
+def write_stdout(pieces: str | Iterable[str]) -> None:
+    """Write text to stdout completely, piece by piece (whole records per piece).
+
+    Goes to the binary layer and loops over short writes: with an unbuffered stdout
+    (``PYTHONUNBUFFERED=1``) the text layer drops the rest of a write that the pipe took
+    only part of, so a reader that closed early got a cut record and exit 0. Here the
+    next write raises BrokenPipeError instead, which the CLI turns into exit 141.
+    """
+    out = sys.stdout
+    buf = getattr(out, "buffer", None)
+    if isinstance(pieces, str):
+        pieces = (pieces,)
+    if buf is None:  # a plain text stream (tests that swap sys.stdout)
+        for piece in pieces:
+            out.write(piece)
+        out.flush()
+        return
+    out.flush()  # what the text layer holds goes first
+    encoding = getattr(out, "encoding", None) or "utf-8"
+
+    def put(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = buf.write(view)
+            view = view[len(view) if n is None else n:]
+
+    chunk: list[bytes] = []
+    size = 0
+    for piece in pieces:  # whole pieces, about 64 KiB per write (one syscall unbuffered)
+        data = piece.encode(encoding)
+        chunk.append(data)
+        size += len(data)
+        if size >= 1 << 16:
+            put(b"".join(chunk))
+            chunk, size = [], 0
+    put(b"".join(chunk))
+    buf.flush()
+
+
 def print_json(obj: Any) -> None:
     """Print one JSON document on stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()
+    write_stdout(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def info(state: AppState, *objects: Any) -> None:

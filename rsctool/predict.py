@@ -1,6 +1,7 @@
 """`rsctool predict`: classify breathing cycles or sliding windows of new recordings.
 
-Inputs are audio files, folders (searched recursively for .wav/.flac/.ogg) and glob
+Inputs are audio files, folders (searched recursively for the audio suffixes every stage
+reads, `rsctool.audio.AUDIO_EXTENSIONS`: .wav/.flac/.ogg/.mp3) and glob
 patterns. Each recording is classified
 
 * per cycle, when an ICBHI-style annotation (``<stem>.txt``: ``start end crackles
@@ -21,12 +22,15 @@ training (unknown index, numeric mask 0), never filled in, and reported.
 Backends: ``onnx`` runs an export of the run (or ``--model FILE.onnx``) with onnxruntime
 and a numpy filter bank, and never imports torch, so it starts in well under a second;
 ``torch`` rebuilds the model from the checkpoint. The default is onnx when the run has an
-up-to-date export. Results: a table on stderr, and with ``--format json|jsonl|csv`` one
-record per cycle/window (``file, start, end, label, probabilities``), the per-recording
-summaries (counts per class, segments, metadata used) and the errors, on stdout or in
-``--out`` (written atomically). A bad file stops the batch with exit code 2 and one line
-naming it; with ``--keep-going`` it is reported and the rest are still classified (the
-exit code is then 2 if any file failed).
+up-to-date export. Results: a table on stderr, and on stdout (or in ``--out``, written
+atomically) the records: ``--format tsv`` (the default when stdout is not a terminal, so
+``| head``, ``cut`` and ``awk`` work) one line per cycle/window; ``json|jsonl|csv`` also
+the per-recording summaries (counts per class, segments, metadata used) and the errors.
+Every file is checked as `analyze` checks audio (too short for one analysis frame, a
+truncated wav, silence, clipping): a warning on stderr and in the records' ``warning``
+field, or with ``--strict`` an error. A bad file stops the batch with exit code 2 and one
+line naming it; with ``--keep-going`` it is reported and the rest are still classified
+(the exit code is then 2 if any file failed).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rsctool.console import err_console, get_state, warn
+from rsctool.console import err_console, get_state, warn, write_stdout
 from rsctool.errors import ConfigError, DataError, UserError
 
 if TYPE_CHECKING:
@@ -54,13 +58,13 @@ if TYPE_CHECKING:
 
 # numpy is imported where it is used: `rsctool predict --help` then starts ~0.1 s faster.
 
-FORMATS = ("table", "json", "jsonl", "csv")
+FORMATS = ("table", "tsv", "json", "jsonl", "csv")
 BACKENDS = ("auto", "onnx", "torch")
 MODES = ("auto", "cycles", "windows")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 #: Metadata a user may give (`--meta`, CSV); ``duration`` comes from each cycle/window.
 USER_META = ("device", "site", "sex", "age", "bmi")
-_SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+_SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
+                   ".tsv": "tsv"}
 
 
 @dataclass
@@ -79,10 +83,13 @@ class PredictOptions:
             half a window).
         meta: ``KEY=VALUE`` items (device, site, sex, age, bmi; ``NA`` = missing) and/or
             CSV files with a ``file`` column, applied in order.
-        format: ``table`` (stderr only), ``json``, ``jsonl`` or ``csv`` (None: from the
-            suffix of `out`, else table).
+        format: ``table`` (stderr only), ``tsv``, ``json``, ``jsonl`` or ``csv`` (None: from
+            the suffix of `out`, else table; the command picks tsv when stdout is not a
+            terminal).
         out: write the records there (atomically) instead of stdout.
         keep_going: report a bad file and continue with the others.
+        strict: a file that is too short, truncated, silent or clipping is an error
+            (default: a warning).
         batch_size: cycles/windows per model call.
         threads: onnxruntime intra-op threads (None: one per core).
         block_seconds: audio read per block when streaming windows.
@@ -101,6 +108,7 @@ class PredictOptions:
     format: str | None = None
     out: Path | None = None
     keep_going: bool = False
+    strict: bool = False
     batch_size: int = 16
     threads: int | None = None
     block_seconds: float = 30.0
@@ -130,14 +138,14 @@ class PredictOptions:
         if self.format is None:
             suffix = Path(self.out).suffix.lower() if self.out is not None else ""
             if self.out is not None and suffix not in _SUFFIX_FORMATS:
-                raise ConfigError(f"--out {self.out}: give --format json|jsonl|csv (or use "
-                                  "a .json, .jsonl or .csv file name)")
+                raise ConfigError(f"--out {self.out}: give --format tsv|json|jsonl|csv (or "
+                                  "use a .tsv, .json, .jsonl or .csv file name)")
             self.format = _SUFFIX_FORMATS.get(suffix, "table")
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, "
                               f"got {self.format!r}")
         if self.format == "table" and self.out is not None:
-            raise ConfigError("--out needs --format json, jsonl or csv")
+            raise ConfigError("--out needs --format tsv, json, jsonl or csv")
         return self
 
 
@@ -265,6 +273,8 @@ def expand_inputs(items: Sequence[str]) -> list[tuple[str, Path | None, UserErro
     """``(as given, file, error)`` per recording: folders give their audio files
     (recursively, sorted), patterns their matches; a name that matches nothing gives an
     error entry (so `--keep-going` can report it and go on). Duplicates are dropped."""
+    from rsctool.audio import AUDIO_EXTENSIONS, is_audio_file
+
     out: list[tuple[str, Path | None, UserError | None]] = []
     seen: set[str] = set()
 
@@ -277,18 +287,17 @@ def expand_inputs(items: Sequence[str]) -> list[tuple[str, Path | None, UserErro
     for item in items:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES
-                           and f.is_file() and not f.name.startswith("."))
+            files = sorted(f for f in p.rglob("*") if is_audio_file(f) and f.is_file())
             if not files:
                 out.append((item, None, DataError(
-                    f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder", p)))
+                    f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder", p)))
             for f in files:
                 add(item, f)
         elif p.exists():
             add(item, p)
         elif _is_glob(item):
             hits = sorted(Path(h) for h in glob.glob(item, recursive=True)
-                          if Path(h).is_file() and Path(h).suffix.lower() in AUDIO_SUFFIXES)
+                          if Path(h).is_file() and is_audio_file(h))
             if not hits:
                 out.append((item, None, DataError("no audio files match this pattern", item)))
             for f in hits:
@@ -373,7 +382,9 @@ def read_meta_csv(path: Path) -> dict[str, dict[str, Any]]:
             raise DataError("empty 'file' value", path, lineno)
         values = {}
         for k in USER_META:
-            if k in row:
+            # An empty cell says nothing (lower-priority sources stay); NA is an explicit
+            # "missing" (None) that outranks the file name and the demographics file.
+            if (row.get(k) or "").strip():
                 try:
                     values[k] = parse_meta_value(k, row[k], "")
                 except DataError as e:
@@ -431,19 +442,23 @@ class MetadataResolver:
         values: dict[str, Any] = {}
         source: dict[str, str] = {}
 
-        def put(vals: Mapping[str, Any], where: str) -> None:
+        def put(vals: Mapping[str, Any], where: str, explicit: bool = False) -> None:
+            # `explicit`: a None is the user's NA, which overrides what is known so far.
             for k, v in vals.items():
                 if v is not None:
                     values[k] = v
                     source[k] = where
+                elif explicit:
+                    values.pop(k, None)
+                    source[k] = f"{where} (NA)"
 
         m = RECORDING_RE.match(path.stem)
         if m is not None:
             put({"device": m["device"], "site": m["site"]}, "file name")
             person = self._demo(path.parent).get(m["patient"], {})
             put({k: person.get(k) for k in ("age", "sex", "bmi")}, "demographics file")
-        put(self.sources.row_for(path), "csv")
-        put(self.sources.fixed, "--meta")
+        put(self.sources.row_for(path), "csv", explicit=True)
+        put(self.sources.fixed, "--meta", explicit=True)
         return values, source
 
 
@@ -510,13 +525,14 @@ def annotated_cycles(audio: Path, annotation: Path, spec: Any) -> Iterable[Item]
 
 
 def sliding_windows(audio: Path, spec: Any, window: float, hop: float,
-                    block_seconds: float) -> Iterable[Item]:
-    """Streamed windows, each padded/cropped to the clip length as a cycle would be."""
+                    block_seconds: float, levels: Any = None) -> Iterable[Item]:
+    """Streamed windows, each padded/cropped to the clip length as a cycle would be;
+    `levels` (`rsctool.audio.LevelStats`) accumulates the file's sample levels."""
     from rsctool.audio import pad_or_crop
     from rsctool.streaming import stream_windows
 
     sr = spec.sample_rate
-    for w in stream_windows(audio, sr, window, hop, block_seconds):
+    for w in stream_windows(audio, sr, window, hop, block_seconds, levels):
         clip = pad_or_crop(w.wav, spec.clip_samples, sr, spec.pad_mode)
         yield Item("window", w.index, w.start / sr, (w.start + len(w.wav)) / sr, clip)
 
@@ -591,16 +607,22 @@ class Predictor:
         """Records (one per cycle/window) and the summary of one recording.
 
         Raises:
-            DataError: unreadable audio or annotation, bad metadata (naming the file).
+            DataError: unreadable audio or annotation, bad metadata (naming the file);
+                with ``strict``, audio that is too short, truncated, silent or clipping.
         """
         import numpy as np
 
-        from rsctool.audio import audio_info
+        from rsctool.audio import LevelStats, audio_info, header_problems, level_problems
         from rsctool.onnx_runtime import decide
 
         t0 = time.perf_counter()
         spec, opts = self.spec, self.opts
         info = audio_info(path)
+        frame_s = float(spec.fbank.get("frame_length_ms", 25.0)) / 1000.0
+        problems = header_problems(info, frame_s)
+        if problems and opts.strict:
+            raise DataError(f"{'; '.join(problems)} (--strict)", path)
+        levels = LevelStats()
         annotation = None if opts.mode == "windows" else find_annotation(path, opts.annotations)
         if opts.mode == "cycles" and annotation is None:
             raise DataError("--mode cycles: no annotation file "
@@ -614,7 +636,7 @@ class Predictor:
             mode = "cycles"
         else:
             window, hop = self.window_hop()
-            items = sliding_windows(path, spec, window, hop, opts.block_seconds)
+            items = sliding_windows(path, spec, window, hop, opts.block_seconds, levels)
             mode = "windows"
         records: list[dict[str, Any]] = []
         where = str(path)
@@ -642,11 +664,25 @@ class Predictor:
                 if it.annotated is not None:
                     rec["annotated"] = it.annotated
                 records.append(rec)
+        if mode == "cycles":  # cycles read only their spans: scan the whole file, by blocks
+            from rsctool.streaming import read_blocks
+
+            for _ in read_blocks(path, max(1, int(opts.block_seconds * info.sample_rate)),
+                                 levels):
+                pass
+        problems += level_problems(levels)
+        if problems and opts.strict:
+            raise DataError(f"{'; '.join(problems)} (--strict)", path)
+        warning = "; ".join(problems) or None
+        if warning:
+            warn(f"{path}: {warning}")
+        for rec in records:
+            rec["warning"] = warning
         counts = Counter(r["label"] for r in records)
         summary: dict[str, Any] = {
             "file": where, "mode": mode, "duration": round(info.duration, 4),
             "sample_rate": info.sample_rate, "channels": info.channels, "n": len(records),
-            "counts": {c: counts.get(c, 0) for c in spec.classes}}
+            "counts": {c: counts.get(c, 0) for c in spec.classes}, "warning": warning}
         if mode == "cycles":
             ann = Counter(r["annotated"] for r in records)
             summary["annotation"] = str(annotation)
@@ -671,21 +707,51 @@ class Predictor:
 
 # --------------------------------------------------------------------------- output
 
+def tsv_columns(doc: dict[str, Any], classes: Sequence[str]) -> list[str]:
+    """Columns of `--format tsv`: one row per cycle/window."""
+    ranking = doc["model"].get("task") == "ranking"
+    return ["file", "type", "index", "start", "end", "label", "annotated",
+            *(["score"] if ranking else (f"p_{c}" for c in classes)), "warning"]
+
+
+def _tsv_row(r: Mapping[str, Any], cols: Sequence[str]) -> str:
+    flat = {**r, **{f"p_{c}": v for c, v in (r.get("probabilities") or {}).items()}}
+    # Tabs and newlines inside a value (a file name) would shift the columns.
+    return "\t".join("" if flat.get(c) is None else
+                     str(flat[c]).replace("\t", " ").replace("\n", " ") for c in cols) + "\n"
+
+
+def render_lines(doc: dict[str, Any], fmt: str, classes: Sequence[str]) -> Iterable[str]:
+    """The `--format` text of a result document (see `run`), in pieces: whole lines
+    (records) for tsv and jsonl, so a reader that stops early never sees half a record."""
+    if fmt == "tsv":
+        cols = tsv_columns(doc, classes)
+        yield "\t".join(cols) + "\n"
+        for r in doc["predictions"]:
+            yield _tsv_row(r, cols)
+        return
+    if fmt == "jsonl":
+        for r in doc["predictions"]:
+            yield json.dumps(r, ensure_ascii=False) + "\n"
+        for s in doc["recordings"]:
+            yield json.dumps({"type": "recording", **s}, ensure_ascii=False) + "\n"
+        for e in doc["errors"]:
+            yield json.dumps({"type": "error", **e}, ensure_ascii=False) + "\n"
+        return
+    yield render(doc, fmt, classes)
+
+
 def render(doc: dict[str, Any], fmt: str, classes: Sequence[str]) -> str:
     """The `--format` text of a result document (see `run`)."""
+    if fmt in ("tsv", "jsonl"):
+        return "".join(render_lines(doc, fmt, classes))
     if fmt == "json":
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    if fmt == "jsonl":
-        lines = [json.dumps(r, ensure_ascii=False) for r in doc["predictions"]]
-        lines += [json.dumps({"type": "recording", **s}, ensure_ascii=False)
-                  for s in doc["recordings"]]
-        lines += [json.dumps({"type": "error", **e}, ensure_ascii=False) for e in doc["errors"]]
-        return "".join(line + "\n" for line in lines)
     buf = io.StringIO()
     ranking = doc["model"].get("task") == "ranking"  # a score instead of probabilities
     cols = ["type", "file", "index", "start", "end", "label", "annotated",
             *(["score"] if ranking else (f"p_{c}" for c in classes)),
-            *(f"n_{c}" for c in classes), "error"]
+            *(f"n_{c}" for c in classes), "warning", "error"]
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in doc["predictions"]:
@@ -695,7 +761,8 @@ def render(doc: dict[str, Any], fmt: str, classes: Sequence[str]) -> str:
             w.writerow({"type": "segment", "file": s["file"], "index": i, **seg,
                         **{f"n_{c}": seg["labels"].get(c, 0) for c in classes}})
         w.writerow({"type": "recording", "file": s["file"], "start": 0.0,
-                    "end": s["duration"], **{f"n_{c}": n for c, n in s["counts"].items()}})
+                    "end": s["duration"], "warning": s.get("warning"),
+                    **{f"n_{c}": n for c, n in s["counts"].items()}})
     for e in doc["errors"]:
         w.writerow({"type": "error", "file": e["file"], "error": e["error"]})
     return buf.getvalue()
@@ -742,8 +809,8 @@ def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None
                       sample_rate, clip_seconds, needs_metadata}
         predictions  [{file, type (cycle|window), index, start, end (s), label,
                        probabilities {class: p}, sigmoid (multilabel),
-                       annotated (cycles)}]
-        recordings   [{file, mode, duration, sample_rate, channels, n, counts,
+                       annotated (cycles), warning (audio check text or None)}]
+        recordings   [{file, mode, duration, sample_rate, channels, n, counts, warning,
                        segments (windows) | annotation, annotated_counts, agreement
                        (cycles), window, hop, metadata, metadata_source,
                        metadata_missing (conditioned models), seconds}]
@@ -832,13 +899,18 @@ def command(
              "column. Default: parsed from ICBHI-style file names and demographics.")]
     = None,
     fmt: Annotated[str | None, typer.Option(
-        "--format", help="table (stderr only), json, jsonl or csv (default: from --out's "
-                         "suffix, else table).")] = None,
+        "--format", help="table (stderr only), tsv (one line per cycle/window), json, jsonl "
+                         "or csv (default: from --out's suffix, else table on a terminal "
+                         "and tsv on stdout when it is a pipe or file).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Write the records to this file (atomically) instead of stdout.")] = None,
     keep_going: Annotated[bool, typer.Option(
         "--keep-going", help="Report a bad file and continue with the others (exit code "
                              "2 at the end if any failed).")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Audio that is too short for one analysis frame, truncated, "
+                         "silent or clipping is an error (exit 2 naming the file) instead "
+                         "of a warning.")] = False,
     batch_size: Annotated[int, typer.Option(help="Cycles/windows per model call.")] = 16,
     threads: Annotated[int | None, typer.Option(
         help="onnxruntime threads (default: one per core).")] = None,
@@ -862,27 +934,28 @@ def command(
             raise ConfigError("--json prints JSON on stdout: give it without --format and "
                               "--out (or use --format json --out FILE)")
         fmt = "json"
+    import sys
+
+    if fmt is None and out is None and not sys.stdout.isatty():
+        fmt = "tsv"  # records for `| head`, `cut`, `awk`; the table stays on stderr
     opts = PredictOptions(inputs=files, run=run_name, model=model, backend=backend,
                           checkpoint=checkpoint, mode=mode, annotations=annotations,
                           window=window, hop=hop, meta=meta_items, format=fmt, out=out,
-                          keep_going=keep_going, batch_size=batch_size,
+                          keep_going=keep_going, strict=strict, batch_size=batch_size,
                           threads=threads).validate()
     be = open_backend(opts, state)
     doc = run(opts, be, log=lambda msg: None if state.quiet else err_console.print(msg))
     if opts.format != "table":
-        text = render(doc, opts.format, be.spec.classes)
         if opts.out is not None:
             from rsctool.utils import atomic_write_text
 
             try:
-                atomic_write_text(opts.out, text)
+                atomic_write_text(opts.out, render(doc, opts.format, be.spec.classes))
             except OSError as e:
                 raise ConfigError(f"cannot write --out {opts.out}: {e.strerror or e}") from None
         else:
-            import sys
-
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            # whole records per write; a reader that stops early gives exit 141 (cli.py)
+            write_stdout(render_lines(doc, opts.format, be.spec.classes))
     if not state.quiet:
         print_table(doc)
     if doc["errors"]:

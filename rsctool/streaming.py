@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rsctool.audio import audio_info
+from rsctool.audio import LevelStats, audio_info
 from rsctool.errors import ConfigError, DataError
 
 #: Seconds of audio read per block (at the file's native rate).
@@ -39,8 +39,10 @@ class Window:
     wav: np.ndarray
 
 
-def read_blocks(path: str | os.PathLike, block_frames: int) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of `path` at its native rate (channels averaged).
+def read_blocks(path: str | os.PathLike, block_frames: int,
+                levels: LevelStats | None = None) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of `path` at its native rate (channels averaged); `levels`
+    (if given) accumulates their peak, clipping and energy (silence/clipping checks).
 
     Raises:
         DataError: unreadable audio, or NaN/infinite samples (naming the time).
@@ -67,6 +69,8 @@ def read_blocks(path: str | os.PathLike, block_frames: int) -> Iterator[np.ndarr
                 raise DataError(f"audio contains NaN or infinite samples (at "
                                 f"{bad / fh.samplerate:.3f} s)", path)
             done += len(data)
+            if levels is not None:
+                levels.add(mono)
             yield np.ascontiguousarray(mono)
 
 
@@ -76,19 +80,20 @@ def _short(e: BaseException) -> str:
 
 
 def resampled_blocks(path: str | os.PathLike, sample_rate: int,
-                     block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+                     block_seconds: float = BLOCK_SECONDS,
+                     levels: LevelStats | None = None) -> Iterator[np.ndarray]:
     """`read_blocks` at `sample_rate` Hz (soxr HQ, streaming: the concatenation equals
     resampling the whole recording at once)."""
     info = audio_info(path)
     block = max(1, int(block_seconds * info.sample_rate))
     if info.sample_rate == sample_rate:
-        yield from read_blocks(path, block)
+        yield from read_blocks(path, block, levels)
         return
     import soxr
 
     rs = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
     pending = None
-    for x in read_blocks(path, block):
+    for x in read_blocks(path, block, levels):
         # One block of look-ahead, so the last one can be passed with last=True.
         if pending is not None:
             yield rs.resample_chunk(pending, last=False)
@@ -110,11 +115,13 @@ def window_starts(n: int, window: int, hop: int) -> list[int]:
 
 
 def stream_windows(path: str | os.PathLike, sample_rate: int, window: float, hop: float,
-                   block_seconds: float = BLOCK_SECONDS) -> Iterator[Window]:
+                   block_seconds: float = BLOCK_SECONDS,
+                   levels: LevelStats | None = None) -> Iterator[Window]:
     """Sliding windows over a recording at `sample_rate` Hz, read block by block.
 
     Args:
         window, hop: seconds (converted to whole samples at `sample_rate`).
+        levels: accumulates the native-rate samples' levels (complete once exhausted).
 
     Yields:
         `Window` s at the offsets `window_starts` gives; every window is a full
@@ -130,7 +137,7 @@ def stream_windows(path: str | os.PathLike, sample_rate: int, window: float, hop
     next_start = 0
     index = 0
     last_end = 0
-    for block in resampled_blocks(path, sample_rate, block_seconds):
+    for block in resampled_blocks(path, sample_rate, block_seconds, levels):
         buf = np.concatenate([buf, block]) if len(buf) else block
         buf_end = buf_start + len(buf)
         while next_start + w <= buf_end:

@@ -136,8 +136,8 @@ class TrainOptions:
                                   f"{o.model_cfg['output']!r}")
             o.model_cfg["output"] = "score"
             if o.mixup > 0:
-                raise ConfigError("--mixup mixes class targets; it does not apply to "
-                                  "--task ranking")
+                raise ConfigError("mixup (--set mixup=ALPHA) mixes class targets; it does not "
+                                  "apply to --task ranking")
         else:
             if o.loss in RANKING_LOSSES:
                 raise ConfigError(f"--loss {o.loss} is a ranking loss: use it with "
@@ -153,7 +153,7 @@ class TrainOptions:
         if not (o.lr > 0 and o.weight_decay >= 0 and o.warmup_epochs >= 0 and o.mixup >= 0
                 and o.sensitivity_bias > 0 and o.clip_seconds > 0):
             raise ConfigError("--lr, --clip-seconds and --sensitivity-bias must be > 0; "
-                              "--weight-decay, --warmup-epochs and --mixup >= 0")
+                              "--weight-decay, --warmup-epochs and mixup (--set mixup=) >= 0")
         if isinstance(o.synthetic, str):  # `synthetic = "a,b"` in a config file or --set
             o.synthetic = [p.strip() for p in o.synthetic.split(",") if p.strip()]
         o.synthetic = list(o.synthetic or [])
@@ -1389,6 +1389,13 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         result = trainer.fit()
         _sync_project(project, dist)
         return result
+    # seed group and --like source, for provenance (docs/reproducing.md); a resume
+    # without --like keeps what the first start recorded.
+    old_config = _read_config(run_dir) if resume_from is not None else {}
+    for key, value in (("group", group), ("like", like)):
+        value = value if value is not None else old_config.get(key)
+        if value is not None:
+            config[key] = value
     atomic_write_json(run_dir / "config.json", config)
     ids_file = trainer.synthetic.write(run_dir)  # exactly which synthetic cycles it uses
     prov = config
@@ -1750,6 +1757,14 @@ def options_like(project: Any, name: str) -> tuple[dict[str, Any], list[int] | N
     known = ", ".join([*runs, *project.section("groups")]) or "none"
     raise ConfigError(f"--like {name!r} is not a run or seed group in the project "
                       f"(known: {known})")
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``config.json`` ({} when missing or unreadable)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _like_config(project: Any, name: str) -> dict[str, Any] | None:

@@ -330,3 +330,62 @@ def test_dataset_fingerprint_matches_an_os_walk(tmp_path):
     digest, stats = _dataset_fingerprint(root)
     assert digest == params_hash(entries)
     assert set(stats) == {str(root / e[0]) for e in entries if not e[0].startswith("../")}
+
+
+def _data_formats_commands() -> list[list[str]]:
+    """The `rsctool ...` lines of docs/data-formats.md's folder example, as argv."""
+    import shlex
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data-formats.md").read_text()
+    block = doc.split("rsctool demo-data angles", 1)[1].split("```", 1)[0]
+    lines = ("rsctool demo-data angles" + block).replace("\\\n", " ").splitlines()
+    return [shlex.split(line.split(" #", 1)[0])[1:] for line in lines
+            if line.startswith("rsctool ")]
+
+
+def test_an_empty_split_a_later_stage_needs_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    commands = _data_formats_commands()
+    assert commands[0][:3] == ["demo-data", "angles", "--kind"], commands
+    r = invoke("-q", *commands[0])
+    assert r.exit_code == 0, r.output
+    base = ["-q", "analyze", "angles", "--format", "folder", "--no-fbank-stats",
+            "--name-pattern", "{material}_{class}_{frequency}_{seq}", "--group-by", "material"]
+    for split, empty in ((None, "test"), ("random:0.6:0.2", "val")):
+        r = invoke(*base, *(["--split", split] if split else []))
+        assert r.exit_code == 2, r.output
+        line = r.output.strip()
+        assert len(line.splitlines()) == 1, r.output
+        assert f"the {empty} split is empty (3 material groups: train " in line, line
+        assert "metal" in line and "plastic" in line and "wood" in line
+        assert "--split random:0.34:0.33" in line, line
+        project = Path("rsctool.toml")  # nothing recorded
+        assert not project.exists() or "[datasets" not in project.read_text()
+    # the docs' example (as written there) works and gives every split a material
+    for argv in commands[1:]:
+        r = invoke("-q", *argv, "--no-fbank-stats", "--json")
+        assert r.exit_code == 0, (argv, r.output)
+        rep = json.loads(r.stdout)
+        assert {s for s, n in rep["splits"].items() if sum(n.values())} >= \
+            {"train", "val", "test"}, rep["splits"]
+
+
+def test_dataset_paths_in_the_project_file_are_relative_inside_absolute_outside(tmp_path):
+    # docs/data-formats.md says exactly what is stored (it said "relative" for every path)
+    from rsctool.testing import write_folder_dataset
+
+    files = [f"{c}/{c}_{i}.wav" for c in ("a", "b") for i in range(6)]
+    inside = write_folder_dataset(tmp_path / "proj" / "data", files, seconds=0.2)
+    outside = write_folder_dataset(tmp_path / "elsewhere" / "data", files, seconds=0.2)
+    project = tmp_path / "proj" / "rsctool.toml"
+    for name, root in (("in", inside), ("out", outside)):
+        r = invoke("--project", project, "-q", "analyze", root, "--name", name,
+                   "--no-fbank-stats", "--no-plots", "--split", "random:0.5:0.25")
+        assert r.exit_code == 0, r.output
+    p = Project.load(project)
+    assert p.get("datasets", "in")["root"] == "data"
+    assert p.get("datasets", "out")["root"] == outside.resolve().as_posix()
+    assert p.get("datasets", "out")["manifest"] == ".rsctool/manifests/out.jsonl"
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data-formats.md").read_text()
+    section = doc.split("## The project file", 1)[1].split("\n## ", 1)[0]
+    assert "stored relative to it" in section and "stored absolute" in section

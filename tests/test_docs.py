@@ -224,3 +224,23 @@ def test_shared_option_names_table_lists_exactly_the_stages_that_have_them():
         want = set(stages) if where == "every stage" else {s.strip() for s in where.split(",")}
         have = {s for s, names in stages.items() if name in names}
         assert have == want, f"{name}: the table says {sorted(want)}, the CLI {sorted(have)}"
+
+
+#: Options of other programs that the docs name in prose (torchrun's, in scaling.md).
+_OTHER_PROGRAMS_OPTIONS = {"--run-path", "--log-dir"}
+
+
+def test_options_named_in_prose_exist():
+    # `--mixup` (docs/synth.md) and `--num-workers` (benchmarks.md) were named as options
+    # but only exist as `--set mixup=...` / `--set num_workers=...`.
+    global_opts, stages = cli_options()
+    known = set(global_opts).union(*stages.values()) | _OTHER_PROGRAMS_OPTIONS
+    bad = []
+    for page in PAGES:
+        if page.parent.name == "cli":
+            continue
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for span in re.findall(r"`(--[a-z][a-z0-9-]*)(?=[\s`=\[])", text):
+            if span not in known:
+                bad.append(f"{page.relative_to(ROOT).as_posix()}: {span}")
+    assert not bad, "options that no stage has:\n" + "\n".join(bad)

@@ -194,3 +194,20 @@ def test_group_by_must_be_a_pattern_field_or_groups(angles):
         read_folder(angles, name_pattern=PATTERN, group_by="colour")
     with pytest.raises(ConfigError, match="choose one of groups"):
         read_folder(angles, group_by="material")  # no pattern: only the sub-folders
+
+
+def test_folder_reader_takes_every_audio_suffix(tmp_path):
+    # one list for every stage (rsctool.audio.AUDIO_EXTENSIONS): .mp3 was skipped
+    import soundfile as sf
+
+    root = tmp_path / "d"
+    for cls in ("a", "b"):
+        for i, suffix in enumerate((".wav", ".flac", ".ogg", ".mp3")):
+            path = write_noise_wav(root / cls / f"x{i}.wav", 0.5, 16000, seed=i)
+            if suffix != ".wav":
+                wav, sr = sf.read(path)
+                sf.write(path.with_suffix(suffix), wav, sr)
+                path.unlink()
+    cycles = read_folder(root, split="random:0.5:0.25")
+    assert sorted(Path(c.audio).suffix for c in cycles) == sorted([".wav", ".flac", ".ogg",
+                                                                   ".mp3"] * 2)

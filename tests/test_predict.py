@@ -356,7 +356,7 @@ def test_metadata_from_names_demographics_csv_and_options(exported, data, tmp_pa
     (["--backend", "gpu"], "--backend must be one of"),
     (["--window", "0"], "--window must be a positive number"),
     (["--format", "xml"], "--format must be one of"),
-    (["--out", "x.txt"], "give --format json|jsonl|csv"),
+    (["--out", "x.txt"], "give --format tsv|json|jsonl|csv"),
     (["--run", "cnn", "--model", "m.onnx"], "not both"),
     (["--model", "m.onnx", "--backend", "torch"], "--backend torch needs a run"),
 ])
@@ -514,3 +514,142 @@ def test_predicting_an_hour_keeps_memory_flat(exported, tmp_path):
         lines = out.read_text().splitlines()
         assert len(lines) == minutes * 30 + 1  # 2 s windows every 2 s, one summary
     assert peaks[60] - peaks[1] < 50, peaks
+
+
+# --------------------------------------------------------------------------- issue 16, part 6
+
+def test_piped_stdout_gets_tsv_records_and_format_still_wins(exported, data):
+    # CliRunner's stdout is not a terminal: `rsctool predict ... | head` must see records.
+    r = invoke(exported, "predict", str(data / f"{REC}.wav"), "--run", "cnn")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    header = lines[0].split("\t")
+    assert header[:6] == ["file", "type", "index", "start", "end", "label"]
+    assert header[-1] == "warning"
+    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+    n_cycles = len((data / f"{REC}.txt").read_text().splitlines())
+    assert len(rows) == n_cycles and {row["type"] for row in rows} == {"cycle"}
+    assert float(rows[0]["p_normal"]) + float(rows[0]["p_crackle"]) + \
+        float(rows[0]["p_wheeze"]) + float(rows[0]["p_both"]) == pytest.approx(1.0, abs=1e-4)
+    # an explicit --format wins: the table goes to stderr, stdout stays empty
+    r = runner.invoke(app, ["--project", str(exported), "predict", str(data / f"{REC}.wav"),
+                            "--run", "cnn", "--format", "table"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.stdout == "" and "recording(s)" in r.stderr, r.output
+
+
+def _odd_audio(folder: Path) -> dict[str, Path]:
+    """A 100-byte wav, a wav cut in half, a silent and a clipping recording."""
+    folder.mkdir(parents=True, exist_ok=True)
+    full = write_noise_wav(folder / "full.wav", 2.0, 16000)
+    data = full.read_bytes()
+    files = {"tiny": folder / "tiny.wav", "cut": folder / "cut.wav",
+             "silent": folder / "silent.wav", "clipped": folder / "clipped.wav"}
+    files["tiny"].write_bytes(data[:100])
+    files["cut"].write_bytes(data[: len(data) // 2])
+    sf.write(files["silent"], np.zeros(4000 * 120, np.float32), 4000, subtype="PCM_16")
+    loud = np.clip(np.random.default_rng(0).normal(0, 0.8, 4000 * 3), -1, 1)
+    sf.write(files["clipped"], loud.astype(np.float32), 4000, subtype="PCM_16")
+    full.unlink()
+    return files
+
+
+def test_short_truncated_silent_and_clipping_audio_is_flagged(exported, tmp_path):
+    files = _odd_audio(tmp_path / "odd")
+    r = invoke(exported, "predict", *map(str, files.values()), "--run", "cnn",
+               "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    want = {"tiny": "too short", "cut": "truncated audio", "silent": "silent audio",
+            "clipped": "clipping"}
+    got = {Path(s["file"]).stem: s["warning"] for s in doc["recordings"]}
+    for name, needle in want.items():
+        assert needle in got[name], got
+        assert f"{files[name]}: {needle}" in r.stderr, r.stderr
+    for p in doc["predictions"]:  # every record carries its file's warning
+        assert p["warning"] == got[Path(p["file"]).stem]
+    # a fine recording gets warning null
+    fine = write_noise_wav(tmp_path / "fine.wav", 3.0, 16000)
+    doc = predict_json(exported, str(fine), "--run", "cnn")
+    assert doc["recordings"][0]["warning"] is None
+    assert all(p["warning"] is None for p in doc["predictions"])
+    # --strict: exit 2 and one line naming the file
+    for name, needle in want.items():
+        r = invoke(exported, "predict", str(fine), str(files[name]), "--run", "cnn",
+                   "--strict", "--format", "json")
+        assert r.exit_code == 2, r.output
+        assert f"error: {files[name]}: " in r.stderr and needle in r.stderr, r.output
+        assert len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_levels_accumulate_per_streamed_block(tmp_path):
+    from rsctool.audio import LevelStats, level_problems
+    from rsctool.streaming import stream_windows
+
+    silent = tmp_path / "s.wav"
+    sf.write(silent, np.zeros(4000 * 10, np.float32), 4000)
+    levels = LevelStats()
+    for _ in stream_windows(silent, 16000, 2.0, 1.0, block_seconds=1.0, levels=levels):
+        pass
+    assert levels.n == 40000 and level_problems(levels) == ["silent audio (every sample is zero)"]
+    # a 1 s burst in the middle of 10 s: the blocks add up to the whole
+    wav = np.zeros(40000, np.float32)
+    wav[20000:24000] = 1.0
+    sf.write(silent, wav, 4000, subtype="FLOAT")
+    levels = LevelStats()
+    for _ in stream_windows(silent, 4000, 2.0, 1.0, block_seconds=0.7, levels=levels):
+        pass
+    assert levels.clipped == 4000 and levels.peak == 1.0
+    assert "clipping (10 % of samples" in level_problems(levels)[0]
+
+
+def test_one_audio_extension_list_for_every_stage(exported, tmp_path):
+    from rsctool.audio import AUDIO_EXTENSIONS
+    from rsctool.data import folder, icbhi
+
+    assert ".mp3" in AUDIO_EXTENSIONS
+    assert folder.FOLDER_AUDIO_SUFFIXES is AUDIO_EXTENSIONS
+    assert icbhi.AUDIO_SUFFIXES is AUDIO_EXTENSIONS
+    rec = tmp_path / "recs"
+    write_noise_wav(rec / "a.wav", 3.0, 16000)
+    wav, sr = sf.read(rec / "a.wav")
+    sf.write(rec / "b.mp3", wav, sr, format="MP3")
+    doc = predict_json(exported, str(rec), "--run", "cnn")
+    assert sorted(Path(s["file"]).name for s in doc["recordings"]) == ["a.wav", "b.mp3"]
+
+
+def test_a_reader_closing_stdout_early_gives_exit_141(exported, data, tmp_path):
+    # Lots of output (3 folders' windows every 50 ms, > 1 MB) read one line at a time;
+    # PYTHONUNBUFFERED=1 made a short write drop the rest silently (exit 0, cut record).
+    import os
+
+    onnx_file = exported.parent / ".rsctool/runs/cnn/model.onnx"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for fmt in ("jsonl", "tsv"):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rsctool", "-q", "predict", str(data), "--model",
+             str(onnx_file), "--mode", "windows", "--hop", "0.05", "--format", fmt],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        first = proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away, like `| head -1`
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 141, err
+        assert first.endswith(b"\n")
+        if fmt == "jsonl":
+            assert json.loads(first)["type"] == "window"
+        assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_na_in_a_meta_csv_outranks_the_demographics_file(exported, data, tmp_path):
+    wav = str(data / f"{REC}.wav")
+    s = predict_json(exported, wav, "--run", "softfilm")["recordings"][0]
+    assert s["metadata"]["age"] is not None  # from the demographics file
+    table = tmp_path / "meta.csv"
+    table.write_text(f"file,age,sex\n{REC}.wav,NA,\n")
+    s = predict_json(exported, wav, "--run", "softfilm", "--meta", str(table))["recordings"][0]
+    assert s["metadata"]["age"] is None and s["metadata_source"]["age"] == "csv (NA)"
+    assert "age" in s["metadata_missing"]
+    # an empty cell says nothing: the demographics value stays
+    assert s["metadata"]["sex"] is not None
+    assert s["metadata_source"]["sex"] == "demographics file"
+    s = predict_json(exported, wav, "--run", "softfilm", "--meta", "age=NA")["recordings"][0]
+    assert s["metadata"]["age"] is None and s["metadata_source"]["age"] == "--meta (NA)"

@@ -324,6 +324,19 @@ def test_like_reruns_with_the_identical_config(project):
     assert r.exit_code == 2 and "is not a run or seed group" in r.output
 
 
+def test_like_source_is_recorded_in_the_runs_config_json(project):
+    # docs/reproducing.md: `like` is in the run record and in its config.json
+    r = invoke(project, "train", *FAST_CLI, "--set", "max_steps=1", "--run", "src")
+    assert r.exit_code == 0, r.output
+    r = invoke(project, "train", "--like", "src", "--run", "src-again", "--json")
+    assert r.exit_code == 0, r.output
+    p = Project.load(project.path)
+    cfg = json.loads((p.abs(p.get("runs", "src-again")["dir"]) / "config.json").read_text())
+    assert cfg["like"] == "src" and p.get("runs", "src-again")["like"] == "src"
+    assert "like" not in json.loads((p.abs(p.get("runs", "src")["dir"]) /
+                                     "config.json").read_text())
+
+
 # --------------------------------------------------------------------------- status
 
 def test_status_run_shows_the_full_record(project):

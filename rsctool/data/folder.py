@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rsctool.audio import AUDIO_EXTENSIONS
 from rsctool.data.manifest import Cycle
 from rsctool.data.splits import Problem, ProblemSink, parse_split_spec, random_split
 from rsctool.errors import ConfigError, DataError
 
 __all__ = ["FOLDER_AUDIO_SUFFIXES", "NamePattern", "Problem", "is_folder_dir", "read_folder"]
 
-FOLDER_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+#: The one list of audio suffixes every stage reads.
+FOLDER_AUDIO_SUFFIXES = AUDIO_EXTENSIONS
 
 #: Pattern fields that stand for the class folder name (matched literally, see NamePattern).
 CLASS_FIELDS = ("class", "label")
@@ -239,7 +241,7 @@ def read_folder(root: str | os.PathLike, *, split: str = "random:0.7:0.15", seed
                 meta={"groups": list(rel.parts[1:-1]), **fields}))
     if not cycles:
         if n_audio == 0:
-            raise DataError("no audio files (.wav, .flac, .ogg) in class sub-folders "
+            raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class sub-folders "
                             "(expected <class>/**/<file>.wav)", root)
         if filters:
             raise DataError(f"no file matches the filter {where!r}", root)

@@ -1,9 +1,9 @@
 """Reader for the ICBHI 2017 Respiratory Sound Database (official layout).
 
 Layout: one folder with, per recording, ``<patient>_<index>_<site>_<mode>_<device>.wav``
-(or ``.flac``) and a same-stem ``.txt`` annotation with one breathing cycle per line,
-``start<TAB>end<TAB>crackles<TAB>wheezes`` (seconds, seconds, 0/1, 0/1). The challenge
-metadata files (split, diagnosis, demographics) sit in that folder or its parent;
+(or ``.flac``, ``.ogg``, ``.mp3``) and a same-stem ``.txt`` annotation with one breathing
+cycle per line, ``start<TAB>end<TAB>crackles<TAB>wheezes`` (seconds, seconds, 0/1, 0/1). The
+challenge metadata files (split, diagnosis, demographics) sit in that folder or its parent;
 the Kaggle mirror's names for them are recognised too. The Kaggle mirror has no split
 file: the official split list ships with rsctool (`BUILTIN_SPLIT`) and is used then.
 
@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rsctool.audio import AUDIO_EXTENSIONS
 from rsctool.data.manifest import Cycle, icbhi_label
 from rsctool.data.splits import (
     Problem,
@@ -65,8 +66,9 @@ ICBHI_CODES: dict[str, tuple[str, ...]] = {
 #: their device is the generator, so any device code is accepted with it.
 SYNTHETIC_SITE = "Syn"
 
-#: Audio suffixes of recordings, in order of preference when a stem has several.
-AUDIO_SUFFIXES = (".wav", ".flac")
+#: Audio suffixes of recordings, in order of preference when a stem has several (the one
+#: list every stage reads, `rsctool.audio.AUDIO_EXTENSIONS`).
+AUDIO_SUFFIXES = AUDIO_EXTENSIONS
 
 #: A cycle may end this far (s) past the end of its audio; its end is then clipped.
 #: Annotation times are rounded to the millisecond and some files are a few samples
@@ -500,7 +502,8 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
     """Read an ICBHI 2017 dataset folder into cycles.
 
     Args:
-        root: folder with ``<name>.txt`` annotations and ``<name>.wav|.flac`` audio.
+        root: folder with ``<name>.txt`` annotations and ``<name>.wav`` audio (or another
+            of `AUDIO_SUFFIXES`).
         split: ``official`` (the challenge split file) or ``patients:<train>``
             (whole patients at random, `seed`).
         val_fraction: share of the train cycles moved to ``val`` by whole patients
@@ -577,7 +580,8 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
         if stem in audio:
             stems.append(stem)
         else:
-            sink.report("annotation file has no audio file (.wav or .flac)", texts[stem])
+            sink.report("annotation file has no audio file "
+                        f"({', '.join(AUDIO_SUFFIXES)})", texts[stem])
 
     assigned: dict[str, str] | None = None
     if spec.kind == "official":

@@ -36,6 +36,7 @@ __all__ = [
     "ProblemSink",
     "SplitSpec",
     "carve_validation",
+    "check_splits",
     "group_key",
     "parse_split_spec",
     "patient_split",
@@ -425,6 +426,52 @@ def random_split(cycles: Sequence[Cycle], train: float, val: float, seed: int = 
             else:
                 assigned[k] = "test"
     return [dataclasses.replace(c, split=assigned[key(c)]) for c in cycles]
+
+
+def _group_name(key: Hashable) -> str:
+    value = key[1] if isinstance(key, tuple) and len(key) == 2 else key
+    return "/".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def check_splits(cycles: Sequence[Cycle], required: Sequence[str], *, spec: str,
+                 group_by: str | None = None, where: Any = None) -> None:
+    """Refuse a split that a later stage needs but that got no items.
+
+    `train` trains, `val` picks the checkpoint and thresholds, `test` is what `eval`
+    scores: finding one empty at `train`/`eval` time wastes a run, so `analyze` calls
+    this with the splits its spec asked for.
+
+    Raises:
+        DataError: naming the empty split, the groups each split got (as `group_by`,
+            default patient/recording) and a fix.
+    """
+    sizes = Counter(c.split for c in cycles)
+    empty = [s for s in required if not sizes.get(s)]
+    if not empty:
+        return
+    groups: dict[str, set[Hashable]] = defaultdict(set)
+    for c in cycles:
+        groups[c.split].add(group_key(c, group_by))
+    n = len(set().union(*groups.values()))
+
+    def listed(keys: set[Hashable]) -> str:
+        names = sorted(_group_name(k) for k in keys)
+        return ", ".join(names[:6]) + (f" ... ({len(names)})" if len(names) > 6 else "")
+
+    unit = f"{group_by} group" if group_by else "group"
+    got = "; ".join(f"{s} {listed(groups[s])}" for s in ("train", "val", "test") if groups[s])
+    fix = "use more data"
+    if spec.startswith("random") and n >= 3:
+        # group i of n lies at (i + 0.5) / n: these give the first n-2 groups to train
+        fix = (f"give each split at least one of the {n} {unit}s, e.g. --split "
+               f"random:{(n - 2) / n + 0.01:.2f}:{1 / n:.2f}")
+        if group_by:
+            fix += f", or group by a field with more values than {group_by!r}"
+    elif group_by:
+        fix = f"drop --group-by {group_by} or group by a field with more values"
+    what = f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty"
+    raise DataError(f"split {spec}: {what} ({n} {unit}{'s' if n != 1 else ''}: {got}); {fix}",
+                    where)
 
 
 def split_hash(cycles: Iterable[Cycle]) -> str:
