@@ -28,6 +28,12 @@ B = "102_1b1_Ar_sc_Meditron"
 C = "103_2b2_Ar_mc_LittC2SE"
 ROWS = [(0.1, 1.0, 0, 0), (1.0, 2.5, 1, 0), (2.5, 3.0, 0, 1), (3.0, 4.2, 1, 1)]
 FAST = ("--no-plots", "--no-fbank-stats", "--val-fraction", "0")
+#: folder datasets of 4 files a class: this random split gives each split one file a class
+FOLDER_SPLIT = ("--split", "random:0.5:0.25")
+
+
+def files(*classes: str, n: int = 4) -> list[str]:
+    return [f"{c}/{c}{i}.wav" for c in classes for i in range(n)]
 
 
 def invoke(*args):
@@ -173,15 +179,15 @@ def test_sprsound_download_is_refused_naming_the_format(tmp_path):
 
 
 def test_split_named_subfolders_are_not_guessed_as_classes(tmp_path):
-    root = write_folder_dataset(tmp_path / "d", ["train_set/a.wav", "train_set/b.wav",
-                                                 "test_set/c.wav", "val/d.wav"])
+    root = write_folder_dataset(tmp_path / "d", files("train_set", "test_set", "val"))
     r = invoke("--project", tmp_path / "p.toml", "analyze", root, *FAST)
     assert r.exit_code == 2, r.output
     out = flat(r.output)
     assert "named like splits (test_set, train_set, val)" in out, out
     assert "--format folder" in out
     # an explicit --format folder is the user's word for it
-    r = invoke("--project", tmp_path / "p.toml", "analyze", root, *FAST, "--format", "folder")
+    r = invoke("--project", tmp_path / "p.toml", "analyze", root, *FAST, "--format", "folder",
+               *FOLDER_SPLIT)
     assert r.exit_code == 0, r.output
 
 
@@ -220,12 +226,11 @@ def test_icbhi_download_read_as_folder_is_refused_naming_icbhi(tmp_path):
 def test_two_project_files_in_one_folder_keep_their_manifests_apart(tmp_path):
     from rsctool.train import load_dataset_cycles
 
-    one = write_folder_dataset(tmp_path / "one", ["x/a.wav", "x/b.wav", "y/c.wav", "y/d.wav"])
-    two = write_folder_dataset(tmp_path / "two", ["p/a.wav", "p/b.wav", "q/c.wav", "q/d.wav",
-                                                  "r/e.wav", "r/f.wav"], seed=5)
+    one = write_folder_dataset(tmp_path / "one", files("x", "y"))
+    two = write_folder_dataset(tmp_path / "two", files("p", "q", "r"), seed=5)
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
     for proj, data in ((a, one), (b, two)):
-        r = invoke("--project", proj, "analyze", data, "--name", "d", *FAST)
+        r = invoke("--project", proj, "analyze", data, "--name", "d", *FAST, *FOLDER_SPLIT)
         assert r.exit_code == 0, r.output
     pa, pb = Project.load(a), Project.load(b)
     assert pa.state_dir() == tmp_path / ".rsctool-a"
@@ -240,9 +245,9 @@ def test_two_project_files_in_one_folder_keep_their_manifests_apart(tmp_path):
 def test_changed_manifest_names_the_command_that_fixes_it(tmp_path):
     from rsctool.train import load_dataset_cycles
 
-    data = write_folder_dataset(tmp_path / "one", ["x/a.wav", "x/b.wav", "y/c.wav", "y/d.wav"])
+    data = write_folder_dataset(tmp_path / "one", files("x", "y"))
     proj = tmp_path / "a.toml"
-    r = invoke("--project", proj, "analyze", data, "--name", "d", *FAST)
+    r = invoke("--project", proj, "analyze", data, "--name", "d", *FAST, *FOLDER_SPLIT)
     assert r.exit_code == 0, r.output
     project = Project.load(proj)
     rec = project.get("datasets", "d")

@@ -461,7 +461,17 @@ def check_splits(cycles: Sequence[Cycle], required: Sequence[str], *, spec: str,
     unit = f"{group_by} group" if group_by else "group"
     got = "; ".join(f"{s} {listed(groups[s])}" for s in ("train", "val", "test") if groups[s])
     fix = "use more data"
-    if spec.startswith("random") and n >= 3:
+    # a random split is stratified: each class's groups are split on their own, so a
+    # class with fewer groups than the splits asked for cannot fill them all
+    per_class: dict[str, set[Hashable]] = defaultdict(set)
+    for c in cycles:
+        per_class[c.label].add(group_key(c, group_by))
+    smallest = min(per_class, key=lambda lab: (len(per_class[lab]), lab))
+    if spec.startswith("random") and len(per_class[smallest]) < len(required):
+        fix = (f"class {smallest!r} has {len(per_class[smallest])} {unit}"
+               f"{'s' if len(per_class[smallest]) != 1 else ''}, and a random split is "
+               f"stratified by class: give every class at least {len(required)} {unit}s")
+    elif spec.startswith("random") and n >= 3:
         # group i of n lies at (i + 0.5) / n: these give the first n-2 groups to train
         fix = (f"give each split at least one of the {n} {unit}s, e.g. --split "
                f"random:{(n - 2) / n + 0.01:.2f}:{1 / n:.2f}")
