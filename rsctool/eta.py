@@ -105,7 +105,7 @@ def slow_on_cpu_hint(model: str, size: str | None, device_type: str) -> str | No
     if device_type != "cpu" or model not in SLOW_ON_CPU or size != "base":
         return None
     return (f"hint: a base-size {model} trains slowly on the CPU; --size small or "
-            "--size tiny, or a GPU (--device cuda), is many times faster")
+            "--size tiny, or a GPU (rsctool --device cuda train ...), is many times faster")
 
 
 class TrainProgress:

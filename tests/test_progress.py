@@ -6,12 +6,15 @@ terminal, and synth refuses a job too large to finish without --yes. The clock i
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from rsctool import eta
 from rsctool.cli import app
+from rsctool.errors import ConfigError
+from rsctool.project import Project
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,7 +96,8 @@ def test_cpu_hint_for_base_transformers_only(model, size, device, hinted):
     hint = eta.slow_on_cpu_hint(model, size, device)
     assert (hint is not None) == hinted
     if hinted:
-        assert "--size small" in hint and "--size tiny" in hint and "--device cuda" in hint
+        assert "--size small" in hint and "--size tiny" in hint
+        assert "rsctool --device cuda train" in hint
 
 
 def test_training_logs_speed_eta_and_progress_lines(project, monkeypatch):
@@ -130,3 +134,61 @@ def test_cli_training_log_has_progress_lines_unless_quiet(project, monkeypatch):
                             *args, "--run", "quiet"])
     assert q.exit_code == 0, q.output
     assert "speed:" not in q.output and "ETA" not in q.output, q.output
+
+
+# --------------------------------------------------------------------------- synth
+
+def test_synth_size_check_refuses_without_yes():
+    big = eta.SynthEstimate(samples=300_000_000, bytes=2e13, free=10**11, where="--n 100000000")
+    with pytest.raises(ConfigError, match="--yes") as e:
+        eta.check_synth_size(big, yes=False)
+    assert "--n 100000000" in str(e.value) and "free disk space" in str(e.value)
+    eta.check_synth_size(big, yes=True)  # --yes: goes ahead
+    slow = eta.SynthEstimate(samples=1000, bytes=1e6, free=10**11, where="--n 1000",
+                             seconds=25 * 3600.0)
+    with pytest.raises(ConfigError, match=r"1d01h.*more than 24 h.*--yes"):
+        eta.check_synth_size(slow, yes=False)
+    many = eta.SynthEstimate(samples=2_000_000, bytes=1e6, free=10**11, where="--n 1")
+    with pytest.raises(ConfigError, match="more than 1000000 samples"):
+        eta.check_synth_size(many, yes=False)
+    eta.check_synth_size(eta.SynthEstimate(samples=300, bytes=1e8, free=10**11, where="--n 100",
+                                           seconds=3600.0), yes=False)
+
+
+def test_cli_synth_huge_n_exits_2_before_loading_anything(project):
+    before = project.path.read_bytes()
+    r = runner.invoke(app, ["--project", str(project.path), "--device", "cpu", "synth",
+                            "--backend", "diffwave", "--n", "100000000"])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --n 100000000: "), r.output
+    assert "--yes" in lines[0] and "on disk" in lines[0], r.output
+    assert project.path.read_bytes() == before  # no vocoder trained, no set reserved
+    assert not (project.root / ".rsctool" / "vocoders").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_ldm(tmp_path_factory) -> Path:
+    from rsctool.testing import write_tiny_audioldm
+
+    return write_tiny_audioldm(tmp_path_factory.mktemp("models") / "tiny-audioldm", "audioldm")
+
+
+def test_synth_measures_its_speed_and_refuses_a_long_job_without_yes(project, tiny_ldm,
+                                                                     monkeypatch):
+    from rsctool.synth import SynthOptions, run
+
+    opts = {"model": str(tiny_ldm), "steps": 2, "seconds": 1.0, "classes": ["crackle"],
+            "n": 8, "name": "slow"}
+    monkeypatch.setattr(eta, "monotonic", FakeClock(10 * 3600.0))  # 10 h per sample
+    with pytest.raises(ConfigError, match=r"--n 8: 6 samples to make, about 2d12h.*--yes.*"
+                                          r"the 2 samples made are kept"):
+        run(project, SynthOptions(**opts), device="cpu")
+    rec = Project.load(project.path).get("synthetic", "slow")
+    assert rec["status"] == "interrupted" and rec["counts"] == {"crackle": 2}
+    lines: list[str] = []
+    res = run(project, SynthOptions(**opts, yes=True), device="cpu", log=lines.append)
+    assert res.made == 6 and res.counts == {"crackle": 8}
+    # resumed: 4 left after the warm-up and the measured sample, 40 h: above 24 h, --yes
+    assert any(x.startswith("synth slow: 3.6e+04 s/sample, 4 samples to make, about 1d16h")
+               for x in lines), lines
