@@ -65,11 +65,13 @@ class RateMeter:
     make every estimate too pessimistic.
 
     `tick(n, units)` after each piece of work: `n` items (steps, kept samples) and
-    `units` of a second measure (samples of a step, bytes written)."""
+    `units` of a second measure (samples of a step, bytes written). `restart()` after a
+    pause that is no such work (validation between epochs): the time since the last
+    tick is not counted."""
 
     def __init__(self, clock: Callable[[], float] | None = None):
         self.clock = clock or _clock
-        self.t0: float | None = None
+        self.last: float | None = None
         self.count = 0.0
         self.units = 0.0
         self.elapsed = 0.0
@@ -77,13 +79,17 @@ class RateMeter:
     def tick(self, n: float = 1, units: float = 0) -> float:
         """Records `n` items done now; returns the clock reading (s)."""
         now = self.clock()
-        if self.t0 is None:
-            self.t0 = now
-        else:
+        if self.last is not None:
             self.count += n
             self.units += units
-            self.elapsed = now - self.t0
+            self.elapsed += now - self.last
+        self.last = now
         return now
+
+    def restart(self, now: float) -> None:
+        """Measure on from `now` (after the warm-up tick only)."""
+        if self.last is not None:
+            self.last = now
 
     @property
     def rate(self) -> float | None:
@@ -115,6 +121,10 @@ class TrainProgress:
     counted): the measured speed, the time per epoch and for the rest of the run, and
     `hint` if any. With `lines` (stderr is no terminal, so no progress bar), then a
     line at least every `every` seconds: epoch, step/total, loss, samples/s, ETA.
+
+    The speed counts training steps only: `pause()` at the end of an epoch and
+    `resume()` at the start of the next leave validation and checkpoints out, and the
+    ETA adds their mean time once per epoch left.
     """
 
     def __init__(self, emit: Callable[[str], None], *, total_steps: int, steps_per_epoch: int,
@@ -128,6 +138,31 @@ class TrainProgress:
         self.meter = RateMeter(clock)
         self.told = False
         self.last = 0.0
+        self.paused_at: float | None = None
+        self.gaps: list[float] = []  # seconds between epochs (validation, checkpoints)
+
+    def pause(self) -> None:
+        """An epoch's training steps ended (validation follows)."""
+        self.paused_at = self.meter.clock()
+
+    def resume(self) -> None:
+        """The next epoch's training steps start."""
+        if self.paused_at is None:
+            return
+        now = self.meter.clock()
+        self.gaps.append(now - self.paused_at)
+        self.paused_at = None
+        self.meter.restart(now)
+
+    def eta(self, step: int) -> float | None:
+        """Seconds to the end of the run after step `step`: training steps at the
+        measured rate plus the mean time between epochs for each epoch left."""
+        left = max(0, self.total - step)
+        train = self.meter.eta(left)
+        if train is None:
+            return None
+        gap = sum(self.gaps) / len(self.gaps) if self.gaps else 0.0
+        return train + gap * math.ceil(left / self.per_epoch)
 
     def step(self, step: int, epoch: int, loss: float, samples: int) -> None:
         """After optimizer step `step` (global count, 1-based) of epoch `epoch` (1-based)
@@ -151,15 +186,17 @@ class TrainProgress:
         rate = m.rate or 0.0
         left = max(0, self.total - step)
         epochs_left = math.ceil(left / self.per_epoch)
+        eta = self.eta(step)
         return (f"speed: {rate:.3g} steps/s, {m.unit_rate or 0.0:.3g} samples/s "
                 f"(measured over {int(m.count)} steps); about "
                 f"{format_duration(self.per_epoch / rate) if rate else '?'} per epoch, "
-                f"{format_duration(left / rate) if rate else '?'} for the "
-                f"{epochs_left} epoch(s) left (validation not included)")
+                f"{format_duration(eta) if eta is not None else '?'} for the "
+                f"{epochs_left} epoch(s) left "
+                f"({'validation included' if self.gaps else 'validation not included'})")
 
     def line(self, step: int, epoch: int, loss: float) -> str:
+        eta = self.eta(step)
         m = self.meter
-        eta = m.eta(max(0, self.total - step))
         return (f"epoch {epoch}/{self.epochs}, step {step}/{self.total}, loss {loss:.4f}, "
                 f"{m.unit_rate or 0.0:.3g} samples/s, ETA "
                 f"{format_duration(eta) if eta is not None else '?'}")

@@ -820,7 +820,11 @@ class Trainer:
         try:
             while self.epoch < opts.epochs and self.step < self.total_steps:
                 t0 = time.perf_counter()
+                if self._speed is not None:
+                    self._speed.resume()
                 stats = self.train_epoch()
+                if self._speed is not None:
+                    self._speed.pause()  # validation and checkpoints are no training steps
                 row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
                                        "lr": self.optimizer.param_groups[0]["lr"], **stats}
                 epoch_complete = self.step % self.steps_per_epoch == 0 or \

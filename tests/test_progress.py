@@ -75,6 +75,22 @@ def test_train_progress_first_line_then_periodic_lines():
     assert periodic[0] == "epoch 2/10, step 6/100, loss 0.2500, 0.8 samples/s, ETA 15m40s"
 
 
+def test_train_progress_leaves_validation_out_of_the_speed_and_adds_it_to_the_eta():
+    lines: list[str] = []
+    clock = FakeClock(10.0)
+    p = eta.TrainProgress(lines.append, total_steps=30, steps_per_epoch=10, epochs=3,
+                          lines=True, clock=clock, first_steps=100, first_seconds=1e9)
+    for s in range(1, 11):
+        p.step(s, 1, 0.5, 8)
+    p.pause()
+    clock.t += 500.0  # validation and checkpoints
+    p.resume()
+    p.step(11, 2, 0.5, 8)
+    assert p.meter.rate == pytest.approx(0.1)  # 10 steps in 100 s: the 500 s not counted
+    # 19 steps at 10 s, plus one validation (pause to resume: 510 s) per epoch left
+    assert p.eta(11) == pytest.approx(190 + 510 * 2)
+
+
 def test_train_progress_on_a_terminal_tells_the_speed_once():
     lines: list[str] = []
     p = eta.TrainProgress(lines.append, total_steps=100, steps_per_epoch=10, epochs=10,
