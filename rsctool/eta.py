@@ -110,8 +110,9 @@ def slow_on_cpu_hint(model: str, size: str | None, device_type: str) -> str | No
     """The advice for a base-size transformer training on the CPU (None otherwise)."""
     if device_type != "cpu" or model not in SLOW_ON_CPU or size != "base":
         return None
-    return (f"hint: a base-size {model} trains slowly on the CPU; --size small or "
-            "--size tiny, or a GPU (rsctool --device cuda train ...), is many times faster")
+    return (f"hint: a base-size {model} trains slowly on the CPU; --size small (a quarter "
+            "of the compute) or --size tiny, or a GPU (rsctool --device cuda train ...), is "
+            "much faster")
 
 
 class TrainProgress:
@@ -162,7 +163,11 @@ class TrainProgress:
         if train is None:
             return None
         gap = sum(self.gaps) / len(self.gaps) if self.gaps else 0.0
-        return train + gap * math.ceil(left / self.per_epoch)
+        return train + gap * self.epochs_left(step)
+
+    def epochs_left(self, step: int) -> int:
+        """Epochs that still end after step `step` (the one in progress included)."""
+        return max(0, math.ceil(self.total / self.per_epoch) - step // self.per_epoch)
 
     def step(self, step: int, epoch: int, loss: float, samples: int) -> None:
         """After optimizer step `step` (global count, 1-based) of epoch `epoch` (1-based)
@@ -184,14 +189,13 @@ class TrainProgress:
     def first_line(self, step: int) -> str:
         m = self.meter
         rate = m.rate or 0.0
-        left = max(0, self.total - step)
-        epochs_left = math.ceil(left / self.per_epoch)
         eta = self.eta(step)
+        n = int(m.count)
         return (f"speed: {rate:.3g} steps/s, {m.unit_rate or 0.0:.3g} samples/s "
-                f"(measured over {int(m.count)} steps); about "
+                f"(measured over {n} step{'s' if n != 1 else ''}); about "
                 f"{format_duration(self.per_epoch / rate) if rate else '?'} per epoch, "
                 f"{format_duration(eta) if eta is not None else '?'} for the "
-                f"{epochs_left} epoch(s) left "
+                f"{self.epochs_left(step)} epoch(s) left "
                 f"({'validation included' if self.gaps else 'validation not included'})")
 
     def line(self, step: int, epoch: int, loss: float) -> str:

@@ -91,6 +91,12 @@ def test_train_progress_leaves_validation_out_of_the_speed_and_adds_it_to_the_et
     assert p.eta(11) == pytest.approx(190 + 510 * 2)
 
 
+def test_epochs_left_counts_the_epoch_in_progress():
+    # 2 epochs of 13 steps cut at --max-steps 14: at step 2 both epochs still end
+    p = eta.TrainProgress(print, total_steps=14, steps_per_epoch=13, epochs=2, lines=True)
+    assert [p.epochs_left(s) for s in (2, 13, 14)] == [2, 1, 0]
+
+
 def test_train_progress_on_a_terminal_tells_the_speed_once():
     lines: list[str] = []
     p = eta.TrainProgress(lines.append, total_steps=100, steps_per_epoch=10, epochs=10,
