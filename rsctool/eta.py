@@ -166,8 +166,9 @@ class TrainProgress:
         return train + gap * self.epochs_left(step)
 
     def epochs_left(self, step: int) -> int:
-        """Epochs that still end after step `step` (the one in progress included)."""
-        return max(0, math.ceil(self.total / self.per_epoch) - step // self.per_epoch)
+        """Epochs whose validation is still ahead after step `step` (1-based): the one in
+        progress included, even when `step` is its last."""
+        return max(0, math.ceil(self.total / self.per_epoch) - max(0, step - 1) // self.per_epoch)
 
     def step(self, step: int, epoch: int, loss: float, samples: int) -> None:
         """After optimizer step `step` (global count, 1-based) of epoch `epoch` (1-based)

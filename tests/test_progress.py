@@ -92,9 +92,10 @@ def test_train_progress_leaves_validation_out_of_the_speed_and_adds_it_to_the_et
 
 
 def test_epochs_left_counts_the_epoch_in_progress():
-    # 2 epochs of 13 steps cut at --max-steps 14: at step 2 both epochs still end
+    # 2 epochs of 13 steps cut at --max-steps 14: after step 13 the first epoch's
+    # validation is still ahead, after step 14 the second's
     p = eta.TrainProgress(print, total_steps=14, steps_per_epoch=13, epochs=2, lines=True)
-    assert [p.epochs_left(s) for s in (2, 13, 14)] == [2, 1, 0]
+    assert [p.epochs_left(s) for s in (2, 13, 14)] == [2, 2, 1]
 
 
 def test_train_progress_on_a_terminal_tells_the_speed_once():
