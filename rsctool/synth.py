@@ -53,6 +53,15 @@ from rsctool.console import StepProgress, get_state, info, print_json, warn
 from rsctool.data.icbhi import SYNTHETIC_SITE
 from rsctool.data.manifest import ICBHI_CLASSES, Cycle, icbhi_label
 from rsctool.errors import ConfigError, DataError
+from rsctool.eta import (
+    SAMPLE_OVERHEAD_BYTES,
+    RateMeter,
+    SynthEstimate,
+    SynthTooLarge,
+    check_synth_size,
+    free_bytes,
+    wav_bytes,
+)
 from rsctool.generators import BACKENDS
 from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
@@ -112,6 +121,8 @@ class SynthOptions:
         force: regenerate a set made with other options (its folder is deleted).
         new: make a new set even if one was made with the same options (without
             `name`, the same options find their set again: resumed or a no-op).
+        yes: go ahead with a job estimated above the bounds of `rsctool.eta`
+            (24 h, 1,000,000 samples, the free disk space).
     """
 
     backend: str = "audioldm"
@@ -151,6 +162,7 @@ class SynthOptions:
     max_tries: int = 4
     force: bool = False
     new: bool = False
+    yes: bool = False
 
     def validate(self) -> SynthOptions:
         """Check what needs no project; returns a copy with classes de-duplicated."""
@@ -592,6 +604,8 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
         if unknown:
             raise ConfigError(f"--classes: unknown class {unknown[0]!r} for dataset {ds_name!r} "
                               f"(its classes: {', '.join(known)})")
+    # an absurd --n is refused before any model is loaded or vocoder trained
+    check_synth_size(upfront_estimate(project, opts, counts, cycles, text), opts.yes)
     qf = None
     if opts.min_confidence is not None:
         run_name = opts.filter_run or _default_filter_run(project)
@@ -742,6 +756,7 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     bar = StepProgress(progress, f"synth {name}", total,
                        sum(min(kept[c], n) for c, n in counts.items()))
     last_index = time.monotonic()
+    meter, measured = RateMeter(), False
     try:
         for label in counts:
             target = counts[label]
@@ -759,6 +774,7 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                     i += 1
                 if not batch:
                     continue
+                n_kept, n_bytes = 0, 0
                 for req, gen in zip(batch, backend.generate(batch), strict=True):
                     cyc = _keep_sample(name, opts, out, req, gen, described, source_meta,
                                        seconds, qf, rejected)
@@ -768,13 +784,24 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                     existing[cyc.id] = cyc
                     kept[label] += 1
                     made += 1
+                    n_kept += 1
+                    n_bytes += _sample_bytes(cyc)
                     bar.update(label=label)
+                meter.tick(n_kept, n_bytes)
+                if not measured and meter.count and (meter.count >= 3 or meter.elapsed >= 20):
+                    measured = True
+                    left = total - sum(min(kept[c], n) for c, n in counts.items())
+                    est = measured_estimate(meter, left, out, _asked(opts))
+                    check_synth_size(est, opts.yes, done=made)
+                    log(f"synth {name}: {meter.elapsed / meter.count:.3g} s/sample, "
+                        f"{est.text()}")
                 if time.monotonic() - last_index > 10:
                     _write_indexes(out, list(existing.values()))
                     last_index = time.monotonic()
             if kept[label] < target:
                 _warn_filter_shortfall(name, label, kept[label], target, opts, limit)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SynthTooLarge):
+        # kept as made: the same command (with --yes) goes on from them
         with contextlib.suppress(Exception):
             writer.close()
             rejected.close()
@@ -791,6 +818,46 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                        cycles=list(existing.values()), rejected=rejected.counts(),
                        described=described, prompts=prompts, extra=extra, gen_hash=gen_hash,
                        dev=dev, qf=qf, made=made)
+
+
+def _asked(opts: SynthOptions) -> str:
+    """The option that set the sample counts, as typed."""
+    return "--balance" if opts.balance else f"--n {opts.n or DEFAULT_N}"
+
+
+def _sample_bytes(cycle: Cycle) -> int:
+    """Bytes one written sample takes: its wav and annotation, plus its manifest line."""
+    audio = Path(cycle.audio)
+    size = SAMPLE_OVERHEAD_BYTES
+    for p in (audio, audio.with_suffix(".txt")):
+        with contextlib.suppress(OSError):
+            size += p.stat().st_size
+    return size
+
+
+def upfront_estimate(project: Any, opts: SynthOptions, counts: dict[str, int],
+                     cycles: Sequence[Cycle], text: bool) -> SynthEstimate:
+    """The disk a job needs, from the clip length (``--seconds``; 8 s for text to audio;
+    the mean real train cycle, at most ``--max-seconds``, for diffwave), the rate and the
+    sample count (all requested ones: a set that already holds some needs less)."""
+    total = sum(counts.values())
+    secs = opts.seconds
+    if secs is None and text:
+        secs = 8.0
+    if secs is None:
+        durs = [min(c.end - c.start, opts.max_seconds) for c in cycles
+                if c.split == "train" and c.source == "real" and c.label in counts]
+        secs = sum(durs) / len(durs) if durs else opts.max_seconds
+    where = Path(opts.out) if opts.out else project.state_dir() / "synthetic"
+    return SynthEstimate(samples=total, bytes=total * wav_bytes(secs, opts.sample_rate),
+                         free=free_bytes(where), where=_asked(opts))
+
+
+def measured_estimate(meter: RateMeter, left: int, out: Path, where: str) -> SynthEstimate:
+    """The time and disk the `left` samples still to make take, at the measured time
+    and bytes per kept sample."""
+    return SynthEstimate(samples=left, bytes=left * meter.units / meter.count,
+                         free=free_bytes(out), where=where, seconds=meter.eta(left))
 
 
 def _finish_set(project: Any, opts: SynthOptions, *, name: str, out: Path,
@@ -1278,6 +1345,10 @@ def command(
     new: Annotated[bool, typer.Option(
         "--new", help="Make a new set even if one was made with the same options (without "
                       "--name, the same options find their set again).")] = False,
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y",
+        help="Go ahead with a job estimated above 24 h, 1,000,000 samples or the free disk "
+             "space (refused without it).")] = False,
     processes: Annotated[int | None, typer.Option(
         help="Share the samples out to N processes on this machine (one per GPU): the "
              "same as `torchrun --nproc-per-node N -m rsctool synth ...`.", min=1)] = None,
@@ -1302,7 +1373,8 @@ def command(
         vocoder_segment_frames=vocoder_segment_frames, vocoder_lr=vocoder_lr,
         vocoder_checkpoint_every=vocoder_checkpoint_every, sampler=sampler, stretch=stretch,
         mel_noise=mel_noise, gain_db=gain_db, min_confidence=min_confidence,
-        filter_run=filter_run, max_tries=max_tries, force=force, new=new)
+        filter_run=filter_run, max_tries=max_tries, force=force, new=new,
+        yes=yes)
     opts = opts.validate()  # bad options fail before the project is read
     if processes is not None:
         from rsctool.distributed import launch_here

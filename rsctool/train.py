@@ -719,7 +719,14 @@ class Trainer:
                 on_step()
             if opts.checkpoint_every and self.step % opts.checkpoint_every == 0:
                 self.save("last.safetensors")
-            self._bar.update(loss=float(loss.detach()), epoch=self.epoch + 1)
+            loss_value = float(loss.detach())
+            self._bar.update(loss=loss_value, epoch=self.epoch + 1)
+            speed = getattr(self, "_speed", None)
+            if speed is not None:
+                # the global batch of this step (an epoch's last one may be short)
+                k = self.step - 1 - self.epoch * self.steps_per_epoch
+                speed.step(self.step, self.epoch + 1, loss_value,
+                           max(0, min(opts.batch_size, len(self.train_set) - k * opts.batch_size)))
         dt = time.perf_counter() - t0
         # over all processes (the count of contributing processes proves how many ran)
         total_loss, n_all, processes = dist.all_sum([total_loss, n_seen, 1.0])
@@ -815,10 +822,15 @@ class Trainer:
         opts = self.opts
         start_step = self.step
         self._bar = StepProgress(self.progress, "train", self.total_steps, self.step)
+        self._speed = self._progress_lines()
         try:
             while self.epoch < opts.epochs and self.step < self.total_steps:
                 t0 = time.perf_counter()
+                if self._speed is not None:
+                    self._speed.resume()
                 stats = self.train_epoch()
+                if self._speed is not None:
+                    self._speed.pause()  # validation and checkpoints are no training steps
                 row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
                                        "lr": self.optimizer.param_groups[0]["lr"], **stats}
                 epoch_complete = self.step % self.steps_per_epoch == 0 or \
@@ -873,6 +885,20 @@ class Trainer:
         return TrainResult(self.run_name, self.dir, self.dir / "best.safetensors",
                            self.best_select, self.epoch, self.step,
                            resumed=start_step > 0, history=self.history)
+
+    def _progress_lines(self) -> Any:
+        """The speed/ETA reporter of `fit` (None in the processes that do not log):
+        periodic lines where no progress bar shows (stderr is no terminal, or --json)."""
+        from rsctool.console import err_console
+        from rsctool.eta import TrainProgress, slow_on_cpu_hint
+
+        if not self.dist.is_main:
+            return None
+        size = (getattr(self.model, "config", None) or {}).get("size")
+        return TrainProgress(
+            self.log, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+            epochs=self.opts.epochs, lines=not (self.progress and err_console.is_terminal),
+            hint=slow_on_cpu_hint(self.opts.model, size, self.dist.device_type))
 
     def _train_thresholds(self) -> None:
         """Without a validation split, a ranking run's class thresholds come from the
