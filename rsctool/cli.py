@@ -92,15 +92,30 @@ class _Group(TyperGroup):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
             raise typer.Exit(141) from None
+        except OSError as e:
+            from rsctool.utils import is_write_error, write_error
+
+            # Safety net behind the atomic writers: any other write that hits a read-only
+            # folder, a missing permission or a full disk is the user's to fix, not a bug.
+            if not (is_write_error(e) and e.filename is not None):
+                _internal_error(e)
+            if _main_process():
+                err_console.print(f"error: {write_error(e)}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
         except Exception as e:
-            if os.environ.get("RSCTOOL_DEBUG"):
-                traceback.print_exc()
-            else:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                err_console.print(
-                    f"internal error: {type(e).__name__}: {first} (set RSCTOOL_DEBUG=1 for the "
-                    "traceback, and please report it)", markup=False, highlight=False)
-            raise typer.Exit(1) from None
+            _internal_error(e)
+
+
+def _internal_error(e: BaseException) -> None:
+    """Report `e` as a bug (one line, or the traceback with RSCTOOL_DEBUG) and exit 1."""
+    if os.environ.get("RSCTOOL_DEBUG"):
+        traceback.print_exc()
+    else:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        err_console.print(
+            f"internal error: {type(e).__name__}: {first} (set RSCTOOL_DEBUG=1 for the "
+            "traceback, and please report it)", markup=False, highlight=False)
+    raise typer.Exit(1) from None
 
 
 def _main_process() -> bool:
