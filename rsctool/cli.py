@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._completion_classes import completion_init
 from typer.core import TyperGroup
 
 try:  # recent typer ships its own copy of click; its exceptions are the ones raised
@@ -27,6 +28,9 @@ except ImportError:  # older typer uses click itself
 from rsctool import __version__
 from rsctool.console import AppState, err_console
 from rsctool.errors import UserError
+
+_COMPLETION_OPTIONS = ("--show-completion", "--install-completion")
+_DETECT = "detect"  # the value of a bare --show-completion: the shell this runs in
 
 # Exceptions that already carry their exit code and message.
 _CLICK_FLOW = (typer.Exit, typer.Abort, ClickException)
@@ -65,6 +69,20 @@ class _Group(TyperGroup):
         if cmd_name not in self.commands and cmd_name in _LAZY:
             self.commands[cmd_name] = _load_command(cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        # `--show-completion` / `--install-completion` take an optional SHELL; typer's
+        # parser has no optional values, so a bare one gets the value "detect".
+        args = list(args)
+        for i, a in enumerate(args):
+            if a in _COMPLETION_OPTIONS:
+                nxt = args[i + 1] if i + 1 < len(args) else None
+                if nxt is None or nxt.startswith("-") or nxt in _LAZY:
+                    args.insert(i + 1, _DETECT)
+                break
+            if a in _LAZY or a == "--":  # the stage's own arguments start here
+                break
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: typer.Context):
         try:
@@ -132,8 +150,43 @@ app = typer.Typer(
     help="Respiratory-sound classification: analyze, synth, train, eval, export, predict.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # rsctool's own --install-completion / --show-completion (below) take the shell as a
+    # value; typer's are flags that guess it from the parent process.
+    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+# Typer registers its shell-completion classes only with its own completion options:
+# `_RSCTOOL_COMPLETE=complete_bash rsctool` needs them.
+completion_init()
+
+
+def _completion_callback(install: bool):
+    """Eager callback of `--install-completion [SHELL]` / `--show-completion [SHELL]`:
+    the shell given, else the one detected from the parent processes."""
+
+    def callback(ctx: typer.Context, param, value: str | None) -> None:
+        if value is None or ctx.resilient_parsing:
+            return
+        from typer._completion_shared import Shells, _get_shell_name, get_completion_script
+        from typer._completion_shared import install as install_script
+
+        shells = [s.value for s in Shells]
+        shell = (_get_shell_name() or "") if value == _DETECT else value
+        if shell not in shells:
+            found = f"shell {shell!r}" if shell else "no shell detected"
+            raise typer.BadParameter(f"{found}: give one of {', '.join(shells)}",
+                                     param_hint=param.opts[0])
+        if install:
+            shell, path = install_script(shell=shell, prog_name="rsctool")
+            typer.echo(f"{shell} completion installed in {path}; open a new shell to use it")
+        else:
+            typer.echo(get_completion_script(prog_name="rsctool",
+                                             complete_var="_RSCTOOL_COMPLETE", shell=shell))
+        raise typer.Exit()
+
+    return callback
 
 
 def _version(value: bool) -> None:
@@ -158,6 +211,16 @@ def _global(
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    install_completion: Annotated[str | None, typer.Option(
+        "--install-completion", metavar="[SHELL]",
+        callback=_completion_callback(install=True), is_eager=True, expose_value=False,
+        help="Install completion for SHELL (bash, zsh, fish, powershell, pwsh; default: "
+             "the shell this runs in).")] = None,
+    show_completion: Annotated[str | None, typer.Option(
+        "--show-completion", metavar="[SHELL]",
+        callback=_completion_callback(install=False), is_eager=True, expose_value=False,
+        help="Print the completion script for SHELL (default: the shell this runs in).")
+    ] = None,
 ) -> None:
     if device not in DEVICES:
         raise typer.BadParameter(f"must be one of {', '.join(DEVICES)}", param_hint="--device")

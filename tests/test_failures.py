@@ -242,3 +242,29 @@ def test_checkpoints_audio_plots_and_caches_honour_the_umask(tmp_path, umask, ma
              *(tmp_path / "cache").rglob("*.npy")]
     assert len(files) == 4
     assert {p.name: oct(_mode(p)) for p in files} == {p.name: oct(want) for p in files}
+
+
+# ------------------------------------------------------------------- shell completion
+
+def _via_sh(*args: str) -> subprocess.CompletedProcess:
+    """`rsctool ARGS` started by /bin/sh (as `make test-fast` starts pytest): the
+    `; exit` keeps sh from exec-ing, so sh stays the parent process."""
+    return subprocess.run(["sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-m", "rsctool",
+                           *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("shell,marker", [("bash", "_rsctool_completion"),
+                                          ("zsh", "#compdef rsctool"),
+                                          ("fish", "complete --command rsctool")])
+def test_show_completion_uses_the_shell_given_not_the_parent(shell, marker):
+    r = _via_sh("--show-completion", shell)
+    assert r.returncode == 0, r.stderr
+    assert marker in r.stdout, r.stdout
+
+
+def test_show_completion_without_a_shell_detects_or_says_what_to_give():
+    r = _via_sh("--show-completion")  # the parent is sh: not a completion shell
+    assert r.returncode == 2, r.stderr
+    assert "bash" in r.stderr and "zsh" in r.stderr, r.stderr
+    r = runner.invoke(app, ["--show-completion", "tcsh"])
+    assert r.exit_code == 2 and "tcsh" in r.output, r.output
