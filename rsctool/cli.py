@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 from typer._completion_classes import completion_init
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 try:  # recent typer ships its own copy of click; its exceptions are the ones raised
     from typer._click import ClickException
@@ -53,6 +53,18 @@ EXIT_CODES: dict[int, str] = {
 }
 
 
+def _flag_type(self: TyperOption, ctx):
+    """typer's help shows a type column for every option, `<bool>` for a flag too; a flag
+    takes no value, so its type column stays empty."""
+    if self.is_flag and self.metavar is None:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type
+
+
 class _Group(TyperGroup):
     """Maps rsctool's error types to exit codes for every sub-command, and loads the
     sub-commands in `_LAZY` on first use.
@@ -84,6 +96,12 @@ class _Group(TyperGroup):
                 break
         return super().parse_args(ctx, args)
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except ClickException as e:  # a mistyped global option or value
+            _usage_error(e)
+
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
@@ -101,7 +119,9 @@ class _Group(TyperGroup):
                 given = f"{e.option_name} {_GLOBAL_OPTIONS[e.option_name]}".strip()
                 e.message += (f" ({e.option_name} is a global option: put it before the "
                               f"stage, as in `rsctool {given} {ctx.invoked_subcommand} ...`)")
-            raise
+            _usage_error(e)
+        except ClickException as e:
+            _usage_error(e)
         except _CLICK_FLOW:
             raise
         except BrokenPipeError:
@@ -122,6 +142,27 @@ class _Group(TyperGroup):
             raise typer.Exit(2) from None
         except Exception as e:
             _internal_error(e)
+
+
+def _usage_error(e: ClickException):
+    """Re-raise a usage error for typer's boxed message on a terminal; elsewhere (a log, a
+    pipe, CI) print the one line `error: rsctool STAGE: problem` and exit 2."""
+    if type(e).__name__ == "NoArgsIsHelpError" or _stderr_is_terminal():
+        raise e
+    ctx = getattr(e, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None and ctx.command_path else ""
+    message = " ".join(e.format_message().split())
+    hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
+    if _main_process():
+        err_console.print(f"error: {where}{message}{hint}", markup=False, highlight=False)
+    raise typer.Exit(e.exit_code) from None
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # closed or replaced by an object without it
+        return False
 
 
 def _internal_error(e: BaseException) -> None:

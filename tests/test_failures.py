@@ -268,3 +268,44 @@ def test_show_completion_without_a_shell_detects_or_says_what_to_give():
     assert "bash" in r.stderr and "zsh" in r.stderr, r.stderr
     r = runner.invoke(app, ["--show-completion", "tcsh"])
     assert r.exit_code == 2 and "tcsh" in r.output, r.output
+
+
+# ---------------------------------------------------------------------- usage errors
+
+@pytest.mark.parametrize("args,names", [
+    (["--device", "tpu", "status"], "--device"),
+    (["train", "--epoch", "3"], "--epoch"),
+    (["--devise", "cpu", "status"], "--devise"),
+    (["train", "--epochs", "many"], "--epochs"),
+    (["status", "--device", "cpu"], "--device"),
+])
+def test_usage_error_is_one_line_off_a_terminal(args, names):
+    r = runner.invoke(app, args)
+    line = _one_error_line(r)
+    assert names in line, r.output
+    assert len([x for x in r.output.splitlines() if x.strip()]) == 1, r.output
+    assert "╭" not in r.output, r.output
+
+
+def test_usage_error_in_a_log_file_is_one_line(tmp_path):
+    log = tmp_path / "log"
+    with log.open("w") as fh:
+        r = subprocess.run([sys.executable, "-m", "rsctool", "--device", "tpu", "status"],
+                           stdout=subprocess.PIPE, stderr=fh, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--device" in lines[0], lines
+
+
+def test_help_has_no_bool_and_groups_train_and_synth_options():
+    for args in (["--help"], ["train", "--help"], ["synth", "--help"], ["eval", "--help"]):
+        r = runner.invoke(app, args, terminal_width=120)
+        assert r.exit_code == 0, r.output
+        assert "<bool>" not in r.output, (args, r.output)
+    train = runner.invoke(app, ["train", "--help"], terminal_width=120).output
+    for panel in ("Data", "Model", "Optimisation", "Synthetic data", "Distributed",
+                  "Run and output"):
+        assert f"─ {panel} ─" in train, train
+    synth = runner.invoke(app, ["synth", "--help"], terminal_width=120).output
+    for panel in ("Generation", "Text to audio", "DiffWave", "Quality filter", "Output"):
+        assert f"─ {panel} ─" in synth, synth
