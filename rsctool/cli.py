@@ -27,6 +27,7 @@ except ImportError:  # older typer uses click itself
 
 from rsctool import __version__
 from rsctool.console import AppState, err_console
+from rsctool.devices import DEVICES
 from rsctool.errors import UserError
 
 _COMPLETION_OPTIONS = ("--show-completion", "--install-completion")
@@ -35,7 +36,6 @@ _DETECT = "detect"  # the value of a bare --show-completion: the shell this runs
 # Exceptions that already carry their exit code and message.
 _CLICK_FLOW = (typer.Exit, typer.Abort, ClickException)
 
-DEVICES = ("auto", "cpu", "cuda")
 #: Options of the `rsctool` callback; given after a stage they get a hint.
 _GLOBAL_OPTIONS = {"--project": "PATH", "-p": "PATH", "--device": "cpu", "--seed": "N",
                    "--quiet": "", "-q": ""}

@@ -594,6 +594,11 @@ def command(
                          with_features=with_features, checkpoint=checkpoint,
                          tolerance=tolerance, parity_cycles=parity_cycles,
                          accuracy_cycles=accuracy_cycles, force=force).validate()
+    # the export and its parity check run on the CPU; a device that is not there is still
+    # refused, as by every other stage
+    from rsctool.devices import resolve_device
+
+    resolve_device(state.device)
     project = state.load_project(must_exist=True)
     doc = run(project, opts, log=lambda msg: info(state, msg))
     if json_out:

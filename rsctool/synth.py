@@ -552,9 +552,10 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     process writes the project file.
     """
     from rsctool.data.manifest import ManifestWriter, file_sha256, iter_manifest
+    from rsctool.devices import resolve_device
     from rsctool.distributed import setup
     from rsctool.generators import Request, sample_seed
-    from rsctool.train import _sync_project, resolve_device
+    from rsctool.train import _sync_project
 
     log = log or (lambda msg: None)
     opts = opts.validate()

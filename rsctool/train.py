@@ -32,6 +32,7 @@ from typing import Annotated, Any
 import typer
 
 from rsctool.console import StepProgress, get_state, info, print_json
+from rsctool.devices import resolve_device  # the shared --device check (also imported from here)
 from rsctool.errors import ConfigError, DataError
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
@@ -186,17 +187,6 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- helpers
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available else cpu; ``cuda`` without CUDA is a ConfigError."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return device
 
 
 def pick_dataset(project: Any, name: str | None) -> tuple[str, dict[str, Any]]:

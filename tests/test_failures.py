@@ -309,3 +309,42 @@ def test_help_has_no_bool_and_groups_train_and_synth_options():
     synth = runner.invoke(app, ["synth", "--help"], terminal_width=120).output
     for panel in ("Generation", "Text to audio", "DiffWave", "Quality filter", "Output"):
         assert f"─ {panel} ─" in synth, synth
+
+
+# ------------------------------------------------------------------- --device cuda
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """A machine without CUDA, for torch and for onnxruntime."""
+    import onnxruntime
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CPUExecutionProvider"])
+
+
+def test_device_cuda_without_cuda_is_refused_by_every_stage(proj, trained, no_cuda):
+    r = _invoke(proj, "export", "--run", "cnn", "--out", str(proj / "m.onnx"))
+    assert r.exit_code == 0, r.output
+    wav = str(next((trained / "data").glob("*.wav")))
+    cuda = ["--project", str(proj / "rsctool.toml"), "-q", "--device", "cuda"]
+    for args in (["predict", wav, "--model", str(proj / "m.onnx")],  # onnx, no project
+                 ["predict", wav, "--run", "cnn", "--backend", "torch"],
+                 ["predict", wav, "--run", "cnn"],  # finds the recorded export
+                 ["export", "--run", "cnn", "--out", str(proj / "m2.onnx")],
+                 ["eval", "--run", "cnn"],
+                 ["train", "--model", "cnn", "--size", "tiny", "--run", "c2"]):
+        r = runner.invoke(app, [*cuda, *args])
+        line = _one_error_line(r)
+        assert "--device cuda" in line, (args, r.output)
+    assert not (proj / "m2.onnx").exists()
+
+
+def test_onnx_device_check_needs_no_torch():
+    code = ("import sys; from rsctool.devices import onnx_providers; "
+            "print(onnx_providers('cpu'), onnx_providers('auto')); "
+            "assert 'torch' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
