@@ -348,3 +348,70 @@ def test_onnx_device_check_needs_no_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ offline weights
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, HF_HUB_OFFLINE set."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _offline_line(r) -> str:
+    line = _one_error_line(r)
+    assert "Retry" not in r.output and "thrown while requesting" not in r.output, r.output
+    return line
+
+
+@pytest.mark.parametrize("offline", ["env", "unreachable"])
+def test_train_pretrained_offline_is_one_line_naming_the_option(proj, empty_hub, monkeypatch,
+                                                                 offline):
+    import rsctool.hub
+
+    if offline == "unreachable":  # no HF_HUB_OFFLINE, no network: asked, not retried
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(rsctool.hub, "hub_reachable", lambda timeout=3.0: False)
+    r = _invoke(proj, "train", "--model", "tafilm", "--epochs", "1", "--run", "t")
+    line = _offline_line(r)
+    assert "--pretrained none" in line and "--pretrained DIR" in line, line
+    assert ("HF_HUB_OFFLINE" if offline == "env" else "cannot be reached") in line, line
+    assert line.rstrip().endswith(")"), line  # complete, not cut
+
+
+@pytest.mark.parametrize("offline", ["env", "unreachable"])
+def test_synth_offline_is_one_complete_line_naming_diffwave(proj, empty_hub, monkeypatch,
+                                                            offline):
+    import rsctool.hub
+
+    if offline == "unreachable":
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(rsctool.hub, "hub_reachable", lambda timeout=3.0: False)
+    r = _invoke(proj, "synth", "--n", "1", "--classes", "crackle")
+    line = _offline_line(r)
+    assert "--model cvssp/audioldm-s-full-v2" in line, line
+    assert "--backend diffwave" in line and "--model DIR" in line, line
+    assert line.rstrip().endswith(")"), line
+
+
+def test_hub_plan_uses_the_cache_without_the_network(tmp_path, monkeypatch):
+    from rsctool import hub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
+    assert hub.plan_load("org/model", "config.json")[1] is not None
+    repo = tmp_path / "hf" / "hub" / "models--org--model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "config.json").write_text("{}")
+    assert hub.plan_load("org/model", "config.json") == (True, None)  # cache only
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: True)
+    assert hub.plan_load("org/model", "config.json") == (False, None)
