@@ -185,7 +185,7 @@ def index_page() -> str:
               "## Shell completion", "",
               "```bash",
               "rsctool --install-completion        # bash, zsh, fish or PowerShell: "
-              "detected from $SHELL",
+              "the shell it runs in",
               "rsctool --show-completion bash      # print the script instead "
               "(e.g. into ~/.bash_completion)",
               "```", "",
