@@ -61,8 +61,9 @@ def _flag_type(self: TyperOption, ctx):
     return _option_type(self, ctx)
 
 
-_option_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type
+_option_type = getattr(TyperOption, "display_type_rich", None)
+if _option_type is not None:  # the typer versions that print a type for every option
+    TyperOption.display_type_rich = _flag_type
 
 
 class _Group(TyperGroup):
@@ -203,6 +204,16 @@ app = typer.Typer(
 completion_init()
 
 
+def _detect_shell() -> str:
+    """The shell this process runs in (from its parent processes), or ""."""
+    try:
+        import shellingham
+
+        return shellingham.detect_shell()[0].lower()
+    except Exception:  # not installed, or no shell among the parents
+        return ""
+
+
 def _completion_callback(install: bool):
     """Eager callback of `--install-completion [SHELL]` / `--show-completion [SHELL]`:
     the shell given, else the one detected from the parent processes."""
@@ -210,11 +221,11 @@ def _completion_callback(install: bool):
     def callback(ctx: typer.Context, param, value: str | None) -> None:
         if value is None or ctx.resilient_parsing:
             return
-        from typer._completion_shared import Shells, _get_shell_name, get_completion_script
+        from typer._completion_shared import Shells, get_completion_script
         from typer._completion_shared import install as install_script
 
         shells = [s.value for s in Shells]
-        shell = (_get_shell_name() or "") if value == _DETECT else value
+        shell = _detect_shell() if value == _DETECT else value
         if shell not in shells:
             found = f"shell {shell!r}" if shell else "no shell detected"
             raise typer.BadParameter(f"{found}: give one of {', '.join(shells)}",
