@@ -139,6 +139,7 @@ def _can_mount_read_only() -> bool:
     return r.returncode == 0
 
 
+@pytest.mark.slow  # four CLI processes
 @pytest.mark.skipif(not _can_mount_read_only(), reason="needs unshare and mount (root)")
 def test_read_only_file_system_for_real(proj, trained):
     """The project folder bind-mounted read-only in a private mount namespace: the real
