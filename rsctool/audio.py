@@ -301,12 +301,11 @@ def load_cycle(path: str | os.PathLike, start: float, end: float,
 def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int,
                 subtype: str = "PCM_16") -> None:
     """Write a mono waveform atomically (temp file + rename) as wav/flac/ogg by suffix."""
-    import tempfile
+    from rsctool.utils import mkstemp_for
 
     sf = _sf()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = mkstemp_for(path, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, subtype=subtype)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rsctool.errors import DataError
+from rsctool.utils import file_mode, mkstemp_for
 
 FORMAT = "rsctool-checkpoint"
 FORMAT_VERSION = 1
@@ -85,11 +85,11 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module,
         for k, v in (rng_extra or {}).items():
             tensors[f"rng.{k}"] = v.detach().cpu().contiguous()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_for(path)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"rsctool": json.dumps(meta, default=_json_default)})
+        os.chmod(tmp, file_mode())  # safetensors recreates the file with mode 0600
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

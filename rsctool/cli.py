@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
+from typer._completion_classes import completion_init
+from typer.core import TyperGroup, TyperOption
 
 try:  # recent typer ships its own copy of click; its exceptions are the ones raised
     from typer._click import ClickException
@@ -27,12 +28,15 @@ except ImportError:  # older typer uses click itself
 
 from rsctool import __version__
 from rsctool.console import AppState, err_console
+from rsctool.devices import DEVICES
 from rsctool.errors import UserError
+
+_COMPLETION_OPTIONS = ("--show-completion", "--install-completion")
+_DETECT = "detect"  # the value of a bare --show-completion: the shell this runs in
 
 # Exceptions that already carry their exit code and message.
 _CLICK_FLOW = (typer.Exit, typer.Abort, ClickException)
 
-DEVICES = ("auto", "cpu", "cuda")
 #: Options of the `rsctool` callback; given after a stage they get a hint.
 _GLOBAL_OPTIONS = {"--project": "PATH", "-p": "PATH", "--device": "cpu", "--seed": "N",
                    "--quiet": "", "-q": ""}
@@ -56,6 +60,19 @@ EXIT_CODES: dict[int, str] = {
 }
 
 
+def _flag_type(self: TyperOption, ctx):
+    """typer's help shows a type column for every option, `<bool>` for a flag too; a flag
+    takes no value, so its type column stays empty."""
+    if self.is_flag and self.metavar is None:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = getattr(TyperOption, "display_type_rich", None)
+if _option_type is not None:  # the typer versions that print a type for every option
+    TyperOption.display_type_rich = _flag_type
+
+
 class _Group(TyperGroup):
     """Maps rsctool's error types to exit codes for every sub-command, and loads the
     sub-commands in `_LAZY` on first use.
@@ -72,6 +89,26 @@ class _Group(TyperGroup):
         if cmd_name not in self.commands and cmd_name in _LAZY:
             self.commands[cmd_name] = _load_command(cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        # `--show-completion` / `--install-completion` take an optional SHELL; typer's
+        # parser has no optional values, so a bare one gets the value "detect".
+        args = list(args)
+        for i, a in enumerate(args):
+            if a in _COMPLETION_OPTIONS:
+                nxt = args[i + 1] if i + 1 < len(args) else None
+                if nxt is None or nxt.startswith("-") or nxt in _LAZY:
+                    args.insert(i + 1, _DETECT)
+                break
+            if a in _LAZY or a == "--":  # the stage's own arguments start here
+                break
+        return super().parse_args(ctx, args)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except ClickException as e:  # a mistyped global option or value
+            _usage_error(e)
 
     def invoke(self, ctx: typer.Context):
         from rsctool.signals import exit_code, handled
@@ -96,7 +133,9 @@ class _Group(TyperGroup):
                 given = f"{e.option_name} {_GLOBAL_OPTIONS[e.option_name]}".strip()
                 e.message += (f" ({e.option_name} is a global option: put it before the "
                               f"stage, as in `rsctool {given} {ctx.invoked_subcommand} ...`)")
-            raise
+            _usage_error(e)
+        except ClickException as e:
+            _usage_error(e)
         except _CLICK_FLOW:
             raise
         except BrokenPipeError:
@@ -105,15 +144,51 @@ class _Group(TyperGroup):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
             raise typer.Exit(141) from None
+        except OSError as e:
+            from rsctool.utils import is_write_error, write_error
+
+            # Safety net behind the atomic writers: any other write that hits a read-only
+            # folder, a missing permission or a full disk is the user's to fix, not a bug.
+            if not (is_write_error(e) and e.filename is not None):
+                _internal_error(e)
+            if _main_process():
+                err_console.print(f"error: {write_error(e)}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
         except Exception as e:
-            if os.environ.get("RSCTOOL_DEBUG"):
-                traceback.print_exc()
-            else:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                err_console.print(
-                    f"internal error: {type(e).__name__}: {first} (set RSCTOOL_DEBUG=1 for the "
-                    "traceback, and please report it)", markup=False, highlight=False)
-            raise typer.Exit(1) from None
+            _internal_error(e)
+
+
+def _usage_error(e: ClickException):
+    """Re-raise a usage error for typer's boxed message on a terminal; elsewhere (a log, a
+    pipe, CI) print the one line `error: rsctool STAGE: problem` and exit 2."""
+    if type(e).__name__ == "NoArgsIsHelpError" or _stderr_is_terminal():
+        raise e
+    ctx = getattr(e, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None and ctx.command_path else ""
+    message = " ".join(e.format_message().split())
+    hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
+    if _main_process():
+        err_console.print(f"error: {where}{message}{hint}", markup=False, highlight=False)
+    raise typer.Exit(e.exit_code) from None
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # closed or replaced by an object without it
+        return False
+
+
+def _internal_error(e: BaseException) -> None:
+    """Report `e` as a bug (one line, or the traceback with RSCTOOL_DEBUG) and exit 1."""
+    if os.environ.get("RSCTOOL_DEBUG"):
+        traceback.print_exc()
+    else:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        err_console.print(
+            f"internal error: {type(e).__name__}: {first} (set RSCTOOL_DEBUG=1 for the "
+            "traceback, and please report it)", markup=False, highlight=False)
+    raise typer.Exit(1) from None
 
 
 def _main_process() -> bool:
@@ -130,8 +205,53 @@ app = typer.Typer(
     help="Respiratory-sound classification: analyze, synth, train, eval, export, predict.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # rsctool's own --install-completion / --show-completion (below) take the shell as a
+    # value; typer's are flags that guess it from the parent process.
+    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+# Typer registers its shell-completion classes only with its own completion options:
+# `_RSCTOOL_COMPLETE=complete_bash rsctool` needs them.
+completion_init()
+
+
+def _detect_shell() -> str:
+    """The shell this process runs in (from its parent processes), or ""."""
+    try:
+        import shellingham
+
+        return shellingham.detect_shell()[0].lower()
+    except Exception:  # not installed, or no shell among the parents
+        return ""
+
+
+def _completion_callback(install: bool):
+    """Eager callback of `--install-completion [SHELL]` / `--show-completion [SHELL]`:
+    the shell given, else the one detected from the parent processes."""
+
+    def callback(ctx: typer.Context, param, value: str | None) -> None:
+        if value is None or ctx.resilient_parsing:
+            return
+        from typer._completion_shared import Shells, get_completion_script
+        from typer._completion_shared import install as install_script
+
+        shells = [s.value for s in Shells]
+        shell = _detect_shell() if value == _DETECT else value
+        if shell not in shells:
+            found = f"shell {shell!r}" if shell else "no shell detected"
+            raise typer.BadParameter(f"{found}: give one of {', '.join(shells)}",
+                                     param_hint=param.opts[0])
+        if install:
+            shell, path = install_script(shell=shell, prog_name="rsctool")
+            typer.echo(f"{shell} completion installed in {path}; open a new shell to use it")
+        else:
+            typer.echo(get_completion_script(prog_name="rsctool",
+                                             complete_var="_RSCTOOL_COMPLETE", shell=shell))
+        raise typer.Exit()
+
+    return callback
 
 
 def _version(value: bool) -> None:
@@ -156,6 +276,16 @@ def _global(
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    install_completion: Annotated[str | None, typer.Option(
+        "--install-completion", metavar="[SHELL]",
+        callback=_completion_callback(install=True), is_eager=True, expose_value=False,
+        help="Install completion for SHELL (bash, zsh, fish, powershell, pwsh; default: "
+             "the shell this runs in).")] = None,
+    show_completion: Annotated[str | None, typer.Option(
+        "--show-completion", metavar="[SHELL]",
+        callback=_completion_callback(install=False), is_eager=True, expose_value=False,
+        help="Print the completion script for SHELL (default: the shell this runs in).")
+    ] = None,
 ) -> None:
     if device not in DEVICES:
         raise typer.BadParameter(f"must be one of {', '.join(DEVICES)}", param_hint="--device")

@@ -138,11 +138,17 @@ def stage_page(name: str) -> str:
     lines = [_header(), "", f"# `rsctool {name}`", "", _doc(cmd.help), "", "```text", usage,
              "```", ""]
     args = [_record(p, ctx) for p in cmd.params if p.param_type_name == "argument"]
-    opts = [_record(p, ctx) for p in cmd.params if p.param_type_name == "option"]
+    # options grouped as in `rsctool STAGE -h` (their help panels), in order of appearance
+    panels: dict[str | None, list[tuple[str, str]]] = {None: []}
+    for p in cmd.params:
+        if p.param_type_name == "option":
+            panels.setdefault(getattr(p, "rich_help_panel", None), []).append(_record(p, ctx))
     if any(n for n, _ in args):
         lines += ["## Arguments", "", *_table(args, "argument"), ""]
-    lines += ["## Options", "", *_table(opts, "option"),
+    lines += ["## Options", "", *_table(panels.pop(None), "option"),
               "| `-h, --help` | Show the help and exit. |", ""]
+    for panel, opts in panels.items():
+        lines += [f"### {panel}", "", *_table(opts, "option"), ""]
     lines += ["Global options (`--project`, `--device`, `--seed`, `--quiet`) go before the "
               "stage name: [index](index.md#global-options). Exit codes: "
               "[index](index.md#exit-codes).", ""]
@@ -179,7 +185,7 @@ def index_page() -> str:
               "## Shell completion", "",
               "```bash",
               "rsctool --install-completion        # bash, zsh, fish or PowerShell: "
-              "detected from $SHELL",
+              "the shell it runs in",
               "rsctool --show-completion bash      # print the script instead "
               "(e.g. into ~/.bash_completion)",
               "```", "",

@@ -47,3 +47,8 @@ class ProjectError(UserError):
 
 class ConfigError(UserError):
     """An option or config value is invalid."""
+
+
+class WriteError(UserError):
+    """A file or folder cannot be written: no permission, a read-only file system, a full
+    disk. Not a bug: the message names the path and the reason."""

@@ -1065,7 +1065,7 @@ def print_eval(doc: dict[str, Any]) -> None:
 def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool = False,
         log: Callable[[str], None] | None = None) -> EvalResult:
     """Evaluate the selected run(s); see `evaluate_run` for what each writes."""
-    from rsctool.train import resolve_device
+    from rsctool.devices import resolve_device
 
     opts.validate()
     dev = resolve_device(device)

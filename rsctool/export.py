@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -44,7 +43,7 @@ import typer
 from rsctool import __version__
 from rsctool.console import err_console, get_state, info, print_json, warn
 from rsctool.errors import ConfigError, DataError, UserError
-from rsctool.utils import params_hash
+from rsctool.utils import file_mode, mkstemp_for, params_hash
 
 QUANTIZE = ("none", "int8")
 OPSETS = range(14, 21)
@@ -447,8 +446,7 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     tmp_files: list[Path] = []
 
     def tmp_path(tag: str) -> Path:
-        fd, p = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{tag}.tmp.onnx",
-                                 dir=out.parent)
+        fd, p = mkstemp_for(out, suffix=f".{tag}.tmp.onnx")
         os.close(fd)
         tmp_files.append(Path(p))
         return Path(p)
@@ -503,6 +501,7 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
         # Fsync, then rename into place: readers see no file or the complete one.
         with open(final, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(final, file_mode())  # the exporters may recreate the temp file as 0600
         os.replace(final, out)
         tmp_files.remove(final)
     finally:
@@ -588,6 +587,11 @@ def command(
                          with_features=with_features, checkpoint=checkpoint,
                          tolerance=tolerance, parity_cycles=parity_cycles,
                          accuracy_cycles=accuracy_cycles, force=force).validate()
+    # the export and its parity check run on the CPU; a device that is not there is still
+    # refused, as by every other stage
+    from rsctool.devices import resolve_device
+
+    resolve_device(state.device)
     project = state.load_project(must_exist=True)
     doc = run(project, opts, log=lambda msg: info(state, msg))
     if json_out:

@@ -282,9 +282,11 @@ class OnnxModel:
     Args:
         path: the ``.onnx`` file.
         threads: intra-op threads (None: onnxruntime's default, one per core).
+        providers: onnxruntime execution providers (default: the CPU's only).
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 providers: list[str] | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -300,7 +302,8 @@ class OnnxModel:
             opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(os.fspath(self.path), opts,
-                                                providers=["CPUExecutionProvider"])
+                                                providers=providers
+                                                or ["CPUExecutionProvider"])
         except Exception as e:
             raise DataError(f"not a readable ONNX model ({_short(e)})", self.path) from None
         props = dict(self.session.get_modelmeta().custom_metadata_map)

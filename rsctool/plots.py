@@ -31,10 +31,10 @@ def _colour(i: int, name: str) -> str:
 def _save(fig: Any, path: Path) -> Path:
     """Save atomically: a killed run never leaves a truncated PNG under the final name."""
     import os
-    import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    from rsctool.utils import mkstemp_for
+
+    fd, tmp = mkstemp_for(path, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")

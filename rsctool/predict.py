@@ -156,10 +156,11 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, device: str = "auto"):
+        from rsctool.devices import onnx_providers
         from rsctool.onnx_runtime import OnnxModel
 
-        self.model = OnnxModel(path, threads)
+        self.model = OnnxModel(path, threads, onnx_providers(device))
         self.spec = self.model.spec
         self.source = str(path)
 
@@ -178,9 +179,9 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, project: Any, run: str, checkpoint: str, device: str):
+        from rsctool.devices import resolve_device
         from rsctool.eval import load_run
         from rsctool.onnx_runtime import ModelSpec
-        from rsctool.train import resolve_device
 
         self.device = resolve_device(device)
         self.loaded = load_run(project, run, checkpoint, self.device)
@@ -247,7 +248,7 @@ def open_backend(opts: PredictOptions, state: Any) -> Any:
         path = Path(opts.model)
         if path.suffix.lower() != ".onnx":
             raise ConfigError(f"--model must be an exported .onnx file, got {path}")
-        return OnnxBackend(path, opts.threads)
+        return OnnxBackend(path, opts.threads, state.device)
     from rsctool.eval import select_runs
 
     project = state.load_project(must_exist=True)
@@ -255,7 +256,7 @@ def open_backend(opts: PredictOptions, state: Any) -> Any:
     if opts.backend in ("auto", "onnx"):
         path, why = find_export(project, name, opts.checkpoint)
         if path is not None:
-            return OnnxBackend(path, opts.threads)
+            return OnnxBackend(path, opts.threads, state.device)
         if opts.backend == "onnx":
             raise ConfigError(f"--backend onnx: {why}")
         if why and "older" in why:

@@ -574,9 +574,10 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     process writes the project file.
     """
     from rsctool.data.manifest import ManifestWriter, file_sha256, iter_manifest
+    from rsctool.devices import resolve_device
     from rsctool.distributed import setup
     from rsctool.generators import Request, sample_seed
-    from rsctool.train import _sync_project, resolve_device
+    from rsctool.train import _sync_project
 
     log = log or (lambda msg: None)
     opts = opts.validate()
@@ -1272,87 +1273,112 @@ def command(
     *,
     backend: Annotated[str, typer.Option(
         help="audioldm, audioldm2 (text to audio) or diffwave (vocoder trained on the "
-             "dataset).")] = "audioldm",
+             "dataset).", rich_help_panel="Generation")] = "audioldm",
     classes: Annotated[list[str] | None, typer.Option(
         "--classes", "-c", show_default=False,
         help="Classes to make: normal, crackle, wheeze, both (default crackle wheeze both; "
-             "repeat, comma-separate or list them).")] = None,
+             "repeat, comma-separate or list them).", rich_help_panel="Generation")] = None,
     n: Annotated[int | None, typer.Option(
-        "--n", "-n", help="Samples per class (default 100).", show_default=False)] = None,
+        "--n", "-n", help="Samples per class (default 100).", show_default=False,
+        rich_help_panel="Generation")] = None,
     balance: Annotated[bool, typer.Option(
-        help="Per-class counts from the analyze report's synthesis plan.")] = False,
+        help="Per-class counts from the analyze report's synthesis plan.",
+        rich_help_panel="Generation")] = False,
     name: Annotated[str | None, typer.Option(
-        help="Set name (default: the set made with the same options, else BACKEND-N).")
+        help="Set name (default: the set made with the same options, else BACKEND-N).",
+        rich_help_panel="Output")
     ] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Output folder (default .rsctool/synthetic/NAME).")] = None,
+        help="Output folder (default .rsctool/synthetic/NAME).", rich_help_panel="Output")] = None,
     dataset: Annotated[str | None, typer.Option(
-        help="Dataset in the project (default: the last analysed).")] = None,
+        help="Dataset in the project (default: the last analysed).",
+        rich_help_panel="Generation")] = None,
     model: Annotated[str | None, typer.Option(
         help="Text-to-audio model: hub id or local folder (default "
-             "cvssp/audioldm-s-full-v2; cvssp/audioldm2 for audioldm2).")] = None,
+             "cvssp/audioldm-s-full-v2; cvssp/audioldm2 for audioldm2).",
+        rich_help_panel="Text to audio")] = None,
     prompts: Annotated[Path | None, typer.Option(
-        help="Prompt TOML file (default: the packaged one; see docs/synth.md).")] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps (text to audio).")] = 50,
+        help="Prompt TOML file (default: the packaged one; see docs/synth.md).",
+        rich_help_panel="Text to audio")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps (text to audio).",
+        rich_help_panel="Text to audio")] = 50,
     guidance: Annotated[float | None, typer.Option(
-        help="Guidance scale (default 7.5 AudioLDM, 3.5 AudioLDM 2).")] = None,
+        help="Guidance scale (default 7.5 AudioLDM, 3.5 AudioLDM 2).",
+        rich_help_panel="Text to audio")] = None,
     negative_prompt: Annotated[str | None, typer.Option(
-        help="Negative prompt (default: the prompt file's).")] = None,
+        help="Negative prompt (default: the prompt file's).",
+        rich_help_panel="Text to audio")] = None,
     seconds: Annotated[float | None, typer.Option(
         help="Cycle length in s (default 8 for text to audio; diffwave: the source "
-             "cycle's).")] = None,
+             "cycle's).", rich_help_panel="Generation")] = None,
     max_seconds: Annotated[float, typer.Option(
-        help="diffwave: longest excerpt of a source cycle re-synthesised (s).")] = 8.0,
-    sample_rate: Annotated[int, typer.Option(help="Rate of the written files (Hz).")] = 16000,
+        help="diffwave: longest excerpt of a source cycle re-synthesised (s).",
+        rich_help_panel="DiffWave")] = 8.0,
+    sample_rate: Annotated[int, typer.Option(help="Rate of the written files (Hz).",
+        rich_help_panel="Generation")] = 16000,
     batch_size: Annotated[int | None, typer.Option(
-        help="Samples per generator call (default 4 on CUDA, 1 on CPU).")] = None,
+        help="Samples per generator call (default 4 on CUDA, 1 on CPU).",
+        rich_help_panel="Generation")] = None,
     vocoder: Annotated[str | None, typer.Option(
-        help="diffwave: vocoder name in the project (default diffwave-DATASET).")] = None,
+        help="diffwave: vocoder name in the project (default diffwave-DATASET).",
+        rich_help_panel="DiffWave")] = None,
     vocoder_size: Annotated[str, typer.Option(
-        help="diffwave: base (30 layers, 64 channels) or tiny.")] = "base",
+        help="diffwave: base (30 layers, 64 channels) or tiny.",
+        rich_help_panel="DiffWave")] = "base",
     vocoder_layers: Annotated[int | None, typer.Option(
-        help="diffwave: residual layers (overrides the size).")] = None,
+        help="diffwave: residual layers (overrides the size).", rich_help_panel="DiffWave")] = None,
     vocoder_channels: Annotated[int | None, typer.Option(
-        help="diffwave: residual channels (overrides the size).")] = None,
+        help="diffwave: residual channels (overrides the size).",
+        rich_help_panel="DiffWave")] = None,
     vocoder_steps: Annotated[int, typer.Option(
-        help="diffwave: vocoder training steps (more resumes training).")] = 50_000,
+        help="diffwave: vocoder training steps (more resumes training).",
+        rich_help_panel="DiffWave")] = 50_000,
     vocoder_batch_size: Annotated[int, typer.Option(
-        help="diffwave: segments per training step.")] = 16,
+        help="diffwave: segments per training step.", rich_help_panel="DiffWave")] = 16,
     vocoder_segment_frames: Annotated[int, typer.Option(
-        help="diffwave: mel frames per training segment.")] = 62,
+        help="diffwave: mel frames per training segment.", rich_help_panel="DiffWave")] = 62,
     vocoder_lr: Annotated[float, typer.Option(
-        help="diffwave: vocoder learning rate (Adam).")] = 2e-4,
+        help="diffwave: vocoder learning rate (Adam).", rich_help_panel="DiffWave")] = 2e-4,
     vocoder_checkpoint_every: Annotated[int, typer.Option(
-        help="diffwave: steps between vocoder checkpoints.")] = 1000,
+        help="diffwave: steps between vocoder checkpoints.", rich_help_panel="DiffWave")] = 1000,
     sampler: Annotated[str, typer.Option(
-        help="diffwave: fast (6 steps) or full (50 steps).")] = "fast",
+        help="diffwave: fast (6 steps) or full (50 steps).", rich_help_panel="DiffWave")] = "fast",
     stretch: Annotated[float, typer.Option(
-        help="diffwave: max relative time stretch of the source mel.")] = 0.1,
+        help="diffwave: max relative time stretch of the source mel.",
+        rich_help_panel="DiffWave")] = 0.1,
     mel_noise: Annotated[float, typer.Option(
-        help="diffwave: std of noise added to the normalised mel.")] = 0.02,
+        help="diffwave: std of noise added to the normalised mel.",
+        rich_help_panel="DiffWave")] = 0.02,
     gain_db: Annotated[float, typer.Option(
-        help="diffwave: max level change of the source mel (dB).")] = 3.0,
+        help="diffwave: max level change of the source mel (dB).",
+        rich_help_panel="DiffWave")] = 3.0,
     min_confidence: Annotated[float | None, typer.Option(
         help="Keep only samples the filter run assigns to their class with at least this "
-             "probability.")] = None,
+             "probability.", rich_help_panel="Quality filter")] = None,
     filter_run: Annotated[str | None, typer.Option(
-        help="Run that scores samples for --min-confidence (default: the last finished).")
+        help="Run that scores samples for --min-confidence (default: the last finished).",
+        rich_help_panel="Quality filter")
     ] = None,
     max_tries: Annotated[int, typer.Option(
-        help="With a filter: give up on a class after N x this many samples.")] = 4,
+        help="With a filter: give up on a class after N x this many samples.",
+        rich_help_panel="Quality filter")] = 4,
     force: Annotated[bool, typer.Option(
-        help="Regenerate a set made with other options (deletes its files).")] = False,
+        help="Regenerate a set made with other options (deletes its files).",
+        rich_help_panel="Output")] = False,
     new: Annotated[bool, typer.Option(
         "--new", help="Make a new set even if one was made with the same options (without "
-                      "--name, the same options find their set again).")] = False,
+                      "--name, the same options find their set again).",
+        rich_help_panel="Output")] = False,
     yes: Annotated[bool, typer.Option(
         "--yes", "-y",
         help="Go ahead with a job estimated above 24 h, 1,000,000 samples or the free disk "
-             "space (refused without it).")] = False,
+             "space (refused without it).", rich_help_panel="Generation")] = False,
     processes: Annotated[int | None, typer.Option(
         help="Share the samples out to N processes on this machine (one per GPU): the "
-             "same as `torchrun --nproc-per-node N -m rsctool synth ...`.", min=1)] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+             "same as `torchrun --nproc-per-node N -m rsctool synth ...`.", min=1,
+        rich_help_panel="Generation")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.",
+        rich_help_panel="Output")]
     = False,
 ) -> None:
     """Generate synthetic minority-class cycles (AudioLDM, AudioLDM 2 or DiffWave)."""

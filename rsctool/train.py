@@ -32,6 +32,7 @@ from typing import Annotated, Any
 import typer
 
 from rsctool.console import StepProgress, get_state, info, print_json
+from rsctool.devices import resolve_device  # the shared --device check (also imported from here)
 from rsctool.errors import ConfigError, DataError
 from rsctool.locks import hold_record, releasing
 from rsctool.signals import Interrupted
@@ -188,17 +189,6 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- helpers
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available else cpu; ``cuda`` without CUDA is a ConfigError."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return device
 
 
 def pick_dataset(project: Any, name: str | None) -> tuple[str, dict[str, Any]]:
@@ -1892,111 +1882,134 @@ def command(
     *,
     model: Annotated[str | None, typer.Option(
         help="Model name: ast, grf, film, tafilm, softfilm, add, cnn, resnet (default ast; "
-             "cnn with --task ranking).")] = None,
+             "cnn with --task ranking).", rich_help_panel="Model")] = None,
     size: Annotated[str | None, typer.Option(
-        help="Model size (tiny, small, base; default per model).")] = None,
+        help="Model size (tiny, small, base; default per model).", rich_help_panel="Model")] = None,
     pretrained: Annotated[str | None, typer.Option(
-        help="Hub id or local directory of pretrained weights; 'none' for random init.")
+        help="Hub id or local directory of pretrained weights; 'none' for random init.",
+        rich_help_panel="Model")
     ] = None,
     dataset: Annotated[str | None, typer.Option(
-        help="Dataset name in the project (default: the last analysed).")] = None,
+        help="Dataset name in the project (default: the last analysed).",
+        rich_help_panel="Data")] = None,
     run_name: Annotated[str | None, typer.Option(
         "--run", "--run-name",
         help="Run name (with --seeds: the group name, runs NAME-s0, NAME-s1, ...); "
              "an unfinished run of that name is resumed. (Under torchrun, spell it "
-             "--run-name: torchrun takes --run for its --run-path.)")] = None,
+             "--run-name: torchrun takes --run for its --run-path.)",
+        rich_help_panel="Run and output")] = None,
     seeds: Annotated[list[str] | None, typer.Option(
         "--seeds", help="One run per seed, recorded as a group: --seeds 5 (seeds 0-4) or "
                         "--seeds 0 1 2 3 4. `rsctool eval --group NAME` gives mean and std.",
-        show_default=False)] = None,
+        show_default=False, rich_help_panel="Run and output")] = None,
     like: Annotated[str | None, typer.Option(
         "--like", help="Re-run with the options run (or seed group) RUN was started with; "
-                       "options given here override them.", metavar="RUN")] = None,
+                       "options given here override them.", metavar="RUN",
+        rich_help_panel="Run and output")] = None,
     config: Annotated[Path | None, typer.Option(
-        help="TOML file with train options (a table named train, or top-level keys).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (default 50).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 16).")] = None,
+        help="TOML file with train options (a table named train, or top-level keys).",
+        rich_help_panel="Run and output")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default 50).",
+        rich_help_panel="Optimisation")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 16).",
+        rich_help_panel="Optimisation")] = None,
     lr: Annotated[float | None, typer.Option(
-        help="Peak learning rate (default 3e-5 for AST/ADD, 1e-3 for CNNs).")] = None,
+        help="Peak learning rate (default 3e-5 for AST/ADD, 1e-3 for CNNs).",
+        rich_help_panel="Optimisation")] = None,
     task: Annotated[str | None, typer.Option(
         help="multiclass (4-way softmax), multilabel (crackle/wheeze sigmoids), binary "
              "(normal vs abnormal: ICBHI's 2-class task) or ranking "
              "(one score per example; ordered classes such as 0_degree, 45_degree; "
-             "models cnn and resnet).")] = None,
+             "models cnn and resnet).", rich_help_panel="Model")] = None,
     loss: Annotated[str | None, typer.Option(
         help="ce, focal, bce, ghm or bias-denoising; with --task ranking: margin "
-             "(default) or ghm.")] = None,
+             "(default) or ghm.", rich_help_panel="Optimisation")] = None,
     class_order: Annotated[str | None, typer.Option(
         help="--task ranking: the classes from lowest to highest, comma separated "
-             "(default: sorted by the number their names start with).")] = None,
+             "(default: sorted by the number their names start with).",
+        rich_help_panel="Model")] = None,
     ghm_bins: Annotated[int | None, typer.Option(
-        help="GHM loss: number of gradient-norm bins (default 10).")] = None,
+        help="GHM loss: number of gradient-norm bins (default 10).",
+        rich_help_panel="Optimisation")] = None,
     ghm_alpha: Annotated[float | None, typer.Option(
-        help="GHM loss: exponent of the inverse bin density (0: plain loss; default 1).")
+        help="GHM loss: exponent of the inverse bin density (0: plain loss; default 1).",
+        rich_help_panel="Optimisation")
     ] = None,
     ghm_momentum: Annotated[float | None, typer.Option(
         help="GHM loss: moving-average momentum of the bin densities, in [0, 1) "
-             "(0: this batch only; default 0.75).")] = None,
+             "(0: this batch only; default 0.75).", rich_help_panel="Optimisation")] = None,
     balanced: Annotated[bool | None, typer.Option(
-        "--balanced/--no-balanced", help="Class-balanced sampling.")] = None,
+        "--balanced/--no-balanced", help="Class-balanced sampling.",
+        rich_help_panel="Data")] = None,
     norm: Annotated[str | None, typer.Option(
         help="Feature normalisation: audioset (AST pretraining values -4.27/4.57) or "
-             "dataset (the train split's statistics, recorded by analyze).")] = None,
+             "dataset (the train split's statistics, recorded by analyze).",
+        rich_help_panel="Data")] = None,
     patience: Annotated[int | None, typer.Option(
-        help="Early stopping after this many epochs without validation gain (0: off).")
+        help="Early stopping after this many epochs without validation gain (0: off).",
+        rich_help_panel="Optimisation")
     ] = None,
     max_steps: Annotated[int | None, typer.Option(
-        help="Stop after this many optimizer steps (quick runs).")] = None,
+        help="Stop after this many optimizer steps (quick runs).",
+        rich_help_panel="Optimisation")] = None,
     grad_accum: Annotated[int | None, typer.Option(
         help="Gradient accumulation: compute each --batch-size batch in this many "
-             "micro-batches per process (less memory, same optimizer steps; default 1).")
+             "micro-batches per process (less memory, same optimizer steps; default 1).",
+        rich_help_panel="Optimisation")
     ] = None,
     processes: Annotated[int | None, typer.Option(
         help="Data-parallel training in N processes on this machine (one per GPU, or gloo "
              "on CPU): the same as `torchrun --nproc-per-node N -m rsctool train ...`. "
-             "--batch-size stays the global batch.", min=1)] = None,
+             "--batch-size stays the global batch.", min=1, rich_help_panel="Distributed")] = None,
     clip_seconds: Annotated[float | None, typer.Option(
         help="Cycle length the model sees, s: shorter cycles are padded by repetition, "
-             "longer ones cropped (default 8).")] = None,
+             "longer ones cropped (default 8).", rich_help_panel="Data")] = None,
     num_mel_bins: Annotated[int | None, typer.Option(
-        help="Mel bins of the fbank features (default 128).")] = None,
+        help="Mel bins of the fbank features (default 128).", rich_help_panel="Data")] = None,
     specaugment: Annotated[bool | None, typer.Option(
         "--specaugment/--no-specaugment", help="SpecAugment time/frequency masks "
-        "(default on).")] = None,
+        "(default on).", rich_help_panel="Data")] = None,
     log_to: Annotated[list[str] | None, typer.Option(
         "--log", help="Also log the history to tensorboard or mlflow (repeatable; the "
-                      "package must be installed).")] = None,
+                      "package must be installed).", rich_help_panel="Run and output")] = None,
     synthetic: Annotated[list[str] | None, typer.Option(
         help="Synthetic sets (`rsctool synth`) to add to the training split only: "
-             "--synthetic A B, repeated, or A,B.", show_default=False)] = None,
+             "--synthetic A B, repeated, or A,B.", show_default=False,
+        rich_help_panel="Synthetic data")] = None,
     synthetic_ratio: Annotated[float | None, typer.Option(
         help="At most this many synthetic cycles per real training cycle, shared evenly "
-             "across classes.")] = None,
+             "across classes.", rich_help_panel="Synthetic data")] = None,
     max_synthetic_per_class: Annotated[int | None, typer.Option(
         help="At most N synthetic cycles per class (0..N sweeps add cycles, never swap "
-             "them).")] = None,
+             "them).", rich_help_panel="Synthetic data")] = None,
     adversarial: Annotated[bool | None, typer.Option(
         "--adversarial/--no-adversarial", help="Adversarial fine-tuning: a real-vs-"
-        "synthetic discriminator on the embedding through gradient reversal.")] = None,
+        "synthetic discriminator on the embedding through gradient reversal.",
+        rich_help_panel="Model")] = None,
     adv_weight: Annotated[float | None, typer.Option(
         help="Scale of the reversed discriminator gradient into the encoder (default 0.1)."
-    )] = None,
+    , rich_help_panel="Model")] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Any option as KEY=VALUE; model.KEY / loss.KEY for model/loss config.")
+        "--set", help="Any option as KEY=VALUE; model.KEY / loss.KEY for model/loss config.",
+        rich_help_panel="Run and output")
     ] = None,
     deterministic: Annotated[bool | None, typer.Option(
         "--deterministic/--no-deterministic",
         help="Deterministic algorithms: same seed, same machine, same weights bit for bit "
-             "on CPU (limits on CUDA: docs/reproducing.md).")] = None,
-    force: Annotated[bool, typer.Option(help="Retrain a finished run from scratch.")] = False,
+             "on CPU (limits on CUDA: docs/reproducing.md).",
+        rich_help_panel="Optimisation")] = None,
+    force: Annotated[bool, typer.Option(help="Retrain a finished run from scratch.",
+        rich_help_panel="Run and output")] = False,
     new: Annotated[bool, typer.Option(
         "--new", help="Start a new run (or seed group) even if one with the same options "
-                      "exists (without --run, the same options find their run again).")
-    ] = False,
+                      "exists (without --run, the same options find their run again).",
+        rich_help_panel="Run and output")] = False,
     extend: Annotated[bool, typer.Option(
         "--extend", help="Continue the run --run NAME (finished or not) up to a larger "
-                         "--epochs from its last checkpoint, keeping its history.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+                         "--epochs from its last checkpoint, keeping its history.",
+        rich_help_panel="Run and output")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.",
+        rich_help_panel="Run and output")]
     = False,
 ) -> None:
     """Train a classifier on the dataset registered by `rsctool analyze` (resumable)."""

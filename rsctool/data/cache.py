@@ -21,7 +21,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from rsctool.errors import ConfigError, DataError
-from rsctool.utils import sha256_text
+from rsctool.utils import mkstemp_for, sha256_text
 
 #: Part of every key: bump when the entry format changes.
 CACHE_FORMAT = 1
@@ -155,8 +154,7 @@ class FeatureCache:
         np.save(buf, arr, allow_pickle=False)
         p = self.path(key)
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{p.stem[:8]}.", suffix=".tmp", dir=p.parent)
+            fd, tmp = mkstemp_for(p, prefix=f".{p.stem[:8]}.")
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(buf.getbuffer())

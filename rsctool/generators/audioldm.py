@@ -168,14 +168,28 @@ def load_pipeline(version: str, model: str, device: str) -> Any:
                           "folder or a hub id like " + DEFAULT_MODELS[version] + ")")
     if local and not (p / "model_index.json").exists():
         raise ConfigError(f"--model {p}: not a saved diffusers pipeline (no model_index.json)")
+    hint = (f"; without the hub use --backend diffwave (trained on your dataset, nothing "
+            f"to download) or --model DIR (a saved {version} pipeline folder)")
+    local_only = False
+    if not local:
+        from rsctool.hub import plan_load
+
+        # asked first: an uncached id offline would otherwise retry for ~30 s, a line a try
+        local_only, why = plan_load(model, "model_index.json")
+        if why is not None:
+            raise ConfigError(f"--model {model}: cannot load the {version} pipeline: "
+                              f"{why}{hint}")
     try:
         with _quiet_libraries():
-            pipe = Pipeline.from_pretrained(str(p) if local else model, torch_dtype=dtype)
+            pipe = Pipeline.from_pretrained(str(p) if local else model, torch_dtype=dtype,
+                                            local_files_only=local_only)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        where = "folder" if local else "hub id (offline or not cached?)"
+        # the library's first sentence, whole (a cut mid-word helps nobody)
+        first = " ".join(str(e).split()) or type(e).__name__
+        first = first.split(". ")[0].rstrip(".")
+        where = "folder" if local else "hub id"
         raise ConfigError(f"--model {model}: cannot load the {version} pipeline from this "
-                          f"{where}: {first[:200]}") from None
+                          f"{where}: {first}{'' if local else hint}") from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -254,6 +254,12 @@ def _is_local(source: str) -> bool:
         or source.count("/") > 1
 
 
+#: What works without the hub, appended to every load failure of a hub id.
+_OFFLINE_HINT = ("; without the hub give --pretrained none (random initialisation) or "
+                 "--pretrained DIR (a folder written by save_pretrained, e.g. copied from a "
+                 "machine with access)")
+
+
 def load_pretrained(model: ASTClassifier, source: str) -> dict[str, Any]:
     """Load AST backbone weights from a hub id or a `save_pretrained` directory.
 
@@ -267,23 +273,35 @@ def load_pretrained(model: ASTClassifier, source: str) -> dict[str, Any]:
             directory), has another architecture, or lacks backbone weights.
     """
     if _is_local(source) and not Path(source).expanduser().is_dir():
-        raise ConfigError(f"pretrained AST directory {source!r} not found")
+        raise ConfigError(f"--pretrained: pretrained AST directory {source!r} not found")
+    local_only = False
+    if not _is_local(source):
+        from rsctool.hub import plan_load
+
+        # asked first: an uncached id offline would otherwise retry for ~30 s, a line a try
+        local_only, why = plan_load(source, "config.json")
+        if why is not None:
+            raise ConfigError(f"--pretrained: cannot load pretrained AST {source!r}: {why}"
+                              f"{_OFFLINE_HINT}")
     from transformers import ASTModel
 
     path = str(Path(source).expanduser()) if _is_local(source) else source
     try:
         src, info = ASTModel.from_pretrained(path, attn_implementation="eager",
-                                             output_loading_info=True)
+                                             output_loading_info=True,
+                                             local_files_only=local_only)
     except Exception as e:  # any unreadable source is bad input, reported in one line
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if _is_local(source):
             reason = detail
-        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-            reason = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+        elif local_only:
+            reason = f"the local Hugging Face cache has it only in part ({detail})"
         else:
             reason = f"not available from the hub or the local cache ({detail})"
-        raise ConfigError(f"cannot load pretrained AST {source!r}: {reason}; give a directory "
-                          f"written by save_pretrained, or 'none' for random init") from None
+        hint = ("; give a directory written by save_pretrained, or --pretrained none for "
+                "random initialisation") if _is_local(source) else _OFFLINE_HINT
+        raise ConfigError(f"--pretrained: cannot load pretrained AST {source!r}: {reason}"
+                          f"{hint}") from None
     size = model.config["size"]
     for attr in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "patch_size"):
