@@ -1,4 +1,5 @@
-"""Classifiers by name: `create_model("tafilm", size="tiny")`, `list_models()`.
+"""Classifiers by name: `create_model("tafilm", size="tiny")`, `list_models()`,
+`model_traits("tafilm")`.
 
 Importing this package imports every model module, which registers its builders.
 """
@@ -7,7 +8,14 @@ from __future__ import annotations
 
 from rsctool.models import add, ast, cnn, conditioning  # noqa: F401  (registration)
 from rsctool.models.metadata import META_KEYS, MetadataEncoder
-from rsctool.models.registry import create_model, list_models, model_sizes, register_model
+from rsctool.models.registry import (
+    ModelTraits,
+    create_model,
+    list_models,
+    model_sizes,
+    model_traits,
+    register_model,
+)
 
-__all__ = ["META_KEYS", "MetadataEncoder", "create_model", "list_models", "model_sizes",
-           "register_model"]
+__all__ = ["META_KEYS", "MetadataEncoder", "ModelTraits", "create_model", "list_models",
+           "model_sizes", "model_traits", "register_model"]
