@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,3 +229,34 @@ def test_unregister_model(mytest_model):
         model_traits(mytest_model)
     register_model(mytest_model)(lambda **kw: None)  # the name is free again
     assert model_traits(mytest_model) == ModelTraits(family=mytest_model)
+
+
+def test_a_new_model_file_needs_no_other_edit(tmp_path):
+    """Dropping one file with a decorated builder into rsctool/models/ (of a copy of the
+    package) makes the model known by name to the registry and to train's options."""
+    import rsctool
+
+    pkg = tmp_path / "rsctool"
+    shutil.copytree(Path(rsctool.__file__).parent, pkg,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "models" / "mine.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        from rsctool.models.registry import ModelTraits, register_model
+
+
+        @register_model("mine", sizes=("tiny",),
+                        traits=ModelTraits(family="mlp", window="hamming"))
+        def mine(*, num_classes=4, size="tiny", input_tdim=798, input_fdim=128,
+                 meta_spec=None):
+            return nn.Linear(input_fdim, num_classes)
+        """))
+    code = ("from rsctool.models import list_models, model_traits, create_model\n"
+            "from rsctool.train import TrainOptions\n"
+            "assert 'mine' in list_models(), list_models()\n"
+            "assert model_traits('mine').family == 'mlp'\n"
+            "assert TrainOptions(model='mine').resolve().window == 'hamming'\n"
+            "assert isinstance(create_model('mine'), __import__('torch').nn.Linear)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert r.returncode == 0, r.stderr
