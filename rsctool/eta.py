@@ -18,9 +18,6 @@ from rsctool.errors import ConfigError
 
 monotonic: Callable[[], float] = time.monotonic
 
-#: transformer families that are slow on a CPU at size ``base`` (~0.2 samples/s on 2 cores)
-SLOW_ON_CPU = ("ast", "grf", "film", "tafilm", "softfilm", "add")
-
 #: without --yes, synth refuses a job estimated above these
 MAX_SYNTH_HOURS = 24.0
 MAX_SYNTH_SAMPLES = 1_000_000
@@ -107,8 +104,15 @@ class RateMeter:
 
 
 def slow_on_cpu_hint(model: str, size: str | None, device_type: str) -> str | None:
-    """The advice for a base-size transformer training on the CPU (None otherwise)."""
-    if device_type != "cpu" or model not in SLOW_ON_CPU or size != "base":
+    """The advice for a base-size transformer training on the CPU (None otherwise).
+
+    Transformers (``model_traits(model).transformer``) run ~0.2 samples/s on 2 CPU cores
+    at size ``base``."""
+    if device_type != "cpu" or size != "base":
+        return None
+    from rsctool.models.registry import model_traits
+
+    if not model_traits(model).transformer:
         return None
     return (f"hint: a base-size {model} trains slowly on the CPU; --size small (a quarter "
             "of the compute) or --size tiny, or a GPU (rsctool --device cuda train ...), is "

@@ -41,13 +41,7 @@ from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 TASKS = ("multiclass", "multilabel", "binary", "ranking")
 #: Loss names of the ranking task (``--loss ghm`` means ``ghm-ranking`` there).
 RANKING_LOSSES = ("margin", "ghm-ranking")
-#: Models that can output one ranking score per example (``output="score"``).
-RANKING_MODELS = ("cnn", "resnet")
 NORMS = ("audioset", "dataset")
-#: Families trained like the AST papers (small lr, long warm-up).
-TRANSFORMERS = ("ast", "grf", "film", "tafilm", "softfilm", "add")
-#: Models on the transformers AST backbone (AudioSet-pretrained weights).
-AST_BACKBONE = ("ast", "grf", "film", "tafilm", "softfilm")
 
 
 @dataclass
@@ -107,13 +101,18 @@ class TrainOptions:
         """Fill family defaults and validate; returns a new object."""
         o = dataclasses.replace(self, model_cfg=dict(self.model_cfg),
                                 loss_cfg=dict(self.loss_cfg))
-        family_tf = o.model in TRANSFORMERS
+        # The model's registered traits (rsctool/models/registry.py) pick its defaults;
+        # an unknown --model fails here, before any work.
+        from rsctool.models.registry import model_traits, models_with
+
+        traits = model_traits(o.model)
+        family_tf = traits.transformer
         if o.lr is None:
             o.lr = 3e-5 if family_tf else 1e-3
         if o.window is None:
             # AST's AudioSet checkpoints were trained on Hanning-window fbanks (the
             # transformers ASTFeatureExtractor's setting); Kaldi's default elsewhere.
-            o.window = "hanning" if o.model in AST_BACKBONE else "povey"
+            o.window = traits.window
         if o.warmup_epochs is None:
             o.warmup_epochs = min(10.0, o.epochs / 5) if family_tf else min(1.0, o.epochs / 5)
         if o.task not in TASKS:
@@ -129,9 +128,10 @@ class TrainOptions:
             if o.loss not in RANKING_LOSSES:
                 raise ConfigError(f"--task ranking trains with --loss margin or ghm, "
                                   f"got {o.loss!r}")
-            if o.model not in RANKING_MODELS:
+            if "ranking" not in traits.tasks:
+                ranking = ", ".join(models_with(lambda t: "ranking" in t.tasks))
                 raise ConfigError(f"--task ranking needs a model with a score output "
-                                  f"({', '.join(RANKING_MODELS)}), got {o.model!r}")
+                                  f"({ranking}), got {o.model!r}")
             if o.model_cfg.get("output", "score") != "score":
                 raise ConfigError("--task ranking needs model.output=score, got "
                                   f"{o.model_cfg['output']!r}")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsctool.errors import ConfigError, DataError
-from rsctool.models.registry import register_model
+from rsctool.models.registry import ModelTraits, register_model
 
 __all__ = [
     "ADD_SIZES",
@@ -420,7 +420,8 @@ def _check(opts: dict[str, Any], num_classes: Any, input_tdim: Any, input_fdim: 
                           f"aff_blocks {opts['aff_blocks']}")
 
 
-@register_model("add", sizes=tuple(ADD_SIZES))
+@register_model("add", sizes=tuple(ADD_SIZES),
+                traits=ModelTraits(family="add", transformer=True))
 def add(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
         input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ADDNet:
     """Build the ADD network.

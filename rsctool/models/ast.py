@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsctool.errors import ConfigError
-from rsctool.models.registry import register_model
+from rsctool.models.registry import ModelTraits, register_model
 
 if TYPE_CHECKING:
     from transformers import ASTConfig, ASTModel
@@ -356,7 +356,10 @@ def _create_ast(name: str, *, num_classes: int, size: str, input_tdim: int, inpu
                      input_tdim=input_tdim, input_fdim=input_fdim, cfg=cfg)
 
 
-@register_model("ast", sizes=tuple(SIZES))
+#: AudioSet AST: Hanning-window fbanks (the checkpoints' setting), paper lr / warm-up
+@register_model("ast", sizes=tuple(SIZES),
+                traits=ModelTraits(family="ast", transformer=True, window="hanning",
+                                   pretrained=True))
 def ast(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
         input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ASTClassifier:
     """Plain AST; base defaults to the AudioSet checkpoint. Keys: see `AST_DEFAULTS`."""

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rsctool.errors import ConfigError, DataError
-from rsctool.models.registry import register_model
+from rsctool.models.registry import ModelTraits, register_model
 
 __all__ = ["ConvNet", "ResNet", "BasicBlock", "CNN_SIZES", "RESNET_SIZES"]
 
@@ -213,7 +213,8 @@ def _config(name: str, *, num_classes: int, size: str, input_tdim: int, input_fd
             "input_fdim": input_fdim, "meta_spec": copy.deepcopy(meta_spec), **opts}
 
 
-@register_model("cnn", sizes=tuple(CNN_SIZES))
+@register_model("cnn", sizes=tuple(CNN_SIZES),
+                traits=ModelTraits(family="cnn", score_output=True))
 def cnn(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
         input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ConvNet:
     """Plain CNN baseline (fast on CPU).
@@ -235,7 +236,8 @@ def cnn(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
                    output=opts["output"], config=config)
 
 
-@register_model("resnet", sizes=tuple(RESNET_SIZES))
+@register_model("resnet", sizes=tuple(RESNET_SIZES),
+                traits=ModelTraits(family="cnn", score_output=True))
 def resnet(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
            input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ResNet:
     """ResNet-18-style network (base = ResNet-18 widths and depth).

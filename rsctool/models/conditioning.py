@@ -41,7 +41,7 @@ from torch import nn
 from rsctool.errors import ConfigError
 from rsctool.models.ast import ASTClassifier, build_ast, check_float, check_int
 from rsctool.models.metadata import META_KEYS, check_meta_spec
-from rsctool.models.registry import register_model
+from rsctool.models.registry import ModelTraits, register_model
 
 #: Config keys every conditioned model adds to the AST keys, with defaults.
 META_DEFAULTS: dict[str, Any] = {
@@ -363,9 +363,12 @@ def _create_conditioned(kind: str, *, num_classes: int, size: str, input_tdim: i
 
 
 _SIZES = ("tiny", "small", "base")
+#: the AST backbone's traits (models/ast.py), plus metadata
+_TRAITS = ModelTraits(family="ast", transformer=True, window="hanning", metadata=True,
+                      pretrained=True)
 
 
-@register_model("grf", sizes=_SIZES)
+@register_model("grf", sizes=_SIZES, traits=_TRAITS)
 def grf(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
         input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ConditionedAST:
     """AST + gated residual fusion of metadata."""
@@ -373,7 +376,7 @@ def grf(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
                                input_fdim=input_fdim, meta_spec=meta_spec, **cfg)
 
 
-@register_model("film", sizes=_SIZES)
+@register_model("film", sizes=_SIZES, traits=_TRAITS)
 def film(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
          input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ConditionedAST:
     """AST + per-layer FiLM from metadata."""
@@ -382,7 +385,7 @@ def film(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
                                meta_spec=meta_spec, **cfg)
 
 
-@register_model("tafilm", sizes=_SIZES)
+@register_model("tafilm", sizes=_SIZES, traits=_TRAITS)
 def tafilm(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
            input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ConditionedAST:
     """AST + token-aware FiLM (separate CLS/dist and patch modulation)."""
@@ -391,7 +394,7 @@ def tafilm(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
                                meta_spec=meta_spec, **cfg)
 
 
-@register_model("softfilm", sizes=_SIZES)
+@register_model("softfilm", sizes=_SIZES, traits=_TRAITS)
 def softfilm(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
              input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ConditionedAST:
     """AST + soft-factorised FiLM (device / site / demographics masks)."""
