@@ -1011,6 +1011,10 @@ def command(
         help="See the labels through another dataset's classes: a built-in label map "
              "(sprsound-to-icbhi) or a TOML file. Unmapped labels stop analyze (--lenient "
              "drops them).")] = None,
+    export_events: Annotated[Path | None, typer.Option(
+        help="Also write the analysed dataset as an event table (.csv, .tsv or .jsonl; "
+             "files relative to it; with its split column), e.g. to relabel it and read "
+             "it back with --format events.")] = None,
     force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
@@ -1024,8 +1028,20 @@ def command(
                           fbank_stats=fbank_stats, force=force, name_pattern=name_pattern,
                           where=parse_where(where), group_by=group_by, split_file=split_file,
                           label_map=label_map)
+    if export_events is not None:
+        from rsctool.data.events import EVENT_SUFFIXES
+
+        if export_events.suffix.lower() not in EVENT_SUFFIXES:
+            raise ConfigError(f"--export-events writes a {', '.join(EVENT_SUFFIXES)} file, "
+                              f"got {export_events}")
     project = state.load_project()
     result = run(project, opts, progress=not state.quiet and not json_out)
+    if export_events is not None:
+        from rsctool.data.events import write_event_table
+        from rsctool.data.manifest import read_manifest
+
+        write_event_table(read_manifest(result.manifest), export_events)
+        info(state, f"event table: {export_events}")
     for note in layout_notes(result.report):
         info(state, note)
     if json_out:
