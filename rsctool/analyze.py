@@ -1,7 +1,9 @@
 """`rsctool analyze DATA_DIR`: dataset -> validated cycle manifest, report and plots.
 
 Reads an ICBHI-2017-format or folder-format dataset (`rsctool.data.layout` picks the
-format, and finds ICBHI data a few folders below the one given), checks every recording (header,
+format, and finds ICBHI data a few folders below the one given) or an event table (a
+``.csv``/``.tsv``/``.jsonl`` file, `rsctool.data.events`), optionally seen through a label
+map (`rsctool.data.labelmap`), checks every recording (header,
 samples: empty, NaN/inf, silent; cycles inside the audio), assigns splits (official or
 patient-wise, with a patient-wise validation split carved from train), writes the
 manifest (JSONL), `report.json` and PNG plots, and registers the dataset in the project
@@ -569,7 +571,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     from rsctool.data.events import EVENT_SUFFIXES
 
     # an event table is a file: --format events, or auto on a .csv/.tsv/.jsonl file
-    events = opts.format == "events" or (opts.format == "auto" and root.is_file()
+    events = opts.format == "events" or (opts.format == "auto" and not root.is_dir()
                                          and root.suffix.lower() in EVENT_SUFFIXES)
     if not root.exists():
         raise DataError("event table not found" if events else "dataset folder not found", root)

@@ -286,3 +286,15 @@ def test_toml_map_with_unmapped_label_exits_2_or_drops_when_lenient(tmp_path):
     assert rec["cycles"] == 12 and rec["label_map"]["source"] == str(mfile)
     r = invoke(proj, "analyze", table, "--map", "no-such-map", *QUICK)
     assert r.exit_code == 2 and "no built-in label map 'no-such-map'" in r.output, r.output
+
+
+def test_missing_table_and_folder_given_as_events_exit_2(tmp_path):
+    proj = tmp_path / "rsctool.toml"
+    r = invoke(proj, "analyze", tmp_path / "gone.csv", *QUICK)
+    assert r.exit_code == 2 and f"error: {tmp_path / 'gone.csv'}: event table not found" \
+        in r.output, r.output
+    r = invoke(proj, "analyze", tmp_path, "--format", "events", *QUICK)
+    assert r.exit_code == 2 and "reads an event table file" in r.output, r.output
+    r = invoke(proj, "analyze", tmp_path, "--export-events", tmp_path / "x.txt", *QUICK)
+    assert r.exit_code == 2 and "--export-events writes a .csv" in r.output, r.output
+    assert not proj.exists()
