@@ -174,8 +174,9 @@ def load_map(spec: str | os.PathLike) -> LabelMap:
         return LabelMap.from_toml(_resources() / f"{_PREFIX}{text}.toml", f"builtin:{text}")
     if Path(text).is_file():
         return LabelMap.from_toml(text)
-    raise ConfigError(f"no built-in label map {text!r} and no such file (built-in maps: "
-                      f"{', '.join(builtin_maps()) or 'none'}; or give a .toml file)")
+    raise ConfigError(f"--map {text}: no built-in label map of that name and no such file "
+                      f"(built-in maps: {', '.join(builtin_maps()) or 'none'}; or give a "
+                      ".toml file)")
 
 
 def apply_map(cycles: Iterable[Cycle], labelmap: LabelMap, *, strict: bool = True,
