@@ -1,7 +1,9 @@
 """`rsctool analyze DATA_DIR`: dataset -> validated cycle manifest, report and plots.
 
 Reads an ICBHI-2017-format or folder-format dataset (`rsctool.data.layout` picks the
-format, and finds ICBHI data a few folders below the one given), checks every recording (header,
+format, and finds ICBHI data a few folders below the one given) or an event table (a
+``.csv``/``.tsv``/``.jsonl`` file, `rsctool.data.events`), optionally seen through a label
+map (`rsctool.data.labelmap`), checks every recording (header,
 samples: empty, NaN/inf, silent; cycles inside the audio), assigns splits (official or
 patient-wise, with a patient-wise validation split carved from train), writes the
 manifest (JSONL), `report.json` and PNG plots, and registers the dataset in the project
@@ -32,7 +34,7 @@ from rsctool.errors import ConfigError, DataError
 from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
-FORMATS = ("auto", "icbhi", "folder")
+FORMATS = ("auto", "icbhi", "folder", "events")
 #: Bump when the analysis itself changes, so old records are not reused as up to date.
 ANALYZE_VERSION = 1
 
@@ -42,9 +44,9 @@ class AnalyzeOptions:
     """Resolved options of one `analyze` invocation (stored with its output).
 
     Attributes:
-        data_dir: dataset folder.
+        data_dir: dataset folder, or an event table (``.csv|.tsv|.jsonl`` file).
         name: dataset name in the project (default: derived from the folder).
-        format: ``auto|icbhi|folder``.
+        format: ``auto|icbhi|folder|events``.
         split: ``official`` (ICBHI challenge file), ``patients:F`` (patient-wise random,
             F = train fraction) or ``random:TRAIN:VAL`` (folder data).
         val_fraction: patient-wise share of train moved to validation (0 disables).
@@ -67,6 +69,8 @@ class AnalyzeOptions:
         split_file: ICBHI data, ``--split official``: the split file to use instead of
             the one in the dataset folder (or its parent), or of the official list
             built into rsctool when there is none.
+        label_map: a built-in label map name or a TOML file (`rsctool.data.labelmap`)
+            applied to the labels read.
     """
 
     data_dir: Path
@@ -86,14 +90,16 @@ class AnalyzeOptions:
     where: dict[str, list[str]] | None = None
     group_by: str | None = None
     split_file: Path | None = None
+    label_map: str | None = None
 
     def params(self) -> dict[str, Any]:
         """What determines the output (the fingerprint's parameter half)."""
         d = asdict(self)
         d.pop("force")
         d.pop("plots")
-        for key in ("name_pattern", "where", "group_by", "split_file"):  # options, when
-            if d[key] is None:  # unused, leave the fingerprints of earlier analyses unchanged
+        # options, when unused, leave the fingerprints of earlier analyses unchanged
+        for key in ("name_pattern", "where", "group_by", "split_file", "label_map"):
+            if d[key] is None:
                 d.pop(key)
         if self.split_file is not None:
             d["split_file"] = str(Path(self.split_file).resolve())
@@ -142,6 +148,25 @@ def _metadata_dirs(folder: Path, given: Path) -> list[Path]:
     the metadata files of ICBHI data found below `given` may also lie."""
     folder, given = folder.resolve(), given.resolve()
     return [p for p in list(folder.parents)[1:] if p.is_relative_to(given)]
+
+
+def _files_fingerprint(table: Path) -> tuple[str, dict[str, tuple[int, int]]]:
+    """`_dataset_fingerprint` of an event table: the table's size and mtime and those
+    of every audio file it names (which may lie anywhere)."""
+    from rsctool.data.events import table_files
+
+    entries: list[tuple[str, int, int]] = []
+    stats: dict[str, tuple[int, int]] = {}
+    for i, p in enumerate([table.resolve(), *table_files(table)]):
+        try:
+            st = p.stat()
+        except OSError:
+            entries.append((str(p), -1, -1))
+            continue
+        entries.append((str(p), st.st_size, st.st_mtime_ns))
+        if i:
+            stats[str(p)] = (st.st_size, st.st_mtime_ns)
+    return params_hash(entries), stats
 
 
 def _dataset_fingerprint(root: Path, extra_files: Sequence[Path] = ()
@@ -338,6 +363,11 @@ def _read_cycles(root: Path, fmt: str, opts: AnalyzeOptions, problems: list, *,
             if cycles is not None:
                 return cycles
         return read_icbhi(root, **kwargs, problems=problems)
+    if fmt == "events":
+        from rsctool.data.events import read_events
+
+        return read_events(root, split=opts.split, val_fraction=opts.val_fraction,
+                           seed=opts.seed, strict=opts.strict, problems=problems, info=info)
     from rsctool.data.folder import read_folder
 
     return read_folder(root, split=opts.split or "random:0.7:0.15", seed=opts.seed,
@@ -426,13 +456,21 @@ def synthesis_plan(train_counts: dict[str, int], target_ratio: float, cap: int) 
 def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name: str,
                  opts: AnalyzeOptions, problems: list, split_hash: str,
                  root: Path | None = None, found_from: Path | None = None,
-                 split_info: dict[str, Any] | None = None) -> dict[str, Any]:
+                 split_info: dict[str, Any] | None = None,
+                 label_map: dict[str, Any] | None = None) -> dict[str, Any]:
     """The analysis report (the `--json` document).
 
     `root`: the folder read (default `opts.data_dir`); `found_from`: the folder the user
     named when `root` was found below it; `split_info`: what `read_icbhi` reported about
-    the split file (``split_file``, ``split_source``, ``split_aliases``)."""
-    classes = list(ICBHI_CLASSES) if fmt == "icbhi" else sorted({c.label for c in cycles})
+    the split file (``split_file``, ``split_source``, ``split_aliases``); `label_map`:
+    the label map applied (`LabelMap.record` plus what it mapped), whose classes are the
+    dataset's."""
+    if label_map:
+        classes = list(label_map["classes"])
+    elif fmt == "icbhi" or (cycles and all(c.crackle is not None for c in cycles)):
+        classes = list(ICBHI_CLASSES)  # ICBHI data, or an event table with ICBHI labels
+    else:
+        classes = sorted({c.label for c in cycles})
     splits: dict[str, dict[str, int]] = {}
     for s in SPLITS:
         cnt = Counter(c.label for c in cycles if c.split == s)
@@ -460,6 +498,7 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
         "split": {**_split_definition(cycles, opts, fmt, split_hash),
                   **_split_file_fields(split_info)},
         "classes": classes,
+        **({"label_map": label_map} if label_map else {}),
         "recordings": len(stats),
         "patients": len(patients),
         "cycles": len(cycles),
@@ -527,12 +566,21 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
 
     t0 = time.perf_counter()
     root = Path(opts.data_dir)
-    if not root.exists():
-        raise DataError("dataset folder not found", root)
-    if not root.is_dir():
-        raise DataError("not a folder", root)
     if opts.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {opts.format!r}")
+    from rsctool.data.events import EVENT_SUFFIXES
+
+    # an event table is a file: --format events, or auto on a .csv/.tsv/.jsonl file
+    events = opts.format == "events" or (opts.format == "auto" and not root.is_dir()
+                                         and root.suffix.lower() in EVENT_SUFFIXES)
+    if not root.exists():
+        raise DataError("event table not found" if events else "dataset folder not found", root)
+    if events and not root.is_file():
+        raise DataError("--format events reads an event table file (.csv, .tsv, .jsonl), "
+                        "not a folder", root)
+    if not events and not root.is_dir():
+        raise DataError("not a folder (an event table ends in .csv, .tsv or .jsonl)"
+                        if root.is_file() else "not a folder", root)
     if not 0.0 <= opts.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {opts.val_fraction}")
     if opts.target_ratio <= 0 or opts.max_synthetic_per_class < 0:
@@ -540,7 +588,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     from rsctool.data.layout import resolve_layout
 
     given = root
-    fmt, root = resolve_layout(given, opts.format)
+    fmt, root = ("events", root) if events else resolve_layout(given, opts.format)
     found_from = given if root.resolve() != given.resolve() else None
     if fmt != "folder" and (opts.name_pattern or opts.where or opts.group_by):
         raise ConfigError("--name-pattern, --where and --group-by apply to folder datasets "
@@ -554,11 +602,18 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
                               f"split), not to --split {opts.split}")
         if not Path(opts.split_file).is_file():
             raise DataError("split file not found", opts.split_file)
-    name = opts.name or _default_name(root, fmt, given)
+    name = opts.name or (_default_name(root.with_suffix(""), fmt) if events
+                         else _default_name(root, fmt, given))
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"--name may hold letters, digits, '-' and '_' only, got {name!r}")
     hold_record(project, "datasets", name)  # one writer per dataset name
+    labelmap = None
     params = {**opts.params(), "format": fmt, "name": name}
+    if opts.label_map is not None:
+        from rsctool.data.labelmap import load_map
+
+        labelmap = load_map(opts.label_map)
+        params["label_map"] = labelmap.record()  # a changed map file re-runs analyze
     if found_from is not None:
         params["folder"] = str(root.resolve())
     p_hash = params_hash(params)
@@ -576,7 +631,10 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
                 extra_files.append(p)
         if opts.split_file is not None:
             extra_files.append(Path(opts.split_file))
-    fingerprint, file_stats = _dataset_fingerprint(root, extra_files)
+    if events:
+        fingerprint, file_stats = _files_fingerprint(root)
+    else:
+        fingerprint, file_stats = _dataset_fingerprint(root, extra_files)
 
     state_dir = project.state_dir()
     manifest_path = state_dir / "manifests" / f"{name}.jsonl"
@@ -599,6 +657,21 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     scanner = AudioScanner(state_dir / "cache" / "audio-stats.json")
     cycles = _read_cycles(root, fmt, opts, problems, scanner=scanner, file_stats=file_stats,
                           metadata_dirs=meta_dirs, info=split_info)
+    if events:  # the spec the table's reader chose (its split column, or patient-wise)
+        opts = dataclasses.replace(opts, split=split_info.pop("split_spec"))
+        split_info.clear()
+    map_record = None
+    if labelmap is not None:
+        from rsctool.data.labelmap import apply_map
+
+        mapped = apply_map(cycles, labelmap, strict=opts.strict, where=given)
+        cycles = mapped.cycles
+        if mapped.unmapped:
+            warn(f"{given}: label map {labelmap.name}: dropped {mapped.dropped} segment(s) "
+                 "with unmapped label(s) "
+                 + ", ".join(f"{k!r} ({v})" for k, v in mapped.unmapped.items()))
+        map_record = {**labelmap.record(), "mapped": mapped.counts,
+                      "unmapped": mapped.unmapped}
     t_read = time.perf_counter()
 
     # Scan samples of each recording once (cached by file identity).
@@ -640,7 +713,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     norm_stats = _fbank_stats(cycles, reuse, s_hash, opts.fbank_stats, log)
     report = build_report(cycles, stats, fmt=fmt, name=name, opts=opts, problems=problems,
                           split_hash=s_hash, root=root, found_from=found_from,
-                          split_info=split_info)
+                          split_info=split_info, label_map=map_record)
     # Everything is read and checked: now write outputs, then record them.
     sha = _write_manifest(manifest_path, cycles)
     report["manifest"] = str(manifest_path)
@@ -679,6 +752,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         **({"name_pattern": opts.name_pattern} if opts.name_pattern else {}),
         **({"where": opts.where} if opts.where else {}),
         **({"group_by": opts.group_by} if opts.group_by else {}),
+        **({"label_map": labelmap.record()} if labelmap is not None else {}),
         "classes": report["classes"],
         "manifest": project.rel(manifest_path),
         "sha256": sha,
@@ -890,16 +964,18 @@ def command(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(
         help="Dataset folder: ICBHI 2017 layout (wav + txt; or a folder a few levels "
-             "above it, as downloads unpack) or <class>/**/*.wav.")],
+             "above it, as downloads unpack) or <class>/**/*.wav; or an event table "
+             "(.csv, .tsv, .jsonl: file,start,end,label per segment).")],
     *,
     name: Annotated[str | None, typer.Option(
         help="Dataset name in the project (default: from the folder name).")] = None,
     format: Annotated[str, typer.Option(
-        "--format", help="Dataset layout: auto, icbhi or folder.")] = "auto",
+        "--format", help="Dataset layout: auto, icbhi, folder or events (an event "
+        "table; auto picks it for a .csv, .tsv or .jsonl file).")] = "auto",
     split: Annotated[str | None, typer.Option(
-        help="official (ICBHI challenge file), patients:F (F: train fraction, e.g. "
-             "patients:0.6), or random:F:G (folder data; train and val fractions, e.g. "
-             "random:0.7:0.15).")] = None,
+        help="official (ICBHI challenge file; an event table's split column), patients:F "
+             "(F: train fraction, e.g. patients:0.6), or random:F:G (folder data; train and "
+             "val fractions, e.g. random:0.7:0.15).")] = None,
     val_fraction: Annotated[float, typer.Option(
         help="Share of train patients moved to the validation split (0 disables).")] = 0.1,
     strict: Annotated[bool, typer.Option(
@@ -932,6 +1008,15 @@ def command(
         help="ICBHI data: the train/test split file to use (default: "
              "ICBHI_challenge_train_test.txt beside the data, else the official list "
              "built into rsctool).")] = None,
+    label_map: Annotated[str | None, typer.Option(
+        "--map",
+        help="See the labels through another dataset's classes: a built-in label map "
+             "(sprsound-to-icbhi) or a TOML file. Unmapped labels stop analyze (--lenient "
+             "drops them).")] = None,
+    export_events: Annotated[Path | None, typer.Option(
+        help="Also write the analysed dataset as an event table (.csv, .tsv or .jsonl; "
+             "files relative to it; with its split column), e.g. to relabel it and read "
+             "it back with --format events.")] = None,
     force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
@@ -943,9 +1028,22 @@ def command(
                           allow_unknown_codes=allow_unknown_codes, target_ratio=target_ratio,
                           max_synthetic_per_class=max_synthetic_per_class, plots=plots,
                           fbank_stats=fbank_stats, force=force, name_pattern=name_pattern,
-                          where=parse_where(where), group_by=group_by, split_file=split_file)
+                          where=parse_where(where), group_by=group_by, split_file=split_file,
+                          label_map=label_map)
+    if export_events is not None:
+        from rsctool.data.events import EVENT_SUFFIXES
+
+        if export_events.suffix.lower() not in EVENT_SUFFIXES:
+            raise ConfigError(f"--export-events writes a {', '.join(EVENT_SUFFIXES)} file, "
+                              f"got {export_events}")
     project = state.load_project()
     result = run(project, opts, progress=not state.quiet and not json_out)
+    if export_events is not None:
+        from rsctool.data.events import write_event_table
+        from rsctool.data.manifest import read_manifest
+
+        write_event_table(read_manifest(result.manifest), export_events)
+        info(state, f"event table: {export_events}")
     for note in layout_notes(result.report):
         info(state, note)
     if json_out:
