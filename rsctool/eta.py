@@ -19,7 +19,7 @@ from rsctool.errors import ConfigError
 monotonic: Callable[[], float] = time.monotonic
 
 #: transformer families that are slow on a CPU at size ``base`` (~0.2 samples/s on 2 cores)
-SLOW_ON_CPU = ("ast", "grf", "film", "tafilm", "softfilm", "add")
+SLOW_ON_CPU = ("ast", "grf", "film", "tafilm", "softfilm", "add", "add-standalone")
 
 #: without --yes, synth refuses a job estimated above these
 MAX_SYNTH_HOURS = 24.0

@@ -45,9 +45,9 @@ RANKING_LOSSES = ("margin", "ghm-ranking")
 RANKING_MODELS = ("cnn", "resnet")
 NORMS = ("audioset", "dataset")
 #: Families trained like the AST papers (small lr, long warm-up).
-TRANSFORMERS = ("ast", "grf", "film", "tafilm", "softfilm", "add")
+TRANSFORMERS = ("ast", "grf", "film", "tafilm", "softfilm", "add", "add-standalone")
 #: Models on the transformers AST backbone (AudioSet-pretrained weights).
-AST_BACKBONE = ("ast", "grf", "film", "tafilm", "softfilm")
+AST_BACKBONE = ("ast", "grf", "film", "tafilm", "softfilm", "add")
 
 
 @dataclass

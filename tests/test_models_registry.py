@@ -95,7 +95,8 @@ def test_bad_size_and_key_are_config_errors(name):
 
 
 def test_registry_errors():
-    with pytest.raises(ConfigError, match="unknown model 'nope'; known models: add, ast"):
+    with pytest.raises(ConfigError,
+                       match="unknown model 'nope'; known models: add, add-standalone, ast"):
         create_model("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_model("ast")(lambda **kw: None)
