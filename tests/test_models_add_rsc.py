@@ -99,6 +99,30 @@ def test_paper_size_front_end_width_256_and_shapes():
     assert tiny.aux_head.in_features == 16
 
 
+@pytest.mark.parametrize("mode", ["mask", "afno"])
+def test_aff_soft_shrinks_a_complex_mlp_of_the_time_spectrum(mode):
+    torch.manual_seed(0)
+    front = ADDFrontEnd(n_frames=20, n_mels=8, **{**ADD_FRONT_DEFAULTS, "aff_mode": mode,
+                                                   "sparsity": 0.05},
+                        width=8, heads=2, aff_blocks=2).double()
+    aff = front.aff
+    u = torch.randn(3, 20, 8, dtype=torch.float64)
+    spec = torch.fft.rfft(u, dim=1, norm="ortho").reshape(3, 11, 2, 4)  # 2 blocks of 4
+    w1 = torch.complex(aff.w1[0], aff.w1[1])
+    b1 = torch.complex(aff.b1[0], aff.b1[1])
+    w2 = torch.complex(aff.w2[0], aff.w2[1])
+    b2 = torch.complex(aff.b2[0], aff.b2[1])
+    h = torch.einsum("bkni,nio->bkno", spec, w1) + b1
+    h = torch.complex(F.relu(h.real), F.relu(h.imag))
+    m = torch.einsum("bkni,nio->bkno", h, w2) + b2
+    m = torch.complex(F.softshrink(m.real, 0.05), F.softshrink(m.imag, 0.05))
+    filtered = spec * m if mode == "mask" else m  # "afno": the public code's AFNO1D
+    ref = torch.fft.irfft(filtered.reshape(3, 11, 8), n=20, dim=1, norm="ortho")
+    with torch.no_grad():
+        assert torch.allclose(aff(u), ref, atol=1e-6)  # DFT matrices built in float32
+    assert float(aff.b1.abs().sum()) == 0.0  # AFNO1D's zero biases
+
+
 def test_mel_resampling_to_the_width_is_undone_exactly():
     p = mel_resample_matrix(128, 256)
     assert p.shape == (128, 256)
@@ -172,6 +196,7 @@ def test_cli_trains_evaluates_and_exports_add(project):
     assert opts["window"] == "hanning"  # like the other AST-backbone models
     assert opts["loss_cfg"] == {"main_weight": 1.0, "weight": 1.0, "eps": 0.1, "norm": "l2"}
     assert (opts["lr"], opts["batch_size"], opts["weight_decay"]) == (5e-5, 8, 1e-6)
+    assert opts["warmup_epochs"] == 0
     r = runner.invoke(app, ["--project", proj, "-q", "eval", "--run", "addrsc", "--json",
                             "--no-plots"])
     assert r.exit_code == 0, r.output
