@@ -204,3 +204,14 @@ def test_cli_trains_evaluates_and_exports_add(project):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["parity_max_abs"] < 1e-4, doc
+
+
+def test_runs_of_the_old_standalone_add_still_rebuild():
+    from rsctool.eval import rebuild_model
+    from rsctool.models.add import ADDNet
+
+    old = create_model("add-standalone", size="tiny", input_tdim=T, input_fdim=FD)
+    cfg = {**json.loads(json.dumps(old.config)), "name": "add"}  # as recorded before
+    model = rebuild_model({"model": cfg})
+    assert isinstance(model, ADDNet)
+    model.load_state_dict(old.state_dict())
