@@ -215,3 +215,13 @@ def test_runs_of_the_old_standalone_add_still_rebuild():
     model = rebuild_model({"model": cfg})
     assert isinstance(model, ADDNet)
     model.load_state_dict(old.state_dict())
+
+
+def test_seed_000_recipe_trains_like_the_seed_003_baseline_but_for_the_synthetic_cycles():
+    from rsctool.train import _load_config_file
+
+    base = _load_config_file(EXAMPLES / "seed-003-add.toml")
+    aug = _load_config_file(EXAMPLES / "seed-000-add-audioldm.toml")
+    synth = {"synthetic", "synthetic_ratio", "max_synthetic_per_class"}
+    assert {k: v for k, v in aug.items() if k not in synth} == base
+    assert base["loss_cfg"] == {"main_weight": 1.0, "weight": 1.0, "eps": 0.1, "norm": "l2"}
