@@ -4,9 +4,13 @@
 #
 # Paper (seed 003, "Key Results"): "65.53% Score on ICBHI 2017 (SOTA)",
 #   "85.13% Specificity (Sp) | 45.94% Sensitivity (Se)".
-# The seed states none of the training settings (lr, batch size, epochs, clip length,
-# initialisation), so rsctool's defaults are used and a random initialisation: expect
-# the result to differ. docs/reproducing.md has the table of recipes and results.
+# --model add is ADD-RSC: the ADD front end (adaptive frequency filter, differential
+# attention, SwiGLU; width 256) in front of the AudioSet-pretrained AST (base downloads
+# MIT/ast-finetuned-audioset-10-10-0.4593; offline: --pretrained DIR). The seed states
+# none of the training settings; seed-003-add.toml takes the public code's (lr 5e-5,
+# batch 8, 50 epochs). docs/fidelity/seed-003.md traces every setting; rsctool selects
+# the best epoch on validation, the seed on the test split: expect lower numbers.
+# docs/reproducing.md has the table of recipes and results.
 #
 # Usage: bash examples/seed-003-add.sh PATH/TO/ICBHI_final_database [WORK_DIR]
 #        SEEDS=N: another number of seeds; RSCTOOL=...: another rsctool command;
@@ -28,7 +32,7 @@ mkdir -p "$WORK"
 # the official 60/40 challenge split; a tenth of the train patients validate
 $RSCTOOL analyze "$DATA" --name icbhi --split official --val-fraction 0.1 $FAST_ANALYZE
 # one run per seed (add-paper-s0 ... add-paper-s4); re-running resumes or skips them
-# (seed-003-add.toml: --model add --size base --loss bias-denoising)
+# (seed-003-add.toml: --model add --size base --loss bias-denoising, lr 5e-5, batch 8)
 $RSCTOOL train --dataset icbhi --config "$HERE/seed-003-add.toml" --run add-paper \
     --seeds "$SEEDS" $FAST_TRAIN
 # paper: Sp 85.13, Se 45.94, Score 65.53 (%)

@@ -210,6 +210,9 @@ def rebuild_model(config: dict[str, Any]) -> Any:
 
     cfg = dict(config["model"])
     name = cfg.pop("name")
+    if name == "add" and "embed_dim" in cfg:
+        # a run of the stand-alone network, trained when it was called `add`
+        name = "add-standalone"
     if "pretrained" in cfg:
         cfg["pretrained"] = None
     return create_model(name, **cfg)

@@ -514,8 +514,18 @@ class GHMRankingLoss(OutputLoss):
 class BiasDenoisingLoss(OutputLoss):
     """ADD-RSC bias denoising loss: CE on the main head + a smoothed term on the aux head.
 
-    ``L = CE(logits, y) + weight * mean_b( -sum_c [y_c (1 - eps) + eps / C]
+    ``L = main_weight * CE(logits, y) + weight * mean_b( -sum_c [y_c (1 - eps) + eps / C]
     log softmax(Norm(aux_logits))_c )``
+
+    Seed 003 describes the loss only as "Jointly optimizes classification and denoising"
+    with "label smoothing: L = -Σ[y_c(1-ε) + ε/C]·log[ϕ(Norm(p))]"; it states neither the
+    weights of the two terms nor ε. The defaults (``main_weight`` 1, ``weight`` 1: the plain
+    sum, as the public code's first version ``loss = denoise_loss + class_loss``) keep the
+    two terms equal. The public code's later version weighs them 0.5 / 0.5
+    (``loss_beta * denoise_loss + (1 - loss_beta) * class_loss``) with label smoothing
+    0.2 spread over the C - 1 other classes and no ``Norm``: ``main_weight=0.5,
+    weight=0.5, norm="none"`` and ``eps = 0.2 C / (C - 1)`` (0.2667 for 4 classes) give
+    the same targets (`examples/seed-003-add.toml` shows both).
 
     Shapes: ``outputs["logits"]`` and ``outputs["aux_logits"]`` `(B, C)`; target `(B,)`
     class indices or `(B, C)` probabilities (then ``y_c`` is the given probability).
@@ -525,18 +535,20 @@ class BiasDenoisingLoss(OutputLoss):
     aux logits (then the term is label-smoothed cross-entropy). The second term is the
     KL divergence from the smoothed target distribution to the aux prediction plus the
     (constant) entropy of the smoothed targets, so its gradients equal the KL's.
-    With ``weight=0`` the loss is exactly the (class-weighted) CE of the main head.
+    With ``weight=0`` the loss is exactly ``main_weight`` x the (class-weighted) CE of
+    the main head.
     """
 
     name = "bias-denoising"
 
     def __init__(self, num_classes: int, *, eps: float = 0.1, weight: float = 1.0,
-                 norm: str = "l2", scale: float = 10.0,
+                 main_weight: float = 1.0, norm: str = "l2", scale: float = 10.0,
                  class_weights: Sequence[float] | Tensor | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.eps = _number(eps, "eps", self.name, lo=0.0, hi=1.0)
         self.weight = _number(weight, "weight", self.name, lo=0.0)
+        self.main_weight = _number(main_weight, "main_weight", self.name, lo=0.0)
         if norm not in ("l2", "none"):
             raise ConfigError(f"loss {self.name!r}: norm must be 'l2' or 'none', got {norm!r}")
         self.norm = norm
@@ -548,7 +560,7 @@ class BiasDenoisingLoss(OutputLoss):
         logits = _logits(outputs, self.name)
         q = _soft_targets(target, logits, self.name)
         ce_target = target.to(logits.dtype) if target.is_floating_point() else target.long()
-        loss = F.cross_entropy(logits, ce_target, weight=self.class_weights)
+        loss = self.main_weight * F.cross_entropy(logits, ce_target, weight=self.class_weights)
         if self.weight == 0:
             return loss
         aux = outputs.get("aux_logits")
@@ -649,7 +661,8 @@ _SPECS: dict[str, tuple[type[OutputLoss], tuple[str, ...], tuple[str, ...]]] = {
     "ghm": (GHMCLoss, ("bins", "alpha", "momentum"), TASKS),
     "ghm-ranking": (GHMRankingLoss, ("margin", "bins", "alpha", "momentum"), TASKS),
     "margin": (MarginRankingLoss, ("margin",), TASKS),
-    "bias-denoising": (BiasDenoisingLoss, ("eps", "weight", "norm", "scale"), ("multiclass",)),
+    "bias-denoising": (BiasDenoisingLoss, ("eps", "weight", "main_weight", "norm", "scale"),
+                       ("multiclass",)),
 }
 LOSSES: tuple[str, ...] = tuple(_SPECS)
 _RANKING = ("ghm-ranking", "margin")

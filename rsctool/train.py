@@ -1881,7 +1881,8 @@ def command(
              "`--synthetic A B` and `--seeds 0 1 2` work.")] = None,
     *,
     model: Annotated[str | None, typer.Option(
-        help="Model name: ast, grf, film, tafilm, softfilm, add, cnn, resnet (default ast; "
+        help="Model name: ast, grf, film, tafilm, softfilm, add (ADD-RSC), add-standalone, "
+             "cnn, resnet (default ast; "
              "cnn with --task ranking).", rich_help_panel="Model")] = None,
     size: Annotated[str | None, typer.Option(
         help="Model size (tiny, small, base; default per model).", rich_help_panel="Model")] = None,

@@ -1,4 +1,4 @@
-"""ADD, CNN and ResNet models: build, shapes, gradients, building blocks, ONNX parity."""
+"""ADD (ADD-RSC and stand-alone), CNN and ResNet: build, shapes, gradients, blocks, ONNX."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import rsctool.models.add  # noqa: F401  (registers "add")
+import rsctool.models.add  # noqa: F401  (registers "add-standalone")
+import rsctool.models.add_rsc  # noqa: F401  (registers "add")
 import rsctool.models.cnn  # noqa: F401  (registers "cnn", "resnet")
 from rsctool.errors import ConfigError, DataError
 from rsctool.models.add import (
@@ -24,7 +25,7 @@ from rsctool.models.add import (
 )
 from rsctool.models.registry import create_model, list_models, model_sizes
 
-MODELS = ("add", "cnn", "resnet")
+MODELS = ("add", "add-standalone", "cnn", "resnet")
 T, FD = 64, 32  # small inputs keep the tests fast; one test uses the full 798 x 128
 
 
@@ -101,17 +102,17 @@ def test_cnn_accepts_other_lengths_but_rejects_too_small_inputs():
 
 
 def test_add_rejects_wrong_input_shape_and_bad_head_split():
-    model = _model("add")
+    model = _model("add-standalone")
     with pytest.raises(DataError, match=r"expected features \(B, 64, 32\)"):
         model(torch.randn(1, 70, FD))
     with pytest.raises(ConfigError, match="2 \\* num_heads"):
-        create_model("add", size="tiny", embed_dim=30, num_heads=2, aff_blocks=1)
+        create_model("add-standalone", size="tiny", embed_dim=30, num_heads=2, aff_blocks=1)
     with pytest.raises(ConfigError, match="smaller than one"):
-        create_model("add", size="tiny", input_tdim=8)
+        create_model("add-standalone", size="tiny", input_tdim=8)
 
 
 def test_add_full_size_token_grid():
-    model = create_model("add", size="tiny")  # defaults: 798 frames x 128 mel bins
+    model = create_model("add-standalone", size="tiny")  # defaults: 798 frames x 128 bins
     assert (model.f_dim, model.t_dim, model.num_patches) == (12, 79, 948)
     assert model.pos_embed.shape == (1, 949, 32)
     with torch.no_grad():
@@ -164,7 +165,7 @@ def test_lambda_init_formula():
     assert lambda_init_fn(1) == pytest.approx(0.2)
     assert lambda_init_fn(2) == pytest.approx(0.8 - 0.6 * math.exp(-0.3))
     assert lambda_init_fn(12) == pytest.approx(0.8 - 0.6 * math.exp(-3.3))
-    model = _model("add")
+    model = _model("add-standalone")
     assert [b.attn.lambda_init for b in model.blocks] == \
         pytest.approx([0.2, 0.8 - 0.6 * math.exp(-0.3)])
     with pytest.raises(ValueError):

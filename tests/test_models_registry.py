@@ -109,7 +109,8 @@ def test_bad_size_and_key_are_config_errors(name):
 
 
 def test_registry_errors():
-    with pytest.raises(ConfigError, match="unknown model 'nope'; known models: add, ast"):
+    with pytest.raises(ConfigError,
+                       match="unknown model 'nope'; known models: add, add-standalone, ast"):
         create_model("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_model("ast")(lambda **kw: None)
@@ -154,12 +155,15 @@ def test_traits_agree_with_the_built_model(name):
 
 
 def test_the_existing_traits():
-    """The defaults the name lists of train.py / eta.py gave before the traits."""
+    """The defaults the name lists of train.py / eta.py gave before the traits (`add` is
+    ADD-RSC: an ADD front end on the AudioSet AST, so Hanning fbanks and `--pretrained`)."""
     ast_backbone = {"ast", "grf", "film", "tafilm", "softfilm"}
     assert {n for n in list_models() if model_traits(n).family == "ast"} >= ast_backbone
-    assert {n for n in ast_backbone | {"add"} if model_traits(n).transformer} == \
+    assert {n for n in ast_backbone | {"add", "add-standalone"} if model_traits(n).transformer} \
+        == ast_backbone | {"add", "add-standalone"}
+    assert {n for n in list_models() if model_traits(n).window == "hanning"} == \
         ast_backbone | {"add"}
-    assert {n for n in list_models() if model_traits(n).window == "hanning"} == ast_backbone
+    assert {n for n in list_models() if model_traits(n).pretrained} == ast_backbone | {"add"}
     assert {n for n in list_models() if model_traits(n).score_output} == {"cnn", "resnet"}
     assert {n for n in list_models() if model_traits(n).metadata} == \
         {"grf", "film", "tafilm", "softfilm"}

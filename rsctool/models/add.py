@@ -1,4 +1,8 @@
-"""ADD: Adaptive Differential Denoising network (ADD-RSC, Dong et al., Interspeech 2025).
+"""ADD stand-alone (``--model add-standalone``): the ADD blocks as a ViT-sized network.
+
+A randomly initialised, AST-free variant built from the parts of ADD-RSC (Dong et al.,
+Interspeech 2025); ``--model add`` is ADD-RSC itself (`rsctool.models.add_rsc`: the ADD
+front end in front of an AudioSet-pretrained AST).
 
 Pipeline on normalised log-mel features `(B, T, F)`:
 
@@ -62,6 +66,8 @@ ADD_SIZES: dict[str, dict[str, Any]] = {
     "base": {"embed_dim": 768, "depth": 12, "num_heads": 6, "aff_depth": 1, "aff_blocks": 8,
              "mlp_ratio": 4.0},
 }
+#: The registered name (``--model add-standalone``).
+_NAME = "add-standalone"
 ADD_DEFAULTS: dict[str, Any] = {
     "patch_size": 16,
     "fstride": 10,
@@ -353,7 +359,7 @@ class ADDNet(nn.Module):
     def forward(self, x: Tensor, meta: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             if x.ndim != 3 or x.shape[1] != self.input_tdim or x.shape[2] != self.input_fdim:
-                raise DataError(f"model 'add': expected features (B, {self.input_tdim}, "
+                raise DataError(f"model {_NAME!r}: expected features (B, {self.input_tdim}, "
                                 f"{self.input_fdim}), got shape {tuple(x.shape)}")
         b = x.shape[0]
         d = self.embed_dim
@@ -377,12 +383,12 @@ class ADDNet(nn.Module):
 
 def _resolve(size: str, cfg: dict[str, Any]) -> dict[str, Any]:
     if size not in ADD_SIZES:
-        raise ConfigError(f"model 'add': unknown size {size!r}; known sizes: "
+        raise ConfigError(f"model {_NAME!r}: unknown size {size!r}; known sizes: "
                           f"{', '.join(ADD_SIZES)}")
     known = set(ADD_SIZES[size]) | set(ADD_DEFAULTS)
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise ConfigError(f"model 'add': unknown config key(s) {', '.join(unknown)}; "
+        raise ConfigError(f"model {_NAME!r}: unknown config key(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(known))}")
     return {**ADD_DEFAULTS, **ADD_SIZES[size], **cfg}
 
@@ -393,38 +399,38 @@ def _check(opts: dict[str, Any], num_classes: Any, input_tdim: Any, input_fdim: 
                                      "patch_size", "fstride", "tstride", "aff_hidden_factor")}}
     for k, v in ints.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"model 'add': {k} must be a positive integer, got {v!r}")
+            raise ConfigError(f"model {_NAME!r}: {k} must be a positive integer, got {v!r}")
     a = opts["aff_depth"]
     if isinstance(a, bool) or not isinstance(a, int) or a < 0:
-        raise ConfigError(f"model 'add': aff_depth must be an integer >= 0, got {a!r}")
+        raise ConfigError(f"model {_NAME!r}: aff_depth must be an integer >= 0, got {a!r}")
     for k in ("dropout", "attn_dropout"):
         v = opts[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-            raise ConfigError(f"model 'add': {k} must be in [0, 1), got {v!r}")
+            raise ConfigError(f"model {_NAME!r}: {k} must be in [0, 1), got {v!r}")
     for k, lo_ok in (("sparsity", True), ("mlp_ratio", False)):
         v = opts[k]
         ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) \
             and (v >= 0 if lo_ok else v > 0)
         if not ok:
             what = "non-negative" if lo_ok else "positive"
-            raise ConfigError(f"model 'add': {k} must be a {what} number, got {v!r}")
+            raise ConfigError(f"model {_NAME!r}: {k} must be a {what} number, got {v!r}")
     ps = opts["patch_size"]
     if input_tdim < ps or input_fdim < ps:
-        raise ConfigError(f"model 'add': input {input_tdim} x {input_fdim} is smaller than one "
+        raise ConfigError(f"model {_NAME!r}: input {input_tdim} x {input_fdim} is smaller than one "
                           f"{ps} x {ps} patch")
     if opts["embed_dim"] % (2 * opts["num_heads"]):
-        raise ConfigError(f"model 'add': embed_dim {opts['embed_dim']} must be divisible by "
+        raise ConfigError(f"model {_NAME!r}: embed_dim {opts['embed_dim']} must be divisible by "
                           f"2 * num_heads = {2 * opts['num_heads']}")
     if opts["embed_dim"] % opts["aff_blocks"]:
-        raise ConfigError(f"model 'add': embed_dim {opts['embed_dim']} must be divisible by "
+        raise ConfigError(f"model {_NAME!r}: embed_dim {opts['embed_dim']} must be divisible by "
                           f"aff_blocks {opts['aff_blocks']}")
 
 
-@register_model("add", sizes=tuple(ADD_SIZES),
+@register_model(_NAME, sizes=tuple(ADD_SIZES),
                 traits=ModelTraits(family="add", transformer=True))
-def add(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
+def add_standalone(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
         input_fdim: int = 128, meta_spec: dict | None = None, **cfg: Any) -> ADDNet:
-    """Build the ADD network.
+    """Build the stand-alone ADD network (randomly initialised; no AST, no `pretrained`).
 
     Config (defaults from the size table / `ADD_DEFAULTS`): ``embed_dim``, ``depth``
     (DDL blocks), ``num_heads`` (differential heads), ``aff_depth`` (AFF blocks, 0 turns
@@ -437,7 +443,7 @@ def add(*, num_classes: int = 4, size: str = "base", input_tdim: int = 798,
     _check(opts, num_classes, input_tdim, input_fdim)
     for k in ("dropout", "attn_dropout", "sparsity", "mlp_ratio"):
         opts[k] = float(opts[k])
-    config = {"name": "add", "num_classes": num_classes, "size": size, "input_tdim": input_tdim,
+    config = {"name": _NAME, "num_classes": num_classes, "size": size, "input_tdim": input_tdim,
               "input_fdim": input_fdim, "meta_spec": copy.deepcopy(meta_spec), **opts}
     return ADDNet(num_classes=num_classes, input_tdim=input_tdim, input_fdim=input_fdim,
                   config=config, **opts)
