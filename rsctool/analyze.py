@@ -1,12 +1,13 @@
 """`rsctool analyze DATA_DIR`: dataset -> validated cycle manifest, report and plots.
 
-Reads an ICBHI-2017-format or folder-format dataset (`rsctool.data.layout` picks the
-format, and finds ICBHI data a few folders below the one given), checks every recording (header,
-samples: empty, NaN/inf, silent; cycles inside the audio), assigns splits (official or
-patient-wise, with a patient-wise validation split carved from train), writes the
-manifest (JSONL), `report.json` and PNG plots, and registers the dataset in the project
-file. A re-run on an unchanged dataset with the same options is a no-op unless `--force`.
-Nothing is written until everything has been read and checked.
+Reads an ICBHI-2017-format, SPRSound-format or folder-format dataset
+(`rsctool.data.layout` picks the format, and finds ICBHI data a few folders below the
+one given), checks every recording (header, samples: empty, NaN/inf, silent; cycles
+inside the audio), assigns splits (official or patient-wise, with a patient-wise
+validation split carved from train), writes the manifest (JSONL), `report.json` and PNG
+plots, and registers the dataset in the project file. A re-run on an unchanged dataset
+with the same options is a no-op unless `--force`. Nothing is written until everything
+has been read and checked.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rsctool.errors import ConfigError, DataError
 from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
-FORMATS = ("auto", "icbhi", "folder")
+FORMATS = ("auto", "icbhi", "folder", "sprsound")
 #: Bump when the analysis itself changes, so old records are not reused as up to date.
 ANALYZE_VERSION = 1
 
@@ -44,7 +45,9 @@ class AnalyzeOptions:
     Attributes:
         data_dir: dataset folder.
         name: dataset name in the project (default: derived from the folder).
-        format: ``auto|icbhi|folder``.
+        format: ``auto|icbhi|folder|sprsound``.
+        task: SPRSound: the challenge task whose labels the manifest gets (``1-1``,
+            ``1-2``, ``2-1``, ``2-2``; None: ``1-2``).
         split: ``official`` (ICBHI challenge file), ``patients:F`` (patient-wise random,
             F = train fraction) or ``random:TRAIN:VAL`` (folder data).
         val_fraction: patient-wise share of train moved to validation (0 disables).
@@ -86,13 +89,14 @@ class AnalyzeOptions:
     where: dict[str, list[str]] | None = None
     group_by: str | None = None
     split_file: Path | None = None
+    task: str | None = None
 
     def params(self) -> dict[str, Any]:
         """What determines the output (the fingerprint's parameter half)."""
         d = asdict(self)
         d.pop("force")
         d.pop("plots")
-        for key in ("name_pattern", "where", "group_by", "split_file"):  # options, when
+        for key in ("name_pattern", "where", "group_by", "split_file", "task"):  # options, when
             if d[key] is None:  # unused, leave the fingerprints of earlier analyses unchanged
                 d.pop(key)
         if self.split_file is not None:
@@ -338,6 +342,12 @@ def _read_cycles(root: Path, fmt: str, opts: AnalyzeOptions, problems: list, *,
             if cycles is not None:
                 return cycles
         return read_icbhi(root, **kwargs, problems=problems)
+    if fmt == "sprsound":
+        from rsctool.data.sprsound import DEFAULT_TASK, read_sprsound
+
+        return read_sprsound(root, task=opts.task or DEFAULT_TASK, split=opts.split,
+                             val_fraction=opts.val_fraction, seed=opts.seed,
+                             strict=opts.strict, problems=problems, info=info)
     from rsctool.data.folder import read_folder
 
     return read_folder(root, split=opts.split or "random:0.7:0.15", seed=opts.seed,
@@ -433,6 +443,10 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
     named when `root` was found below it; `split_info`: what `read_icbhi` reported about
     the split file (``split_file``, ``split_source``, ``split_aliases``)."""
     classes = list(ICBHI_CLASSES) if fmt == "icbhi" else sorted({c.label for c in cycles})
+    if fmt == "sprsound":  # the task's classes in challenge order, empty ones included
+        from rsctool.data.sprsound import DEFAULT_TASK, TASK_CLASSES
+
+        classes = list(TASK_CLASSES[opts.task or DEFAULT_TASK])
     splits: dict[str, dict[str, int]] = {}
     for s in SPLITS:
         cnt = Counter(c.label for c in cycles if c.split == s)
@@ -458,7 +472,11 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
         "root": str(Path(root if root is not None else opts.data_dir).resolve()),
         **({"found_from": str(found_from.resolve())} if found_from is not None else {}),
         "split": {**_split_definition(cycles, opts, fmt, split_hash),
-                  **_split_file_fields(split_info)},
+                  **_split_file_fields(split_info),
+                  **({"sets": (split_info or {}).get("sets", {})} if fmt == "sprsound"
+                     else {})},
+        **({"task": opts.task or "1-2", "no_record_label": (split_info or {}).get(
+            "no_record_label", 0)} if fmt == "sprsound" else {}),
         "classes": classes,
         "recordings": len(stats),
         "patients": len(patients),
@@ -493,7 +511,7 @@ def _split_definition(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str,
     from rsctool.data.splits import train_test_hash
 
     spec = opts.split or ("official" if fmt == "icbhi" else "random:0.7:0.15")
-    return {"spec": spec, "official": fmt == "icbhi" and spec == "official",
+    return {"spec": spec, "official": fmt in ("icbhi", "sprsound") and spec == "official",
             "val_fraction": opts.val_fraction, "seed": opts.seed,
             **({"group_by": opts.group_by} if opts.group_by else {}), "hash": split_hash,
             "train_test_hash": train_test_hash(cycles)}
@@ -542,6 +560,9 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     given = root
     fmt, root = resolve_layout(given, opts.format)
     found_from = given if root.resolve() != given.resolve() else None
+    if opts.task is not None and fmt != "sprsound":
+        raise ConfigError(f"--task applies to SPRSound data (--format sprsound); {root} is "
+                          f"read as {fmt}")
     if fmt != "folder" and (opts.name_pattern or opts.where or opts.group_by):
         raise ConfigError("--name-pattern, --where and --group-by apply to folder datasets "
                           f"(--format folder); {root} is read as {fmt}")
@@ -599,6 +620,8 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     scanner = AudioScanner(state_dir / "cache" / "audio-stats.json")
     cycles = _read_cycles(root, fmt, opts, problems, scanner=scanner, file_stats=file_stats,
                           metadata_dirs=meta_dirs, info=split_info)
+    if fmt == "sprsound" and opts.split is None:  # the reader chose official or patients
+        opts = dataclasses.replace(opts, split=split_info.get("split"))
     t_read = time.perf_counter()
 
     # Scan samples of each recording once (cached by file identity).
@@ -679,6 +702,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         **({"name_pattern": opts.name_pattern} if opts.name_pattern else {}),
         **({"where": opts.where} if opts.where else {}),
         **({"group_by": opts.group_by} if opts.group_by else {}),
+        **({"task": report["task"]} if fmt == "sprsound" else {}),
         "classes": report["classes"],
         "manifest": project.rel(manifest_path),
         "sha256": sha,
@@ -890,14 +914,16 @@ def command(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(
         help="Dataset folder: ICBHI 2017 layout (wav + txt; or a folder a few levels "
-             "above it, as downloads unpack) or <class>/**/*.wav.")],
+             "above it, as downloads unpack), SPRSound (wav + same-named json) or "
+             "<class>/**/*.wav.")],
     *,
     name: Annotated[str | None, typer.Option(
         help="Dataset name in the project (default: from the folder name).")] = None,
     format: Annotated[str, typer.Option(
-        "--format", help="Dataset layout: auto, icbhi or folder.")] = "auto",
+        "--format", help="Dataset layout: auto, icbhi, folder or sprsound.")] = "auto",
     split: Annotated[str | None, typer.Option(
-        help="official (ICBHI challenge file), patients:F (F: train fraction, e.g. "
+        help="official (ICBHI challenge file; SPRSound: the challenge sets its folders "
+             "name), patients:F (F: train fraction, e.g. "
              "patients:0.6), or random:F:G (folder data; train and val fractions, e.g. "
              "random:0.7:0.15).")] = None,
     val_fraction: Annotated[float, typer.Option(
@@ -932,6 +958,11 @@ def command(
         help="ICBHI data: the train/test split file to use (default: "
              "ICBHI_challenge_train_test.txt beside the data, else the official list "
              "built into rsctool).")] = None,
+    task: Annotated[str | None, typer.Option(
+        "--task", help="SPRSound data: the challenge task whose labels the manifest gets: "
+                       "1-1 (events: normal/adventitious), 1-2 (events: 7 classes, the "
+                       "default), 2-1 (recordings: normal/adventitious/poor_quality), 2-2 "
+                       "(recordings: 5 classes).")] = None,
     force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
@@ -943,7 +974,8 @@ def command(
                           allow_unknown_codes=allow_unknown_codes, target_ratio=target_ratio,
                           max_synthetic_per_class=max_synthetic_per_class, plots=plots,
                           fbank_stats=fbank_stats, force=force, name_pattern=name_pattern,
-                          where=parse_where(where), group_by=group_by, split_file=split_file)
+                          where=parse_where(where), group_by=group_by, split_file=split_file,
+                          task=task)
     project = state.load_project()
     result = run(project, opts, progress=not state.quiet and not json_out)
     for note in layout_notes(result.report):
