@@ -289,3 +289,49 @@ def test_2024_files_without_record_label_have_no_record_items(tmp_path):
     assert r.exit_code == 2, r.output
     assert "no usable SPRSound items for task 2-2" in flat(r.output)
     assert "1 recordings have no record_annotation" in flat(r.output), r.output
+
+
+# ------------------------------------------------------------ demo: analyze -> train -> eval
+
+def test_demo_sprsound_runs_analyze_train_eval_end_to_end(tmp_path):
+    data = tmp_path / "spr-demo"
+    r = invoke("demo-data", data, "--kind", "sprsound", "--patients", "6", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["recordings"] == 18 and summary["events"] > 50
+    # every event type is in the train split, and the record labels of 2022 train
+    assert set(summary["events_by_split"]["train"]) == set(EVENT)
+    assert (data / "test2022_json" / "inter_test_json").is_dir()
+    proj = tmp_path / "p.toml"
+    r = invoke("--project", proj, "analyze", data, "--name", "spr", *FAST)
+    assert r.exit_code == 0, r.output
+    rec, cycles = manifest(proj)
+    assert rec["format"] == "sprsound" and rec["split"] == "official"
+    assert Counter(c.label for c in cycles if c.split != "test") == Counter(
+        {EVENT[k]: v for k, v in summary["events_by_split"]["train"].items()})
+    r = invoke("--project", proj, "train", "--model", "cnn", "--size", "tiny", "--epochs", "1",
+               "--max-steps", "2", "--batch-size", "8", "--clip-seconds", "2", "--run", "r1",
+               "--dataset", "spr")
+    assert r.exit_code == 0, r.output
+    r = invoke("--project", proj, "eval", "--run", "r1", "--plots", "none", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    spr = doc["sprsound"]
+    assert spr["task"] == "1-2" and doc["classes"][0] == "normal"
+    for k in ("se", "sp", "as", "hs", "score"):
+        assert spr[k] is None or 0.0 <= spr[k] <= 1.0
+    assert spr["se"] == doc["sensitivity"] and spr["sp"] == doc["specificity"]
+    assert spr["as"] == pytest.approx((spr["se"] + spr["sp"]) / 2)
+    assert "SPRSound Task 1-2" in r.stderr
+
+
+def test_demo_sprsound_record_task_items_are_whole_recordings(tmp_path):
+    data = tmp_path / "spr-demo"
+    r = invoke("demo-data", data, "--kind", "sprsound", "--patients", "5")
+    assert r.exit_code == 0, r.output
+    r, proj = analyze(tmp_path, data, "--task", "2-1")
+    assert r.exit_code == 0, r.output
+    rec, cycles = manifest(proj)
+    assert rec["classes"] == ["normal", "adventitious", "poor_quality"]
+    assert len(cycles) == 15 and all((c.start, c.end) == (0.0, 8.0) for c in cycles)
+    assert "poor_quality" in {c.label for c in cycles}
