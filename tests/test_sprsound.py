@@ -231,6 +231,24 @@ def test_without_split_folders_the_split_is_patient_wise(tmp_path):
     assert {c.split for c in cycles} == {"train", "val", "test"}
 
 
+def test_patient_metadata_reaches_the_metadata_encoder(tmp_path):
+    from rsctool.data.sprsound import read_sprsound
+    from rsctool.models.metadata import MetadataEncoder
+
+    root = tmp_path / "BioCAS2022"
+    _train_test(root)
+    cycles = read_sprsound(root, val_fraction=0)
+    enc = MetadataEncoder.fit(cycles)
+    assert list(enc.sites) == ["p2", "p3"] and list(enc.devices) == ["Yunting-II"]
+    meta = enc.encode(cycles)
+    by_id = {c.id: i for i, c in enumerate(cycles)}
+    a = by_id["40000001_3.4_1_p2_101_000"]
+    test = by_id["40000003_7.0_0_p1_103_000"]
+    assert int(meta["site"][a]) == 1 and int(meta["site"][test]) == 0  # p1: unseen
+    assert int(meta["sex"][a]) == 2 and int(meta["sex"][test]) == 1  # F, M
+    assert bool(meta["num_mask"][a, 0])  # age present
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"record_annotation": "Normal", "event_annotation": [{"start": "9", "end": "x", '
      '"type": "Normal"}]}', "event 1: start and end must be milliseconds"),
