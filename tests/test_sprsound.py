@@ -131,6 +131,13 @@ def test_real_sample_event_counts_class_by_class_and_each_files_split(real_tree,
     assert {c.split for c in cycles} == {"train", "val", "test"}
     assert rec["classes"] == ["normal", "rhonchi", "wheeze", "stridor", "coarse_crackle",
                               "fine_crackle", "wheeze_crackle"]
+    report = json.loads((tmp_path / rec["report"]).read_text())
+    sets = Counter(next(p for p in rel.parts[::-1] if p.startswith(("train", "test", "inter",
+                                                                     "intra")))
+                   .removesuffix("_json") for rel, _ in files)
+    assert report["split"]["sets"] == dict(sets)
+    assert sets["inter_test"] == 12 and sets["train2022"] == 32
+    assert report["split"]["official"] is True and report["task"] == "1-2"
 
 
 def test_real_sample_record_counts_task_2_2_and_2_1(real_tree, tmp_path):
@@ -206,7 +213,8 @@ def test_format_variations_are_read(tmp_path):
 def test_task_1_1_is_normal_vs_adventitious(tmp_path):
     root = tmp_path / "BioCAS2022"
     _train_test(root)
-    r, proj = analyze(tmp_path, root, "--task", "1-1", "--val-fraction", "0")
+    r, proj = analyze(tmp_path, root, "--task", "1-1", "--val-fraction", "0", "--format",
+                      "sprsound")
     assert r.exit_code == 0, r.output
     rec, cycles = manifest(proj)
     assert rec["classes"] == ["normal", "adventitious"]
