@@ -164,8 +164,10 @@ def make_demo_sprsound_dataset(out_dir: str | os.PathLike, *, patients: int = 16
             pid = f"{41000000 + 37 * p:08d}"
             age = round(float(rng.uniform(0.1, 14.0)), 1)
             gender = int(rng.integers(0, 2))
-            for k in range(recordings_per_patient):
-                stem = f"{pid}_{age:.1f}_{gender}_p{1 + (p + k) % 4}_{1000 + len(plan)}"
+            for _k in range(recordings_per_patient):
+                # the location is drawn, so that it says nothing about the class
+                stem = (f"{pid}_{age:.1f}_{gender}_p{1 + int(rng.integers(0, 4))}_"
+                        f"{1000 + len(plan)}")
                 poor = r % 12 == 7
                 kind = None if r % 4 == 0 or poor else _KINDS[dealt % len(_KINDS)]
                 dealt += kind is not None
