@@ -742,6 +742,10 @@ def layout_notes(report: dict[str, Any]) -> list[str]:
                      "overrides)")
     elif split.get("split_file"):
         notes.append(f"split file: {split['split_file']}")
+    if report.get("no_record_label"):
+        notes.append(f"{report['no_record_label']} recording(s) have no record_annotation (the "
+                     f"SPRSound 2024+ test sets label events only): not items of task "
+                     f"{report.get('task')}")
     for a in split.get("split_aliases") or []:
         notes.append(f"split file line {a['line']}: {a['name']} is a known alias of "
                      f"{a['recording']} (listed too, {a['split']}); not a problem")

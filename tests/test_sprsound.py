@@ -152,6 +152,7 @@ def test_real_sample_record_counts_task_2_2_and_2_1(real_tree, tmp_path):
     assert all(c.start == 0 and c.end > 1.0 for c in cycles)
     report = json.loads((tmp_path / rec["report"]).read_text())
     assert report["no_record_label"] == 3
+    assert "3 recording(s) have no record_annotation" in flat(r.stderr), r.stderr
     assert report["totals"]["poor_quality"] == 1
 
     r, proj = analyze(tmp_path, root, "--task", "2-1", "--val-fraction", "0", name="spr21")
