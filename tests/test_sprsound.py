@@ -211,6 +211,21 @@ def test_format_variations_are_read(tmp_path):
                                              "40000003_7.0_0_p1_103": "das"}
 
 
+@pytest.mark.parametrize("stem, patient, age, sex, location", [
+    ("65058931_3.4_1_p2_1086", "65058931", 3.4, "F", "p2"),  # the README's worked example
+    ("6624420_0.2_0_p2_4394", "6624420", 0.2, "M", "p2"),  # 7 digits
+    ("00016281_3.7_1_p3_11865", "00016281", 3.7, "F", "p3"),  # leading zeros kept
+    ("_5.3_0_p8_34877", None, 5.3, "M", "p8"),  # anonymised (2025), location p5-p8
+])
+def test_recording_names(stem, patient, age, sex, location):
+    from rsctool.data.sprsound import parse_name
+
+    name = parse_name(stem)
+    assert (name["patient"], name["age"], name["sex"], name["location"]) == \
+        (patient, age, sex, location)
+    assert parse_name("101_1b1_Al_sc_Meditron") is None and parse_name("65_0_1") is None
+
+
 def test_task_1_1_is_normal_vs_adventitious(tmp_path):
     root = tmp_path / "BioCAS2022"
     _train_test(root)
