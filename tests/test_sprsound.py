@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -377,3 +378,42 @@ def test_demo_sprsound_record_task_items_are_whole_recordings(tmp_path):
     assert rec["classes"] == ["normal", "adventitious", "poor_quality"]
     assert len(cycles) == 15 and all((c.start, c.end) == (0.0, 8.0) for c in cycles)
     assert "poor_quality" in {c.label for c in cycles}
+
+
+def _band_features(x: np.ndarray) -> np.ndarray:
+    """Mean, spread and peak of 16 log band energies (250 Hz bands at 8 kHz)."""
+    n = 256
+    frames = np.lib.stride_tricks.sliding_window_view(x, n)[::128] * np.hanning(n)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    bands = np.log(np.stack([power[:, i * 8:(i + 1) * 8].mean(1) for i in range(16)], 1)
+                   + 1e-10)
+    return np.concatenate([bands.mean(0), bands.std(0), bands.max(0)])
+
+
+def test_demo_sprsound_event_classes_are_learnable(tmp_path):
+    from rsctool.audio import load_audio
+    from rsctool.data.demo_sprsound import make_demo_sprsound_dataset
+    from rsctool.data.sprsound import TASK_CLASSES, read_sprsound
+    from rsctool.metrics import sprsound_metrics
+
+    make_demo_sprsound_dataset(tmp_path / "d")
+    cycles = read_sprsound(tmp_path / "d", val_fraction=0)
+    audio = {c.audio: load_audio(c.audio, SR) for c in cycles}
+    x = np.array([_band_features(audio[c.audio][int(c.start * SR):int(c.end * SR)])
+                  for c in cycles])
+    classes = TASK_CLASSES["1-2"]
+    y = np.array([classes.index(c.label) for c in cycles])
+    train = np.array([c.split == "train" for c in cycles])
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-9
+    xb = np.c_[(x - mu) / sd, np.ones(len(x))]
+    w = np.zeros((xb.shape[1], len(classes)))
+    onehot = np.eye(len(classes))[y[train]]
+    for _ in range(600):  # softmax regression, full-batch gradient descent
+        z = xb[train] @ w
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        w -= 0.5 * (xb[train].T @ (p - onehot) / train.sum() + 1e-3 * w)
+    pred = (xb[~train] @ w).argmax(1)
+    m = sprsound_metrics(y[~train], pred, classes)
+    assert m["score"] >= 0.85, m
+    assert set(y[~train]) == set(range(len(classes)))  # every class is in the test split
