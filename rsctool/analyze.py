@@ -1,13 +1,12 @@
 """`rsctool analyze DATA_DIR`: dataset -> validated cycle manifest, report and plots.
 
-Reads an ICBHI-2017-format, SPRSound-format or folder-format dataset
-(`rsctool.data.layout` picks the format, and finds ICBHI data a few folders below the
-one given), checks every recording (header, samples: empty, NaN/inf, silent; cycles
-inside the audio), assigns splits (official or patient-wise, with a patient-wise
-validation split carved from train), writes the manifest (JSONL), `report.json` and PNG
-plots, and registers the dataset in the project file. A re-run on an unchanged dataset
-with the same options is a no-op unless `--force`. Nothing is written until everything
-has been read and checked.
+Reads an ICBHI-2017-format or folder-format dataset (`rsctool.data.layout` picks the
+format, and finds ICBHI data a few folders below the one given), checks every recording (header,
+samples: empty, NaN/inf, silent; cycles inside the audio), assigns splits (official or
+patient-wise, with a patient-wise validation split carved from train), writes the
+manifest (JSONL), `report.json` and PNG plots, and registers the dataset in the project
+file. A re-run on an unchanged dataset with the same options is a no-op unless `--force`.
+Nothing is written until everything has been read and checked.
 """
 
 from __future__ import annotations
