@@ -34,7 +34,7 @@ from rsctool.errors import ConfigError, DataError
 from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
-FORMATS = ("auto", "icbhi", "folder", "events")
+FORMATS = ("auto", "icbhi", "folder", "sprsound", "events")
 #: Bump when the analysis itself changes, so old records are not reused as up to date.
 ANALYZE_VERSION = 1
 
@@ -46,7 +46,9 @@ class AnalyzeOptions:
     Attributes:
         data_dir: dataset folder, or an event table (``.csv|.tsv|.jsonl`` file).
         name: dataset name in the project (default: derived from the folder).
-        format: ``auto|icbhi|folder|events``.
+        format: ``auto|icbhi|folder|sprsound|events``.
+        task: SPRSound: the challenge task whose labels the manifest gets (``1-1``,
+            ``1-2``, ``2-1``, ``2-2``; None: ``1-2``).
         split: ``official`` (ICBHI challenge file), ``patients:F`` (patient-wise random,
             F = train fraction) or ``random:TRAIN:VAL`` (folder data).
         val_fraction: patient-wise share of train moved to validation (0 disables).
@@ -91,6 +93,7 @@ class AnalyzeOptions:
     group_by: str | None = None
     split_file: Path | None = None
     label_map: str | None = None
+    task: str | None = None
 
     def params(self) -> dict[str, Any]:
         """What determines the output (the fingerprint's parameter half)."""
@@ -98,7 +101,7 @@ class AnalyzeOptions:
         d.pop("force")
         d.pop("plots")
         # options, when unused, leave the fingerprints of earlier analyses unchanged
-        for key in ("name_pattern", "where", "group_by", "split_file", "label_map"):
+        for key in ("name_pattern", "where", "group_by", "split_file", "label_map", "task"):
             if d[key] is None:
                 d.pop(key)
         if self.split_file is not None:
@@ -368,6 +371,12 @@ def _read_cycles(root: Path, fmt: str, opts: AnalyzeOptions, problems: list, *,
 
         return read_events(root, split=opts.split, val_fraction=opts.val_fraction,
                            seed=opts.seed, strict=opts.strict, problems=problems, info=info)
+    if fmt == "sprsound":
+        from rsctool.data.sprsound import DEFAULT_TASK, read_sprsound
+
+        return read_sprsound(root, task=opts.task or DEFAULT_TASK, split=opts.split,
+                             val_fraction=opts.val_fraction, seed=opts.seed,
+                             strict=opts.strict, problems=problems, info=info)
     from rsctool.data.folder import read_folder
 
     return read_folder(root, split=opts.split or "random:0.7:0.15", seed=opts.seed,
@@ -467,6 +476,10 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
     dataset's."""
     if label_map:
         classes = list(label_map["classes"])
+    elif fmt == "sprsound":  # the task's classes in challenge order, empty ones included
+        from rsctool.data.sprsound import DEFAULT_TASK, TASK_CLASSES
+
+        classes = list(TASK_CLASSES[opts.task or DEFAULT_TASK])
     elif fmt == "icbhi" or (cycles and all(c.crackle is not None for c in cycles)):
         classes = list(ICBHI_CLASSES)  # ICBHI data, or an event table with ICBHI labels
     else:
@@ -496,7 +509,11 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
         "root": str(Path(root if root is not None else opts.data_dir).resolve()),
         **({"found_from": str(found_from.resolve())} if found_from is not None else {}),
         "split": {**_split_definition(cycles, opts, fmt, split_hash),
-                  **_split_file_fields(split_info)},
+                  **_split_file_fields(split_info),
+                  **({"sets": (split_info or {}).get("sets", {})} if fmt == "sprsound"
+                     else {})},
+        **({"task": opts.task or "1-2", "no_record_label": (split_info or {}).get(
+            "no_record_label", 0)} if fmt == "sprsound" else {}),
         "classes": classes,
         **({"label_map": label_map} if label_map else {}),
         "recordings": len(stats),
@@ -532,7 +549,7 @@ def _split_definition(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str,
     from rsctool.data.splits import train_test_hash
 
     spec = opts.split or ("official" if fmt == "icbhi" else "random:0.7:0.15")
-    return {"spec": spec, "official": fmt == "icbhi" and spec == "official",
+    return {"spec": spec, "official": fmt in ("icbhi", "sprsound") and spec == "official",
             "val_fraction": opts.val_fraction, "seed": opts.seed,
             **({"group_by": opts.group_by} if opts.group_by else {}), "hash": split_hash,
             "train_test_hash": train_test_hash(cycles)}
@@ -590,6 +607,9 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     given = root
     fmt, root = ("events", root) if events else resolve_layout(given, opts.format)
     found_from = given if root.resolve() != given.resolve() else None
+    if opts.task is not None and fmt != "sprsound":
+        raise ConfigError(f"--task applies to SPRSound data (--format sprsound); {root} is "
+                          f"read as {fmt}")
     if fmt != "folder" and (opts.name_pattern or opts.where or opts.group_by):
         raise ConfigError("--name-pattern, --where and --group-by apply to folder datasets "
                           f"(--format folder); {root} is read as {fmt}")
@@ -657,6 +677,8 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     scanner = AudioScanner(state_dir / "cache" / "audio-stats.json")
     cycles = _read_cycles(root, fmt, opts, problems, scanner=scanner, file_stats=file_stats,
                           metadata_dirs=meta_dirs, info=split_info)
+    if fmt == "sprsound" and opts.split is None:  # the reader chose official or patients
+        opts = dataclasses.replace(opts, split=split_info.get("split"))
     if events:  # the spec the table's reader chose (its split column, or patient-wise)
         opts = dataclasses.replace(opts, split=split_info.pop("split_spec"))
         split_info.clear()
@@ -753,6 +775,7 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         **({"where": opts.where} if opts.where else {}),
         **({"group_by": opts.group_by} if opts.group_by else {}),
         **({"label_map": labelmap.record()} if labelmap is not None else {}),
+        **({"task": report["task"]} if fmt == "sprsound" else {}),
         "classes": report["classes"],
         "manifest": project.rel(manifest_path),
         "sha256": sha,
@@ -792,6 +815,10 @@ def layout_notes(report: dict[str, Any]) -> list[str]:
                      "overrides)")
     elif split.get("split_file"):
         notes.append(f"split file: {split['split_file']}")
+    if report.get("no_record_label"):
+        notes.append(f"{report['no_record_label']} recording(s) have no record_annotation (the "
+                     f"SPRSound 2024+ test sets label events only): not items of task "
+                     f"{report.get('task')}")
     for a in split.get("split_aliases") or []:
         notes.append(f"split file line {a['line']}: {a['name']} is a known alias of "
                      f"{a['recording']} (listed too, {a['split']}); not a problem")
@@ -964,18 +991,20 @@ def command(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(
         help="Dataset folder: ICBHI 2017 layout (wav + txt; or a folder a few levels "
-             "above it, as downloads unpack) or <class>/**/*.wav; or an event table "
-             "(.csv, .tsv, .jsonl: file,start,end,label per segment).")],
+             "above it, as downloads unpack), SPRSound (wav + same-named json) or "
+             "<class>/**/*.wav; or an event table (.csv, .tsv, .jsonl: file,start,end,label "
+             "per segment).")],
     *,
     name: Annotated[str | None, typer.Option(
         help="Dataset name in the project (default: from the folder name).")] = None,
     format: Annotated[str, typer.Option(
-        "--format", help="Dataset layout: auto, icbhi, folder or events (an event "
-        "table; auto picks it for a .csv, .tsv or .jsonl file).")] = "auto",
+        "--format", help="Dataset layout: auto, icbhi, folder, sprsound or events (an "
+        "event table; auto picks it for a .csv, .tsv or .jsonl file).")] = "auto",
     split: Annotated[str | None, typer.Option(
-        help="official (ICBHI challenge file; an event table's split column), patients:F "
-             "(F: train fraction, e.g. patients:0.6), or random:F:G (folder data; train and "
-             "val fractions, e.g. random:0.7:0.15).")] = None,
+        help="official (ICBHI challenge file; SPRSound: the challenge sets its folders name; "
+             "an event table's split column), patients:F (F: train fraction, e.g. "
+             "patients:0.6), or random:F:G (folder data; train and val fractions, e.g. "
+             "random:0.7:0.15).")] = None,
     val_fraction: Annotated[float, typer.Option(
         help="Share of train patients moved to the validation split (0 disables).")] = 0.1,
     strict: Annotated[bool, typer.Option(
@@ -1017,6 +1046,11 @@ def command(
         help="Also write the analysed dataset as an event table (.csv, .tsv or .jsonl; "
              "files relative to it; with its split column), e.g. to relabel it and read "
              "it back with --format events.")] = None,
+    task: Annotated[str | None, typer.Option(
+        "--task", help="SPRSound data: the challenge task whose labels the manifest gets: "
+                       "1-1 (events: normal/adventitious), 1-2 (events: 7 classes, the "
+                       "default), 2-1 (recordings: normal/adventitious/poor_quality), 2-2 "
+                       "(recordings: 5 classes).")] = None,
     force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
@@ -1029,7 +1063,7 @@ def command(
                           max_synthetic_per_class=max_synthetic_per_class, plots=plots,
                           fbank_stats=fbank_stats, force=force, name_pattern=name_pattern,
                           where=parse_where(where), group_by=group_by, split_file=split_file,
-                          label_map=label_map)
+                          label_map=label_map, task=task)
     if export_events is not None:
         from rsctool.data.events import EVENT_SUFFIXES
 

@@ -583,6 +583,7 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
         specificity, sensitivity, score, accuracy, macro_recall, per_class_recall,
         support, confusion (rows true, cols predicted),
         two_class {specificity, sensitivity, score, confusion [[TN, FP], [FN, TP]]},
+        sprsound {task, se, sp, as, hs, score} (SPRSound datasets, `sprsound_metrics`),
         per_device / per_site {group: {n, specificity, sensitivity, score, accuracy,
         two_class_score, support}}, film (FiLM models), softfilm (SoftFiLM),
         tsne {n, perplexity, kl}, files {metrics, predictions, plots}, seconds
@@ -732,6 +733,13 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     }
     if ranking is not None:
         doc.update(ranking)
+    if record.get("format") == "sprsound" and "normal" in classes:
+        from rsctool.metrics import sprsound_metrics
+
+        # the challenge's scores (SE/SP as above, plus AS, HS and their mean)
+        spr = sprsound_metrics(y_true, y_pred, classes)
+        doc["sprsound"] = {"task": record.get("task"),
+                           **{k: spr[k] for k in ("se", "sp", "as", "hs", "score")}}
     if loaded.task == "multilabel" and loaded.thresholds is None:
         warn(f"run {name!r}: no validation thresholds stored; using 0.5 / 0.5")
 
@@ -1022,6 +1030,11 @@ def print_eval(doc: dict[str, Any]) -> None:
         t.add_row("2-class (normal vs abnormal)", _pct(two["specificity"]),
                   _pct(two["sensitivity"]), _pct(two["score"]), "")
     err_console.print(t)
+    spr = doc.get("sprsound")
+    if spr:
+        err_console.print(
+            f"SPRSound Task {spr.get('task')} (%): SE {_pct(spr['se'])}, SP {_pct(spr['sp'])}, "
+            f"AS {_pct(spr['as'])}, HS {_pct(spr['hs'])}, Score {_pct(spr['score'])}")
     if doc.get("task") == "ranking":
         sp = doc.get("spearman")
         err_console.print(

@@ -39,6 +39,7 @@ __all__ = [
     "ranking_metrics",
     "scores_to_classes",
     "spearman",
+    "sprsound_metrics",
 ]
 
 #: Name of the class that counts as "normal" for Sp/Se.
@@ -181,6 +182,44 @@ def icbhi_metrics(y_true: Any, y_pred: Any,
         out["two_class"] = {"sp": s["sp"], "se": s["se2"], "score": s["score2"],
                             "confusion_matrix": cm2.tolist()}
     return out
+
+
+def sprsound_metrics(y_true: Any, y_pred: Any, classes: Sequence[str]) -> dict[str, Any]:
+    """The SPRSound challenge scores (BioCAS 2022/2023 Tasks 1-1, 1-2, 2-1, 2-2).
+
+    Definitions (Zhang et al., "SPRSound: Open-Source SJTU Paediatric Respiratory Sound
+    Database", IEEE TBioCAS 16(5), 2022, evaluation section; the repository READMEs name
+    the metrics without formulas, see docs/datasets.md):
+
+    * SP = items of the ``normal`` class predicted ``normal`` / all ``normal`` items.
+    * SE = items of every other class (adventitious kinds, and ``poor_quality`` in the
+      record tasks) predicted as *exactly* their own class / all such items.
+    * AS (average score) = (SE + SP) / 2.
+    * HS (harmonic score) = 2 SE SP / (SE + SP); 0 when SE = SP = 0.
+    * Score = (AS + HS) / 2, the challenge's ranking score.
+
+    Args:
+        y_true, y_pred: `(N,)` class indices into `classes` or class names.
+        classes: class names in index order; one must be ``"normal"``.
+
+    Returns:
+        ``{n, classes, se, sp, as, hs, score, support}``; a score whose denominator is
+        empty (no normal items: SP; no other items: SE) is None, and so is every score
+        built from it.
+
+    Raises:
+        ConfigError: `classes` has no ``normal`` class.
+    """
+    classes = _check_classes(classes)
+    if NORMAL not in classes:
+        raise ConfigError(f"SPRSound metrics need a {NORMAL!r} class, got {list(classes)}")
+    m = icbhi_metrics(y_true, y_pred, classes)
+    se, sp = m["se"], m["sp"]
+    hs = None if se is None or sp is None else (
+        0.0 if se + sp == 0 else 2.0 * se * sp / (se + sp))
+    avg = _mean2(se, sp)
+    return {"n": m["n"], "classes": list(classes), "se": se, "sp": sp, "as": avg, "hs": hs,
+            "score": _mean2(avg, hs), "support": m["support"]}
 
 
 def multilabel_to_class(crackle_pred: Any, wheeze_pred: Any) -> np.ndarray:

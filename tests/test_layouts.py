@@ -167,13 +167,14 @@ def _sprsound(root: Path) -> Path:
     return root
 
 
-def test_sprsound_download_is_refused_naming_the_format(tmp_path):
+def test_json_annotations_not_named_like_sprsound_are_refused_naming_the_format(tmp_path):
+    # JSON next to audio, but "65_0_1" is no <patient>_<age>_<gender>_<location>_<rec> name
     root = _sprsound(tmp_path / "SPRSound")
     r = invoke("--project", tmp_path / "p.toml", "analyze", root, *FAST)
     assert r.exit_code == 2, r.output
     out = flat(r.output)
-    assert out.startswith("error: ") and "SPRSound is not supported yet" in out, out
-    assert "planned" in out and "--format folder is for <class>/**/*.wav" in out, out
+    assert out.startswith("error: ") and "--format sprsound reads those" in out, out
+    assert "--format folder is for <class>/**/*.wav" in out, out
     assert "train2022_json/" in out
     assert not (tmp_path / "p.toml").exists()
 

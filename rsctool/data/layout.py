@@ -5,9 +5,10 @@ unpacks into ``ROOT/ICBHI_final_database/`` with the challenge txt files beside 
 Kaggle mirror into ``Respiratory_Sound_Database/audio_and_txt_files/``. A folder like
 that also looks like a ``<class>/**/*.wav`` folder dataset with one class, and SPRSound
 (``train2022_wav/``, ``test2022_wav/``, JSON annotations in sibling folders) like one
-whose classes are its splits. `resolve_layout` finds ICBHI files a few levels down and
-refuses, naming what it found and the ``--format`` that reads it, every tree that a
-folder-dataset guess would misread.
+whose classes are its splits. `resolve_layout` finds ICBHI files a few levels down,
+recognises SPRSound by its JSON annotations named ``<patient>_<age>_<gender>_<location>_
+<recording>``, and refuses, naming what it found and the ``--format`` that reads it,
+every other tree that a folder-dataset guess would misread.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def resolve_layout(root: str | os.PathLike, fmt: str) -> tuple[str, Path]:
 
     Args:
         root: the folder the user gave.
-        fmt: ``auto``, ``icbhi`` or ``folder``.
+        fmt: ``auto``, ``icbhi``, ``folder`` or ``sprsound``.
 
     Returns:
         ``(format, folder)``: `folder` is `root` itself, or, for ICBHI data, the one
@@ -120,7 +121,7 @@ def resolve_layout(root: str | os.PathLike, fmt: str) -> tuple[str, Path]:
 
     Raises:
         DataError: (auto) no known layout, several ICBHI folders, or a tree that a
-            folder-dataset guess would misread: SPRSound-style JSON annotations,
+            folder-dataset guess would misread: JSON annotations not named as SPRSound's,
             sub-folders named like splits, ``.txt`` annotations next to audio, a single
             class folder. Each message names what was found and the ``--format`` that
             reads it.
@@ -128,7 +129,7 @@ def resolve_layout(root: str | os.PathLike, fmt: str) -> tuple[str, Path]:
     from rsctool.data.icbhi import is_icbhi_dir
 
     root = Path(root)
-    if fmt == "folder":
+    if fmt in ("folder", "sprsound"):
         return fmt, root
     if is_icbhi_dir(root):
         return "icbhi", root
@@ -145,10 +146,15 @@ def resolve_layout(root: str | os.PathLike, fmt: str) -> tuple[str, Path]:
     if fmt == "icbhi":
         return fmt, root  # the reader says what is missing
     if found.json_dirs:
+        from rsctool.data.sprsound import is_sprsound_dir
+
+        if is_sprsound_dir(root):
+            return "sprsound", root
         raise DataError(
             f"found JSON annotations named like its audio files (in "
-            f"{_names(found.json_dirs, root)}), as in SPRSound: SPRSound is not supported "
-            f"yet (its support is planned); {FOLDER_HINT}: pass it if this is one", root)
+            f"{_names(found.json_dirs, root)}), but not named <patient>_<age>_<gender>_"
+            f"<location>_<recording> as SPRSound's (--format sprsound reads those); "
+            f"{FOLDER_HINT}: pass it if this is one", root)
     if found.split_dirs:
         raise DataError(
             f"its sub-folders are named like splits ({', '.join(found.split_dirs[:4])}), not "
