@@ -1092,8 +1092,6 @@ def _write_sample(out: Path, cycle: Cycle, wav: Any, sample_rate: int) -> None:
                       f"{cycle.start:.3f}\t{cycle.end:.3f}\t{cycle.crackle}\t{cycle.wheeze}\n")
 
 
-# --------------------------------------------------------------------------- training mix
-
 # --------------------------------------------------------------------------- command
 
 def _split_names(values: Sequence[str] | None) -> list[str]:

@@ -192,8 +192,6 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- helpers
 
-
-
 def recorded_stats(record: dict[str, Any], clip: Any) -> dict[str, Any] | None:
     """The log-mel statistics the dataset record holds for `clip`'s feature configuration
     (computed by `analyze`, or by an earlier run), if still valid for its split and
