@@ -844,21 +844,13 @@ def _check_splits(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str, root: Pat
     check_splits(cycles, required, spec=spec_text, group_by=opts.group_by, where=root)
 
 
-def default_stats_clip() -> Any:
-    """The `ClipConfig` of `rsctool train` with default options (the default model's
-    features: 8 s at 16 kHz, 128 mel bins, Hanning window)."""
-    from rsctool.train import TrainOptions, clip_config
-
-    return clip_config(TrainOptions().resolve())
-
-
 def _fbank_stats(cycles: list[Cycle], old: dict[str, Any] | None, s_hash: str,
                  enabled: bool, log: Any) -> dict[str, dict[str, Any]]:
     """``{stats_key: entry}``: the train split's log-mel statistics (see
     `rsctool.data.dataset.fbank_statistics`) for the default feature configuration,
     plus every entry of the previous record `old` (data and split unchanged) that is
     still valid, e.g. those recorded by `train` for other configurations."""
-    from rsctool.data.dataset import fbank_statistics, stats_key
+    from rsctool.data.dataset import default_stats_clip, fbank_statistics, stats_key
 
     out: dict[str, dict[str, Any]] = {}
     for key, entry in ((old or {}).get("fbank_stats") or {}).items():

@@ -29,7 +29,7 @@ except ImportError:  # older typer uses click itself
 from rsctool import __version__
 from rsctool.console import AppState, err_console
 from rsctool.devices import DEVICES
-from rsctool.errors import UserError
+from rsctool.errors import ExitStatus, UserError
 
 _COMPLETION_OPTIONS = ("--show-completion", "--install-completion")
 _DETECT = "detect"  # the value of a bare --show-completion: the shell this runs in
@@ -120,6 +120,8 @@ class _Group(TyperGroup):
             if _main_process():  # several processes (torchrun, --processes): say it once
                 err_console.print(f"error: {e}", markup=False, highlight=False)
             raise typer.Exit(2) from None
+        except ExitStatus as e:  # a lower module's way to end the command (no typer there)
+            raise typer.Exit(e.code) from None
         except KeyboardInterrupt as e:
             if _main_process():
                 by = f" by {e}" if exit_code(e) != 130 else ""
@@ -314,14 +316,6 @@ def _load_command(name: str):
     sub = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
     sub.command(name)(importlib.import_module(_LAZY[name]).command)
     return typer.main.get_command(sub)
-
-
-def _register() -> None:
-    # Commands registered here are imported with the CLI; prefer an entry in `_LAZY`.
-    pass
-
-
-_register()
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsctool.errors import ConfigError
+from rsctool.errors import ConfigError, ExitStatus
 
 #: Environment variables a launcher sets for each process it starts.
 _WORLD_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -145,7 +145,7 @@ class Dist:
 
 def setup(device: str) -> Dist:
     """This process's `Dist` for a stage running on `device` (``cpu`` or ``cuda``, as
-    `rsctool.train.resolve_device` returns it).
+    `rsctool.devices.resolve_device` returns it).
 
     Under a launcher with more than one process: an `accelerate.Accelerator` (mixed
     precision is rsctool's own ``--amp``, so accelerate's is off). With ``--device cpu``
@@ -183,6 +183,16 @@ def shard_range(n: int, rank: int, world: int) -> range:
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+
+def sync_project(project: Any, dist: Any) -> None:
+    """After the main process wrote the project file: the others wait for it and re-read
+    the file, so their next reads see what it wrote."""
+    if not dist.distributed:
+        return
+    dist.barrier()
+    if not dist.is_main:
+        project.reload()
 
 
 # --------------------------------------------------------------------------- launching
@@ -243,8 +253,6 @@ def launch_here(processes: int) -> None:
     """A stage's ``--processes N``: start N processes running this same command and exit
     with their exit code (`launch`). Returns for N = 1, and in a process a launcher
     started as one of N (ConfigError if it started another number)."""
-    import typer
-
     world = launched_world_size()
     if world > 1:
         if world != processes:
@@ -254,7 +262,7 @@ def launch_here(processes: int) -> None:
         return
     if processes <= 1:
         return
-    raise typer.Exit(launch(strip_processes(cli_argv()), processes))
+    raise ExitStatus(launch(strip_processes(cli_argv()), processes))
 
 
 def strip_processes(argv: Sequence[str]) -> list[str]:

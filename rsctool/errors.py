@@ -4,6 +4,7 @@
 annotation line, an unknown class, a bad option. Its message is one line that names
 the file (and line, where it applies) and the problem; the CLI prints it without a
 traceback. Anything else escaping a command is an internal error (exit 1).
+`ExitStatus` ends a command with a given exit code and no message (the CLI exits with it).
 """
 
 from __future__ import annotations
@@ -52,3 +53,18 @@ class ConfigError(UserError):
 class WriteError(UserError):
     """A file or folder cannot be written: no permission, a read-only file system, a full
     disk. Not a bug: the message names the path and the reason."""
+
+
+class ExitStatus(Exception):
+    """End the command now with exit code `code`, printing nothing (what there was to say
+    has been said), e.g. a launcher's (`rsctool.distributed.launch_here`) processes
+    finished with it. Raised below the CLI instead of ``typer.Exit``; rsctool/cli.py turns
+    it into the process's exit code.
+
+    Args:
+        code: the exit code (0 success).
+    """
+
+    def __init__(self, code: int):
+        self.code = int(code)
+        super().__init__(f"exit status {self.code}")

@@ -19,7 +19,6 @@ unchanged manifest is a no-op unless ``--force``.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import io
 import json
 import math
@@ -36,6 +35,7 @@ import typer
 from rsctool import __version__
 from rsctool.console import err_console, get_state, info, print_json, warn
 from rsctool.errors import ConfigError, DataError
+from rsctool.runs import LoadedRun, checkpoint_path, load_run, select_runs
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 SPLITS = ("test", "val")
@@ -148,95 +148,6 @@ class EvalResult:
 
 # --------------------------------------------------------------------------- runs
 
-def select_runs(project: Any, run: str | None, patterns: Sequence[str]
-                ) -> list[tuple[str, bool]]:
-    """Run names to evaluate, in project order, each with whether it was named exactly.
-
-    `patterns` may hold exact names, glob patterns (``*?[``) and comma-separated lists.
-    No patterns and no `run`: the last run in the project.
-
-    Raises:
-        ConfigError: no runs in the project, an unknown name, or a pattern matching none.
-    """
-    runs = project.section("runs")
-    known = list(runs)
-    known_text = ", ".join(known) or "none"
-    if not known:
-        raise ConfigError(f"{project.path}: no runs in the project; train one first "
-                          "(`rsctool train --model cnn`)")
-    if not patterns:
-        name = run if run is not None else known[-1]
-        if name not in runs:
-            raise ConfigError(f"--run {name!r} is not in the project (known runs: {known_text})")
-        return [(name, True)]
-    chosen: dict[str, bool] = {}
-    for raw in patterns:
-        for pat in (p.strip() for p in raw.split(",")):
-            if not pat:
-                continue
-            if pat in runs:  # an exact name wins, even if it holds glob characters
-                chosen[pat] = True
-            elif any(ch in pat for ch in "*?["):
-                hits = [n for n in known if fnmatch.fnmatchcase(n, pat)]
-                if not hits:
-                    raise ConfigError(f"--runs {pat!r} matches no run (known runs: "
-                                      f"{known_text})")
-                for n in hits:
-                    chosen.setdefault(n, False)
-            else:
-                raise ConfigError(f"--runs {pat!r} is not in the project (known runs: "
-                                  f"{known_text})")
-    if not chosen:
-        raise ConfigError("--runs: no run names given")
-    return [(n, chosen[n]) for n in known if n in chosen]
-
-
-def checkpoint_path(project: Any, name: str, record: dict[str, Any], which: str) -> Path:
-    """The `which` (best|last) checkpoint file of run `name` (it may not exist)."""
-    if record.get(which):
-        return project.abs(record[which])
-    run_dir = project.record_dir("runs", name, record)
-    return run_dir / f"{which}.safetensors"
-
-
-def rebuild_model(config: dict[str, Any]) -> Any:
-    """A fresh model from a run config (`Trainer.run_config()`), weights not yet loaded.
-
-    ``config["model"]`` is the model's own ``model.config`` (its ``name`` plus every
-    builder keyword). Pretrained loading is switched off: the weights come from the
-    checkpoint, so evaluation never reaches a hub.
-    """
-    from rsctool.models import create_model
-
-    cfg = dict(config["model"])
-    name = cfg.pop("name")
-    if name == "add" and "embed_dim" in cfg:
-        # a run of the stand-alone network, trained when it was called `add`
-        name = "add-standalone"
-    if "pretrained" in cfg:
-        cfg["pretrained"] = None
-    return create_model(name, **cfg)
-
-
-@dataclass
-class LoadedRun:
-    """A run's model rebuilt from a checkpoint, with everything needed to feed it."""
-
-    name: str
-    record: dict[str, Any]
-    dir: Path
-    checkpoint: Path
-    which: str
-    config: dict[str, Any]
-    state: dict[str, Any]
-    model: Any
-    clip: Any
-    encoder: Any
-    classes: list[str]
-    task: str
-    thresholds: list[float] | None
-
-
 def _run_files(files: dict[str, Any], run_dir: Path, *, absolute: bool = False
                ) -> dict[str, Any]:
     """The ``files`` of a metrics document relative to `run_dir` (as stored, so that a
@@ -247,52 +158,6 @@ def _run_files(files: dict[str, Any], run_dir: Path, *, absolute: bool = False
 
     return {k: [one(p) for p in v] if isinstance(v, list) else
             one(v) if isinstance(v, str) else v for k, v in files.items()}
-
-
-def load_run(project: Any, name: str, which: str = "best", device: str = "cpu") -> LoadedRun:
-    """Rebuild run `name`'s model from its `which` checkpoint, in eval mode on `device`.
-
-    Raises:
-        ConfigError: unknown run, or a run without that checkpoint yet.
-        DataError: an unreadable checkpoint or one that does not fit its own config.
-    """
-    from rsctool.checkpoint import load_checkpoint
-    from rsctool.data.dataset import ClipConfig
-    from rsctool.models.metadata import MetadataEncoder
-
-    record = project.get("runs", name)
-    if record is None:
-        known = ", ".join(project.section("runs")) or "none"
-        raise ConfigError(f"run {name!r} is not in the project (known runs: {known})")
-    run_dir = project.record_dir("runs", name, record)  # where eval writes: checked
-    path = checkpoint_path(project, name, record, which)
-    if not path.exists():
-        status = record.get("status", "unknown")
-        hint = (" (try --checkpoint last)" if which == "best"
-                and checkpoint_path(project, name, record, "last").exists() else "")
-        raise ConfigError(f"run {name!r} has no {which} checkpoint (status {status}; "
-                          f"expected {path}); train it first{hint}")
-    ck = load_checkpoint(path)
-    config = ck.state.get("config")
-    if not isinstance(config, dict) or "model" not in config or "clip" not in config:
-        raise DataError("checkpoint has no run config (not written by `rsctool train`)", path)
-    model = rebuild_model(config)
-    try:
-        model.load_state_dict(ck.model_state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise DataError(f"checkpoint weights do not fit the model it describes ({first})",
-                        path) from None
-    model.to(device)
-    model.eval()
-    encoder = (MetadataEncoder.from_dict(config["metadata_encoder"])
-               if config.get("metadata_encoder") else None)
-    thresholds = ck.state.get("thresholds")
-    return LoadedRun(
-        name=name, record=record, dir=run_dir, checkpoint=path, which=which,
-        config=config, state=ck.state, model=model, clip=ClipConfig.from_dict(config["clip"]),
-        encoder=encoder, classes=list(config["classes"]), task=config.get("task", "multiclass"),
-        thresholds=[float(t) for t in thresholds] if thresholds else None)
 
 
 # --------------------------------------------------------------------------- t-SNE
@@ -535,10 +400,10 @@ def _class_probs(probs: np.ndarray, task: str, classes: Sequence[str]) -> np.nda
 
 def _predict(loaded: LoadedRun, dataset: Any, batch_size: int, device: str,
              progress: bool) -> dict[str, Any]:
-    """`Trainer.predict` over the dataset in chunks, so a progress bar can advance."""
+    """`rsctool.inference.predict` over the dataset in chunks, so a progress bar can advance."""
     import torch
 
-    from rsctool.train import Trainer
+    from rsctool.inference import predict
 
     n = len(dataset)
     chunk = batch_size * 4
@@ -556,8 +421,8 @@ def _predict(loaded: LoadedRun, dataset: Any, batch_size: int, device: str,
     try:
         for s in range(0, n, chunk):
             sub = torch.utils.data.Subset(dataset, list(range(s, min(n, s + chunk))))
-            out = Trainer.predict(loaded.model, sub, batch_size, device, loaded.task,
-                                  loaded.thresholds, embeddings=True)
+            out = predict(loaded.model, sub, batch_size, device, loaded.task,
+                          loaded.thresholds, embeddings=True)
             preds += [int(p) for p in out["pred"]]
             probs.append(out["probs"])
             embs.append(out["embedding"])
@@ -592,8 +457,8 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     """
     from rsctool.data.dataset import CycleDataset, feature_cache
     from rsctool.data.manifest import file_sha256
+    from rsctool.datasets import load_dataset_cycles
     from rsctool.metrics import breakdown, icbhi_metrics
-    from rsctool.train import load_dataset_cycles
 
     log = log or (lambda msg: None)
     t0 = time.perf_counter()

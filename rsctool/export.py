@@ -43,6 +43,7 @@ import typer
 from rsctool import __version__
 from rsctool.console import err_console, get_state, info, print_json, warn
 from rsctool.errors import ConfigError, DataError, UserError
+from rsctool.runs import export_name
 from rsctool.utils import file_mode, mkstemp_for, params_hash
 
 QUANTIZE = ("none", "int8")
@@ -103,11 +104,6 @@ class ExportOptions:
         if self.out is not None and Path(self.out).suffix.lower() != ".onnx":
             raise ConfigError(f"--out must name a .onnx file, got {self.out}")
         return self
-
-
-def export_name(run: str, with_features: bool, quantize: str) -> str:
-    """Project record name of an export: the run name plus ``-wav`` / ``-int8``."""
-    return run + ("-wav" if with_features else "") + ("-int8" if quantize == "int8" else "")
 
 
 def default_path(run_dir: Path, with_features: bool, quantize: str) -> Path:
@@ -257,8 +253,8 @@ def check_inputs(project: Any, loaded: Any, n: int, with_features: bool,
 
     from rsctool.audio import load_cycle
     from rsctool.data.dataset import CycleDataset, feature_cache
+    from rsctool.datasets import load_dataset_cycles
     from rsctool.models.metadata import META_KEYS
-    from rsctool.train import load_dataset_cycles
 
     config = loaded.config
     ds_name = config.get("dataset") or loaded.record.get("dataset")
@@ -399,8 +395,8 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
             failure is recorded, no file is left behind).
     """
     from rsctool.data.manifest import file_sha256
-    from rsctool.eval import load_run, select_runs
     from rsctool.onnx_runtime import ModelSpec
+    from rsctool.runs import load_run, select_runs
 
     log = log or (lambda msg: None)
     opts.validate()

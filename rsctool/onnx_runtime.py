@@ -15,8 +15,8 @@ version. Its graph::
 
 Everything here is numpy + onnxruntime, so `rsctool predict --model FILE.onnx` starts
 without importing torch. Metadata is encoded by `rsctool.metadata_np`, the code the
-training encoder runs too; `decide` is the decision rule of `Trainer.predict` (tests
-check it against the torch code).
+training encoder runs too; `decide` is the decision rule of `rsctool.inference.predict`
+(tests check it against the torch code).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ class ModelSpec:
     @classmethod
     def from_run(cls, loaded: Any, *, with_features: bool = False, quantize: str = "none"
                  ) -> ModelSpec:
-        """The spec of a run loaded by `rsctool.eval.load_run` (no torch needed here)."""
+        """The spec of a run loaded by `rsctool.runs.load_run` (no torch needed here)."""
         from rsctool import __version__
 
         config = loaded.config
@@ -240,7 +240,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def decide(logits: np.ndarray, task: str, thresholds: Sequence[float] | None = None
            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Predicted classes from logits `(B, C)`, as `Trainer.predict` decides.
+    """Predicted classes from logits `(B, C)`, as `rsctool.inference.predict` decides.
 
     Multiclass: argmax of the softmax. Multilabel: crackle = sigmoid >= threshold (and
     wheeze likewise; 0.5 when no thresholds), mapped to normal/crackle/wheeze/both; the

@@ -180,8 +180,8 @@ class TorchBackend:
 
     def __init__(self, project: Any, run: str, checkpoint: str, device: str):
         from rsctool.devices import resolve_device
-        from rsctool.eval import load_run
         from rsctool.onnx_runtime import ModelSpec
+        from rsctool.runs import load_run
 
         self.device = resolve_device(device)
         self.loaded = load_run(project, run, checkpoint, self.device)
@@ -221,7 +221,7 @@ def find_export(project: Any, run: str, checkpoint: str) -> tuple[Path | None, s
     checkpoint changed since (size/mtime, then sha256) is not usable.
     """
     from rsctool.data.manifest import file_sha256
-    from rsctool.export import export_name
+    from rsctool.runs import export_name
 
     why = f"run {run!r} has no ONNX export (run `rsctool export --run {run}`)"
     for wf, q in ((False, "none"), (True, "none"), (False, "int8"), (True, "int8")):
@@ -249,7 +249,7 @@ def open_backend(opts: PredictOptions, state: Any) -> Any:
         if path.suffix.lower() != ".onnx":
             raise ConfigError(f"--model must be an exported .onnx file, got {path}")
         return OnnxBackend(path, opts.threads, state.device)
-    from rsctool.eval import select_runs
+    from rsctool.runs import select_runs
 
     project = state.load_project(must_exist=True)
     name = select_runs(project, opts.run, [])[0][0]

@@ -32,8 +32,11 @@ from typing import Annotated, Any
 import typer
 
 from rsctool.console import StepProgress, get_state, info, print_json
-from rsctool.devices import resolve_device  # the shared --device check (also imported from here)
-from rsctool.errors import ConfigError, DataError
+from rsctool.datasets import load_dataset_cycles, pick_dataset
+from rsctool.devices import resolve_device
+from rsctool.distributed import sync_project
+from rsctool.errors import ConfigError
+from rsctool.inference import loader_generator, predict, predictions
 from rsctool.locks import hold_record, releasing
 from rsctool.signals import Interrupted
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
@@ -189,50 +192,6 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- helpers
 
-
-
-def pick_dataset(project: Any, name: str | None) -> tuple[str, dict[str, Any]]:
-    """The dataset record to train on: `name`, else the only (or last) one analysed."""
-    datasets = project.section("datasets")
-    if name is not None:
-        if name not in datasets:
-            known = ", ".join(sorted(datasets)) or "none"
-            raise ConfigError(f"--dataset {name!r} is not in the project (known: {known}); "
-                              "run `rsctool analyze DATA_DIR` first")
-        return name, datasets[name]
-    if not datasets:
-        raise ConfigError(f"{project.path}: no dataset in the project; run "
-                          "`rsctool analyze DATA_DIR` first")
-    name = list(datasets)[-1]
-    return name, datasets[name]
-
-
-def load_dataset_cycles(project: Any, record: dict[str, Any]) -> list:
-    """Read and verify the manifest of a dataset record (sha256 must match)."""
-    from rsctool.data.manifest import file_sha256, read_manifest
-
-    path = project.abs(record["manifest"])
-    if not path.exists():
-        raise DataError("manifest recorded in the project is missing; run "
-                        f"`{project.analyze_command(record)}`", path)
-    if record.get("sha256") and file_sha256(path) != record["sha256"]:
-        # e.g. another project file's analyze of a dataset of the same name wrote it
-        raise DataError("manifest changed since analyze recorded it (sha256 differs: edited, "
-                        "or written by another project's analyze); run "
-                        f"`{project.analyze_command(record)}`", path)
-    return read_manifest(path)
-
-
-def clip_config(opts: TrainOptions) -> Any:
-    """The `ClipConfig` (unnormalised) a run with resolved options `opts` feeds its model."""
-    from rsctool.data.dataset import ClipConfig
-    from rsctool.features import FbankConfig
-
-    return ClipConfig(sample_rate=opts.sample_rate, clip_seconds=opts.clip_seconds,
-                      fbank=FbankConfig(sample_rate=opts.sample_rate,
-                                        num_mel_bins=opts.num_mel_bins, window=opts.window))
-
-
 def recorded_stats(record: dict[str, Any], clip: Any) -> dict[str, Any] | None:
     """The log-mel statistics the dataset record holds for `clip`'s feature configuration
     (computed by `analyze`, or by an earlier run), if still valid for its split and
@@ -331,7 +290,12 @@ class Trainer:
                  dist: Any = None):
         import torch
 
-        from rsctool.data.dataset import CycleDataset, class_balanced_weights, feature_cache
+        from rsctool.data.dataset import (
+            CycleDataset,
+            class_balanced_weights,
+            clip_config,
+            feature_cache,
+        )
         from rsctool.distributed import Dist
         from rsctool.losses import build_loss
         from rsctool.models import create_model
@@ -383,7 +347,7 @@ class Trainer:
         self.meta_encoder = MetadataEncoder.fit(self.train_cycles)
         # Synthetic cycles join the training split only (never val/test), after the
         # normalisation statistics and metadata vocabularies were fitted on real cycles.
-        from rsctool.synth import mix_synthetic
+        from rsctool.data.synthetic import mix_synthetic
 
         self.synthetic = mix_synthetic(project, opts, self.train_cycles, dataset_classes,
                                        self.log)
@@ -622,7 +586,7 @@ class Trainer:
         return torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, collate_fn=collate,
             num_workers=self.opts.num_workers, pin_memory=self.dist.device_type == "cuda",
-            persistent_workers=False, generator=_loader_generator(self.opts.seed, self.epoch))
+            persistent_workers=False, generator=loader_generator(self.opts.seed, self.epoch))
 
     def train_epoch(self, on_step: Callable[[], None] | None = None) -> dict[str, float]:
         """One epoch (or what is left of it). ``--batch-size`` is the global batch: each
@@ -725,40 +689,6 @@ class Trainer:
                 "processes": int(round(processes)),
                 **(self.adversary.epoch_stats() if self.adversary is not None else {})}
 
-    @staticmethod
-    def predict(model: Any, dataset: Any, batch_size: int, device: str, task: str,
-                thresholds: list[float] | None = None, embeddings: bool = False
-                ) -> dict[str, Any]:
-        """Predictions on a whole dataset: ``pred`` class indices, ``probs`` `(N, C)`
-        (multilabel: `(N, 2)` sigmoid probabilities; ranking: `(N, 1)` scores, classes
-        from the score `thresholds`), optional ``embedding`` `(N, D)`."""
-        import torch
-
-        from rsctool.data.dataset import collate
-
-        model.eval()
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                             collate_fn=collate, generator=_loader_generator(0))
-        probs, embs = [], []
-        with torch.no_grad():
-            for batch in loader:
-                meta = ({k: v.to(device) for k, v in batch["meta"].items()}
-                        if "meta" in batch else None)
-                out = model(batch["x"].to(device), meta)
-                logits = out["logits"].float()
-                if task == "ranking":  # one score per example, kept as is
-                    probs.append(logits[:, :1].cpu())
-                else:
-                    probs.append((torch.sigmoid(logits) if task == "multilabel"
-                                  else torch.softmax(logits, -1)).cpu())
-                if embeddings:
-                    embs.append(out["embedding"].float().cpu())
-        p = torch.cat(probs) if probs else torch.zeros(0, 2 if task == "multilabel" else 1)
-        res = {"pred": predictions(p, task, thresholds), "probs": p}
-        if embeddings:
-            res["embedding"] = torch.cat(embs) if embs else torch.zeros(0)
-        return res
-
     def validate(self) -> dict[str, Any]:
         """Validation metrics. With several processes each predicts a contiguous share of
         the validation split and all gather the probabilities, so every process computes
@@ -776,8 +706,8 @@ class Trainer:
         if dist.distributed:
             data = torch.utils.data.Subset(
                 self.val_set, list(shard_range(len(self.val_set), dist.rank, dist.world)))
-        out = self.predict(self.model, data, self.opts.batch_size * 2, self.device,
-                           self.opts.task, self.thresholds)
+        out = predict(self.model, data, self.opts.batch_size * 2, self.device,
+                      self.opts.task, self.thresholds)
         probs = out["probs"]
         if dist.distributed:
             probs = torch.cat(dist.all_gather(probs))
@@ -797,8 +727,8 @@ class Trainer:
         from rsctool.metrics import choose_rank_thresholds, ranking_metrics
 
         assert self.val_set is not None
-        out = self.predict(self.model, self.val_set, self.opts.batch_size * 2, self.device,
-                           "ranking")
+        out = predict(self.model, self.val_set, self.opts.batch_size * 2, self.device,
+                      "ranking")
         scores = out["probs"][:, 0].numpy()
         y = self.val_set.targets.numpy()
         self.thresholds = choose_rank_thresholds(scores, y, len(self.classes))
@@ -895,8 +825,8 @@ class Trainer:
         training split's scores (recorded as such; the test split is never used)."""
         from rsctool.metrics import choose_rank_thresholds
 
-        out = self.predict(self.model, self.train_set, self.opts.batch_size * 2, self.device,
-                           "ranking")
+        out = predict(self.model, self.train_set, self.opts.batch_size * 2, self.device,
+                      "ranking")
         self.thresholds = choose_rank_thresholds(out["probs"][:, 0].numpy(),
                                                  self.train_set.targets.numpy(),
                                                  len(self.classes))
@@ -946,24 +876,6 @@ class Trainer:
         for row in self.history:
             lines.append(",".join("" if row.get(k) is None else f"{row[k]}" for k in keys))
         atomic_write_text(self.dir / "history.csv", "\n".join(lines) + "\n")
-
-
-def predictions(probs: Any, task: str, thresholds: list[float] | None = None) -> list[int]:
-    """Class indices from probabilities `(N, C)` (multilabel: `(N, 2)` sigmoid outputs
-    and their `thresholds`, default 0.5 each; ranking: `(N, 1)` scores and the class
-    boundaries `thresholds`)."""
-    if task == "ranking":  # (N, 1) scores -> classes between the score thresholds
-        from rsctool.metrics import scores_to_classes
-
-        return scores_to_classes(probs[:, 0].numpy(), thresholds or []).tolist()
-    if task == "multilabel":
-        from rsctool.metrics import multilabel_to_class
-
-        t = thresholds or [0.5, 0.5]
-        pred = multilabel_to_class((probs[:, 0] >= t[0]).numpy(),
-                                   (probs[:, 1] >= t[1]).numpy())
-        return [int(v) for v in pred]
-    return probs.argmax(-1).tolist()
 
 
 def micro_batches(batch: Sequence[int], batch_size: int, world: int, accum: int, rank: int
@@ -1046,15 +958,6 @@ def _rng_state(dist: Any) -> dict[str, Any]:
     if dist.device_type == "cuda":
         st["cuda"] = torch.cuda.get_rng_state(torch.device(dist.device))
     return st
-
-
-def _loader_generator(seed: int, epoch: int = 0) -> Any:
-    """A DataLoader's own generator: without one, creating the loader draws its worker
-    base seed from the global RNG, and a resumed run (which creates one more loader
-    mid-epoch) would drift from the uninterrupted one."""
-    import torch
-
-    return torch.Generator().manual_seed(int(seed) * 7919 + int(epoch))
 
 
 def _accumulate_ghm(acc: dict[str, Any] | None, stats: dict[str, Any]) -> None:
@@ -1285,7 +1188,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     process calls this: all read the project, build the same trainer and train on their
     share of each global batch (`rsctool.distributed`); only the main process writes the
     project file, checkpoints, history and logs, and the others follow its decisions
-    (the run name; `_sync_project` after its writes).
+    (the run name; `sync_project` after its writes).
     """
     from rsctool.distributed import setup
     from rsctool.tracking import make_trackers
@@ -1403,7 +1306,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         config["extended"] = extended
     if not dist.is_main:
         result = trainer.fit()
-        _sync_project(project, dist)
+        sync_project(project, dist)
         return result
     # seed group and --like source, for provenance (docs/reproducing.md); a resume
     # without --like keeps what the first start recorded.
@@ -1469,7 +1372,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     atomic_write_json(run_dir / "summary.json", {
         "run": name, "best_score": result.best_score, "best_epoch": trainer.best_epoch,
         "epochs": result.epochs_done, "steps": result.steps, "history": result.history})
-    _sync_project(project, dist)
+    sync_project(project, dist)
     return result
 
 
@@ -1517,16 +1420,6 @@ def check_batch_split(batch_size: int, processes: int, grad_accum: int) -> None:
             f"--batch-size {batch_size} is the global batch: it must be divisible by "
             f"processes x --grad-accum = {processes} x {grad_accum} = "
             f"{processes * grad_accum}")
-
-
-def _sync_project(project: Any, dist: Any) -> None:
-    """After the main process wrote the project file: the others wait for it and re-read
-    the file, so their next reads see what it wrote."""
-    if not dist.distributed:
-        return
-    dist.barrier()
-    if not dist.is_main:
-        project.reload()
 
 
 # --------------------------------------------------------------------------- seed sweeps
@@ -1723,7 +1616,7 @@ def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
     dist = setup(resolve_device(device))
     if dist.is_main:
         _finish_group(project, group)
-    _sync_project(project, dist)
+    sync_project(project, dist)
     return GroupResult(group, seed_list, results)
 
 

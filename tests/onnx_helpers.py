@@ -57,8 +57,8 @@ def add_model_run(project_file: Path, model: str, name: str | None = None,
     import torch
 
     from rsctool.checkpoint import load_checkpoint, save_checkpoint
-    from rsctool.eval import checkpoint_path
     from rsctool.models import MetadataEncoder, create_model
+    from rsctool.runs import checkpoint_path
 
     project = Project.load(project_file)
     name = name or f"{model}-x"

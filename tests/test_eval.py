@@ -272,7 +272,7 @@ def test_tsne_affinities_match_the_perplexity():
 
 def test_select_runs_globs_commas_and_order(proj):
     from rsctool.errors import ConfigError
-    from rsctool.eval import select_runs
+    from rsctool.runs import select_runs
 
     p = Project.load(proj)
     assert select_runs(p, None, []) == [("softfilm", True)]

@@ -225,7 +225,7 @@ def test_icbhi_download_read_as_folder_is_refused_naming_icbhi(tmp_path):
 # ------------------------------------------------------------ two project files
 
 def test_two_project_files_in_one_folder_keep_their_manifests_apart(tmp_path):
-    from rsctool.train import load_dataset_cycles
+    from rsctool.datasets import load_dataset_cycles
 
     one = write_folder_dataset(tmp_path / "one", files("x", "y"))
     two = write_folder_dataset(tmp_path / "two", files("p", "q", "r"), seed=5)
@@ -244,7 +244,7 @@ def test_two_project_files_in_one_folder_keep_their_manifests_apart(tmp_path):
 
 
 def test_changed_manifest_names_the_command_that_fixes_it(tmp_path):
-    from rsctool.train import load_dataset_cycles
+    from rsctool.datasets import load_dataset_cycles
 
     data = write_folder_dataset(tmp_path / "one", files("x", "y"))
     proj = tmp_path / "a.toml"

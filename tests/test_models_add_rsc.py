@@ -207,7 +207,7 @@ def test_cli_trains_evaluates_and_exports_add(project):
 
 
 def test_runs_of_the_old_standalone_add_still_rebuild():
-    from rsctool.eval import rebuild_model
+    from rsctool.runs import rebuild_model
     from rsctool.models.add import ADDNet
 
     old = create_model("add-standalone", size="tiny", input_tdim=T, input_fdim=FD)

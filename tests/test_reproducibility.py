@@ -142,10 +142,9 @@ def test_git_state_of_a_checkout(tmp_path):
 
 def test_analyze_records_fbank_stats_and_train_uses_them(project, monkeypatch):
     import rsctool.data.dataset as ds
-    from rsctool.analyze import default_stats_clip
-    from rsctool.data.dataset import fbank_statistics, stats_key
+    from rsctool.data.dataset import default_stats_clip, fbank_statistics, stats_key
+    from rsctool.datasets import load_dataset_cycles
     from rsctool.onnx_runtime import ModelSpec
-    from rsctool.train import load_dataset_cycles
 
     rec = project.get("datasets", "demo")
     clip = default_stats_clip()
@@ -174,7 +173,7 @@ def test_analyze_records_fbank_stats_and_train_uses_them(project, monkeypatch):
     assert norm["norm"] == "dataset" and norm["source"] == "analyze"
     assert ck.state["config"]["clip"]["fbank"]["mean"] == entry["mean"]
     assert project.get("runs", "n-an")["norm"] == "dataset"
-    from rsctool.eval import load_run
+    from rsctool.runs import load_run
 
     assert ModelSpec.from_run(load_run(project, "n-an")).norm == "dataset"  # and the export
 

@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 from rsctool.cli import app
 from rsctool.data.icbhi import read_icbhi
 from rsctool.data.manifest import Cycle, read_manifest
+from rsctool.data.synthetic import select_synthetic
 from rsctool.errors import ConfigError, DataError
 from rsctool.generators import postprocess, sample_seed
 from rsctool.generators.audioldm import load_prompts, prompt_for
 from rsctool.project import Project
-from rsctool.synth import SynthOptions, run, select_synthetic, stem_for
+from rsctool.synth import SynthOptions, run, stem_for
 
 runner = CliRunner()
 # 2 denoising steps of a 1 s clip: a fraction of a second per sample with the tiny model
@@ -423,7 +424,7 @@ def test_unfinished_set_cannot_train(project, tiny_ldm, monkeypatch):
 
 def test_adversarial_run_records_discriminator_accuracy(project, tiny_ldm):
     from rsctool.checkpoint import load_checkpoint
-    from rsctool.eval import load_run
+    from rsctool.runs import load_run
 
     run(project, _opts(tiny_ldm, classes=["crackle", "wheeze"], n=3, name="adv"),
         device="cpu")

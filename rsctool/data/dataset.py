@@ -79,6 +79,23 @@ class ClipConfig:
                                                                   std=float(std)))
 
 
+def clip_config(opts: Any) -> ClipConfig:
+    """The `ClipConfig` (unnormalised) a run with resolved options `opts` feeds its model
+    (`rsctool.train.TrainOptions`: ``sample_rate``, ``clip_seconds``, ``num_mel_bins``,
+    ``window``)."""
+    return ClipConfig(sample_rate=opts.sample_rate, clip_seconds=opts.clip_seconds,
+                      fbank=FbankConfig(sample_rate=opts.sample_rate,
+                                        num_mel_bins=opts.num_mel_bins, window=opts.window))
+
+
+def default_stats_clip() -> ClipConfig:
+    """The `ClipConfig` of `rsctool train` with default options (the default model's
+    features: 8 s at 16 kHz, 128 mel bins, Hanning window), whose statistics `rsctool
+    analyze` records. Equal to ``clip_config(TrainOptions().resolve())``
+    (tests/test_architecture.py holds the two together)."""
+    return ClipConfig(fbank=FbankConfig(window="hanning"))
+
+
 def cycle_features(cycle: Cycle, clip: ClipConfig, cache: FeatureCache | None) -> np.ndarray:
     """Unnormalised log-mel `(T, F)` of one cycle (float16 from the cache, else float32)."""
 
