@@ -69,7 +69,7 @@ CONVENTIONS: list[tuple[str, str, str]] = [
     ("--force", "redo work that is already done (otherwise a no-op or a resume)",
      "analyze, synth, train, eval, export"),
     ("--run NAME", "one run: the name to give a new run (train), or the run to use "
-     "(eval, export, predict: default the last run; status: show that run)",
+     "(eval, export, predict: default the last finished run; status: show that run)",
      "train, eval, export, predict, status"),
     ("--runs NAME ...", "several runs (names or glob patterns such as 'cnn-*'), "
      "compared in one table", "eval"),

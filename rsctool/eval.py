@@ -58,7 +58,7 @@ class EvalOptions:
     """What to evaluate and how.
 
     Attributes:
-        run: one run name (default: the last run in the project).
+        run: one run name (default: the last finished run in the project).
         runs: run names or glob patterns (``cnn*``) to evaluate and compare; comma
             separated lists are split.
         split: ``test`` or ``val``.
@@ -1074,7 +1074,7 @@ def command(
         help="More run names or glob patterns for --runs (so `--runs A B C` works).")] = None,
     *,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Run to evaluate (default: the last run in the project).")] = None,
+        "--run", help="Run to evaluate (default: the last finished run in the project).")] = None,
     runs: Annotated[list[str] | None, typer.Option(
         "--runs", help="Runs to evaluate and compare: names or glob patterns ('cnn*'); "
                        "repeat, separate with commas, or list them after the option.")] = None,

@@ -61,7 +61,7 @@ class ExportOptions:
     """What to export and how.
 
     Attributes:
-        run: run name (default: the last run in the project).
+        run: run name (default: the last finished run in the project).
         checkpoint: ``best`` or ``last``.
         out: the ONNX file (default: ``<run dir>/model[.wav][.int8].onnx``).
         opset: ONNX opset version.
@@ -553,7 +553,7 @@ def command(
     ctx: typer.Context,
     *,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Run to export (default: the last run in the project).")] = None,
+        "--run", help="Run to export (default: the last finished run in the project).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="ONNX file to write (default: model[.wav][.int8].onnx in the run folder).")]
     = None,

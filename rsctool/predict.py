@@ -73,7 +73,7 @@ class PredictOptions:
 
     Attributes:
         inputs: audio files, folders or glob patterns.
-        run: run whose model to use (default: the last run in the project).
+        run: run whose model to use (default: the last finished run in the project).
         model: an exported ``.onnx`` file instead of a run (no project needed).
         backend: ``auto`` (onnx when the run has an up-to-date export), ``onnx``, ``torch``.
         checkpoint: ``best`` or ``last`` (the run's checkpoint, or which export).
@@ -874,7 +874,7 @@ def command(
         help="Audio files, folders (searched recursively) or glob patterns.")],
     *,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Run whose model to use (default: the last run in the project).")]
+        "--run", help="Run whose model to use (default: the last finished run in the project).")]
     = None,
     model: Annotated[Path | None, typer.Option(
         "--model", help="An exported .onnx file to use instead of a run (no project "

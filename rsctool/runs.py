@@ -18,7 +18,9 @@ def select_runs(project: Any, run: str | None, patterns: Sequence[str]
     """Run names to evaluate, in project order, each with whether it was named exactly.
 
     `patterns` may hold exact names, glob patterns (``*?[``) and comma-separated lists.
-    No patterns and no `run`: the last run in the project.
+    No patterns and no `run`: the last finished run (status ``done``) in the project, else
+    the last run: a run started later and interrupted does not silently replace the model
+    the user trained, evaluated and exported.
 
     Raises:
         ConfigError: no runs in the project, an unknown name, or a pattern matching none.
@@ -30,7 +32,8 @@ def select_runs(project: Any, run: str | None, patterns: Sequence[str]
         raise ConfigError(f"{project.path}: no runs in the project; train one first "
                           "(`rsctool train --model cnn`)")
     if not patterns:
-        name = run if run is not None else known[-1]
+        done = [n for n in known if runs[n].get("status") == "done"]
+        name = run if run is not None else (done or known)[-1]
         if name not in runs:
             raise ConfigError(f"--run {name!r} is not in the project (known runs: {known_text})")
         return [(name, True)]

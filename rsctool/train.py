@@ -1209,7 +1209,9 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         found = find_same_run(project, opts, like)
         if found is not None:
             opts = dataclasses.replace(opts, run=found)
-            log(f"same options as run {found!r}: continuing it (--new starts another run)")
+            if runs[found].get("status") != "done":  # a finished one says "already done"
+                log(f"same options as run {found!r}: continuing it (--new starts another "
+                    "run)")
     resume_from: Path | None = None
     name: str | None = None
     extended: list[dict[str, Any]] = []

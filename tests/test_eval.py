@@ -282,6 +282,22 @@ def test_select_runs_globs_commas_and_order(proj):
         select_runs(p, "missing", [])
 
 
+def test_default_run_is_the_last_finished_one(proj):
+    """A run started later and interrupted does not replace, as the default of eval,
+    export and predict, the model that was trained, evaluated and exported."""
+    from rsctool.runs import select_runs
+
+    p = Project.load(proj)
+    last = list(p.section("runs"))[-1]
+    p.set_record("runs", "later", {"model": "cnn", "status": "interrupted"})
+    assert select_runs(p, None, []) == [(last, True)]
+    assert select_runs(p, "later", []) == [("later", True)]  # named: used as named
+    for name in list(p.section("runs")):
+        if name != "later":
+            p.update_record("runs", name, status="interrupted")
+    assert select_runs(p, None, []) == [("later", True)]  # none finished: the last run
+
+
 def test_film_statistics_match_a_direct_computation():
     import torch
 

@@ -207,8 +207,8 @@ def test_cli_trains_evaluates_and_exports_add(project):
 
 
 def test_runs_of_the_old_standalone_add_still_rebuild():
-    from rsctool.runs import rebuild_model
     from rsctool.models.add import ADDNet
+    from rsctool.runs import rebuild_model
 
     old = create_model("add-standalone", size="tiny", input_tdim=T, input_fdim=FD)
     cfg = {**json.loads(json.dumps(old.config)), "name": "add"}  # as recorded before
