@@ -177,3 +177,71 @@ def test_seed001_recipe_resolves_to_multilabel_bce_with_pos_weight_times_1_5():
         TrainOptions(**{**_load_config_file(path), "task": "multiclass"}).resolve()
     assert TrainOptions(task="multilabel").resolve().sensitivity_bias == 1.0
     assert TrainOptions(task="binary").resolve().sensitivity_bias is None
+
+
+# -- the field list and the medians travel: train -> checkpoint -> ONNX -> predict ------
+
+def test_export_and_predict_honour_a_non_default_field_list_and_medians(tmp_path):
+    import json
+    import statistics
+
+    from typer.testing import CliRunner
+
+    from rsctool.analyze import AnalyzeOptions
+    from rsctool.analyze import run as analyze
+    from rsctool.checkpoint import load_checkpoint
+    from rsctool.cli import app
+    from rsctool.data.demo import make_demo_dataset
+    from rsctool.eval import checkpoint_path
+    from rsctool.onnx_runtime import OnnxModel
+    from rsctool.project import Project
+    from rsctool.train import TrainOptions, load_dataset_cycles
+    from rsctool.train import run as train
+
+    make_demo_dataset(tmp_path / "data", patients=4, seed=0)
+    pf = tmp_path / "rsctool.toml"
+    project = Project.load(pf)
+    analyze(project, AnalyzeOptions(data_dir=tmp_path / "data", name="demo",
+                                    val_fraction=0.25, plots=False))
+    train(project, TrainOptions(
+        model="film", run="mcat", task="multilabel", sensitivity_bias=1.5,
+        metadata=["device", "site", "age", "bmi", "duration"], metadata_impute="median",
+        model_cfg={"head": "mcat"}, size="tiny", clip_seconds=2.0, num_mel_bins=64,
+        batch_size=32, epochs=1, max_steps=1, lr=1e-3), device="cpu")
+    project = Project.load(pf)
+    best = checkpoint_path(project, "mcat", project.get("runs", "mcat"), "best")
+    config = load_checkpoint(best).state["config"]
+    enc = config["metadata_encoder"]
+    assert enc["fields"] == PAPER_FIELDS and enc["impute"] == "median"
+    train_cycles = [c for c in load_dataset_cycles(
+        project, project.get("datasets", "demo")) if c.split == "train"]
+    ages = [c.age for c in train_cycles if c.age is not None]
+    assert enc["median"][0] == pytest.approx(statistics.median(ages))
+    assert config["model"]["meta_spec"]["fields"] == PAPER_FIELDS
+    assert config["model"]["head"] == "mcat"
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["--project", str(pf), "-q", "export", "--json", "--run", "mcat"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["parity_max_abs"] < 1e-4
+    assert OnnxModel(tmp_path / doc["onnx"]).spec.metadata_encoder == enc
+
+    wav = str(next((tmp_path / "data").rglob("*.wav")))
+
+    def probs(*meta: str, backend: str = "onnx") -> np.ndarray:
+        args = ["--project", str(pf), "-q", "predict", "--format", "json", wav, "--run",
+                "mcat", "--backend", backend, *(("--meta", *meta) if meta else ())]
+        r = runner.invoke(app, args, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return np.array([list(p["probabilities"].values())
+                         for p in json.loads(r.stdout)["predictions"]])
+
+    ref = probs("sex=M", "age=30")
+    assert np.abs(ref - probs("sex=M", "age=30", backend="torch")).max() < 1e-4
+    # sex is not in the list: it cannot change a prediction
+    assert np.array_equal(ref, probs("sex=F", "age=30"))
+    # a missing age is the train median
+    median_age = f"age={enc['median'][0]!r}"
+    assert np.abs(probs("sex=M", median_age) - probs("sex=M", "age=")).max() < 1e-6
