@@ -245,3 +245,18 @@ def test_export_and_predict_honour_a_non_default_field_list_and_medians(tmp_path
     # a missing age is the train median
     median_age = f"age={enc['median'][0]!r}"
     assert np.abs(probs("sex=M", median_age) - probs("sex=M", "age=")).max() < 1e-6
+
+
+def test_binary_task_weights_the_abnormal_class_by_the_sensitivity_bias(project):
+    from rsctool.train import Trainer, TrainOptions
+
+    base = {"model": "cnn", "size": "tiny", "clip_seconds": 2.0, "task": "binary"}
+    trainer = Trainer(project, TrainOptions(**base, sensitivity_bias=1.5).resolve(), "b",
+                      Path(), "cpu")
+    y = trainer.train_set.targets
+    abnormal = int((y == trainer.classes.index("abnormal")).sum())
+    want = [1.0, (len(y) - abnormal) / abnormal * 1.5]
+    assert trainer.loss_fn.class_weights.tolist() == pytest.approx(want)
+    # without the option the 2-class CE stays unweighted
+    plain = Trainer(project, TrainOptions(**base).resolve(), "p", Path(), "cpu")
+    assert plain.loss_fn.class_weights is None
