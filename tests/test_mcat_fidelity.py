@@ -260,3 +260,24 @@ def test_binary_task_weights_the_abnormal_class_by_the_sensitivity_bias(project)
     # without the option the 2-class CE stays unweighted
     plain = Trainer(project, TrainOptions(**base).resolve(), "p", Path(), "cpu")
     assert plain.loss_fn.class_weights is None
+
+
+@pytest.mark.parametrize(("sets", "needle"), (
+    (["metadata=device,height"], "metadata: unknown field(s) ['height']"),
+    (["metadata_impute=mean"], "metadata_impute must be mask or median"),
+    (["sensitivity_bias=1.5"], "sensitivity_bias weights the positive outputs"),
+))
+def test_bad_metadata_and_bias_options_exit_2_in_one_line(project, sets, needle):
+    from typer.testing import CliRunner
+
+    from rsctool.cli import app
+
+    before = project.path.read_bytes()
+    args = ["--project", str(project.path), "train", "--model", "cnn", "--size", "tiny"]
+    for s in sets:
+        args += ["--set", s]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert project.path.read_bytes() == before
