@@ -164,9 +164,13 @@ class TrainOptions:
         if o.metadata_impute not in ("mask", "median"):
             raise ConfigError(f"metadata_impute must be mask or median, "
                               f"got {o.metadata_impute!r}")
-        if o.sensitivity_bias is not None and o.task not in ("multilabel", "binary"):
-            raise ConfigError(f"sensitivity_bias weights the positive outputs of --task "
-                              f"multilabel or binary, not --task {o.task}")
+        if o.task not in ("multilabel", "binary") and o.sensitivity_bias is not None:
+            # 1.0 is what runs recorded before the option became task-specific hold
+            # (`--like` of such a run must work); any other value would be a silent no-op
+            if o.sensitivity_bias != 1.0:
+                raise ConfigError(f"sensitivity_bias weights the positive outputs of --task "
+                                  f"multilabel or binary, not --task {o.task}")
+            o.sensitivity_bias = None
         if o.task == "multilabel" and o.sensitivity_bias is None:
             o.sensitivity_bias = 1.0
         if not (o.lr > 0 and o.weight_decay >= 0 and o.warmup_epochs >= 0 and o.mixup >= 0

@@ -176,6 +176,8 @@ def test_seed001_recipe_resolves_to_multilabel_bce_with_pos_weight_times_1_5():
     with pytest.raises(ConfigError, match="sensitivity_bias"):
         TrainOptions(**{**_load_config_file(path), "task": "multiclass"}).resolve()
     assert TrainOptions(task="multilabel").resolve().sensitivity_bias == 1.0
+    # options recorded by older runs (1.0 for every task) still resolve
+    assert TrainOptions(sensitivity_bias=1.0).resolve().sensitivity_bias is None
     assert TrainOptions(task="binary").resolve().sensitivity_bias is None
 
 
