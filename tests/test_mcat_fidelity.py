@@ -118,6 +118,9 @@ def test_paper_field_list_drops_sex_and_the_masks_from_the_model():
     # softfilm's demographics factor is age, BMI and duration alone
     s = tiny("softfilm", meta_spec={**PAPER_SPEC, "fields": ["device", "age"]})
     assert s.factors == ("device", "demographics") and s.mask_logits.shape[0] == 2
+    one = tiny("softfilm", meta_spec={**PAPER_SPEC, "fields": ["site"]})
+    assert one.factors == ("site",)
+    assert torch.isfinite(one(x, meta)["reg_loss"]) and one.mask_stats()["overlap"] == {}
 
 
 def test_encoder_field_list_and_median_imputation_use_the_train_split_only():

@@ -392,7 +392,9 @@ class SoftFiLMAST(FiLMAST):
     def regularizer(self, state):
         m = state["masks"]
         pairs = list(itertools.combinations(range(len(self.factors)), 2))
-        overlap = torch.stack([(m[i] * m[j]).mean() for i, j in pairs]).mean()
+        # one factor (a metadata list with a single factor's fields) has no pair
+        overlap = (torch.stack([(m[i] * m[j]).mean() for i, j in pairs]).mean() if pairs
+                   else m.sum() * 0.0)
         coverage = torch.prod(1.0 - m, dim=0).mean()
         return self.config["overlap_weight"] * overlap + self.config["coverage_weight"] * coverage
 
