@@ -143,6 +143,9 @@ def encode_metadata(records: Sequence[Mapping[str, Any]], encoder: Mapping[str, 
     if list(encoder.get("num_fields", [])) != list(NUM_FIELDS):
         raise ConfigError(f"metadata encoder encodes {encoder.get('num_fields')}; this "
                           f"rsctool expects {list(NUM_FIELDS)}")
+    if encoder.get("version", 1) not in (1, 2):
+        raise ConfigError(f"metadata encoder state has version {encoder.get('version')!r}; "
+                          f"this rsctool reads versions 1 and 2")
     fields = check_fields(encoder.get("fields"), "metadata encoder fields")
     impute = encoder.get("impute", "mask")
     fill = encoder.get("median") if impute == "median" else None

@@ -139,6 +139,7 @@ def test_encoder_field_list_and_median_imputation_use_the_train_split_only():
     # the state travels: from_dict and the torch-free encoder give the same batch
     d = enc.to_dict()
     assert d["median"] == [20.0, 30.0, 2.0] and d["fields"] == PAPER_FIELDS
+    assert d["version"] == 2   # a reader of version 1 refuses it instead of misencoding
     assert MetadataEncoder.from_dict(d) == enc
     rec = [{"device": "Meditron", "site": "Tc", "sex": "M", "age": None, "bmi": 25.0}]
     np_batch = encode_metadata(rec, d)

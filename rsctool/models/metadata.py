@@ -52,6 +52,9 @@ from rsctool.metadata_np import (  # noqa: F401  (re-exported)
 DEFAULT_META_SPEC: dict[str, int] = {"n_devices": 5, "n_sites": 8, "n_num": len(NUM_FIELDS)}
 
 _FORMAT_VERSION = 1
+#: A state with a field list or median imputation: version 2, so a reader that knows
+#: only version 1 refuses it instead of encoding every field with masks.
+_FORMAT_VERSION_FIELDS = 2
 
 
 def _cycle_values(c: Cycle) -> dict[str, Any]:
@@ -125,7 +128,7 @@ class MetadataEncoder:
 
     # -- encoding -----------------------------------------------------------------
 
-    def spec(self) -> dict[str, int]:
+    def spec(self) -> dict[str, Any]:
         """The ``meta_spec`` models are built with (vocabulary sizes include "unknown")."""
         spec: dict[str, Any] = {"n_devices": len(self.devices) + 1,
                                 "n_sites": len(self.sites) + 1, "n_num": len(NUM_FIELDS)}
@@ -169,7 +172,8 @@ class MetadataEncoder:
                              "mean": list(self.mean), "std": list(self.std)}
         if self.fields != META_FIELDS or self.impute != "mask":
             # optional keys: a reader without them (older runs) gets the defaults
-            d.update(fields=list(self.fields), impute=self.impute)
+            d.update(version=_FORMAT_VERSION_FIELDS, fields=list(self.fields),
+                     impute=self.impute)
             if self.median is not None:
                 d["median"] = list(self.median)
         return d
@@ -186,9 +190,10 @@ class MetadataEncoder:
         missing = sorted({"version", "devices", "sites", "num_fields", "mean", "std"} - set(d))
         if missing:
             raise ConfigError(f"metadata encoder state lacks key(s) {missing}")
-        if d["version"] != _FORMAT_VERSION:
+        if d["version"] not in (_FORMAT_VERSION, _FORMAT_VERSION_FIELDS):
             raise ConfigError(f"metadata encoder state has version {d['version']!r}; "
-                              f"this rsctool reads version {_FORMAT_VERSION}")
+                              f"this rsctool reads versions {_FORMAT_VERSION} and "
+                              f"{_FORMAT_VERSION_FIELDS}")
         if list(d["num_fields"]) != list(NUM_FIELDS):
             raise ConfigError(f"metadata encoder state encodes {list(d['num_fields'])}; "
                               f"this rsctool expects {list(NUM_FIELDS)}")
