@@ -148,6 +148,13 @@ def export_wrapper(model: Any, *, task: str, needs_metadata: bool, fbank: Any = 
                 x = self.fbank(x)
             md = dict(zip(META_KEYS, meta, strict=True)) if needs_metadata else None
             logits = self.model(x, md)["logits"]
+            if md is not None:
+                # A model whose metadata field list leaves an input unread (seed 001: sex,
+                # num_mask) would lose it from the traced graph; every export keeps the
+                # same five inputs, so add each one times zero (exact: encoded values are
+                # finite).
+                logits = logits + sum(t.reshape(t.shape[0], -1)[:, :1].to(logits.dtype)
+                                      for t in meta) * 0.0
             if task == "ranking":  # (B, 1) score: no probabilities; "probs" repeats it
                 probs = logits[:, :1]
             else:

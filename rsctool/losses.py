@@ -668,6 +668,17 @@ LOSSES: tuple[str, ...] = tuple(_SPECS)
 _RANKING = ("ghm-ranking", "margin")
 
 
+def sensitivity_pos_weight(flags: Tensor, bias: float) -> list[float]:
+    """Seed 001's positive weights: per output, negatives / positives x `bias`.
+
+    `flags` `(N, K)` 0/1 training targets (multilabel: crackle, wheeze; binary: one
+    column, abnormal); an output without positives counts one. Returns `K` floats.
+    """
+    flags = flags.float()
+    pos = flags.sum(0).clamp(min=1)
+    return ((flags.shape[0] - pos) / pos * float(bias)).tolist()
+
+
 def list_losses() -> list[str]:
     """Names accepted by `build_loss`."""
     return list(LOSSES)

@@ -74,7 +74,13 @@ class TrainOptions:
     balanced: bool = False
     specaugment: bool = True
     mixup: float = 0.0
-    sensitivity_bias: float = 1.0
+    # positive weight x this (multilabel: pos_weight = neg/pos x bias; binary: the
+    # abnormal class weight = normal/abnormal x bias); None: 1.0 multilabel, none binary
+    sensitivity_bias: float | None = None
+    # metadata the conditioned models read (None: all of rsctool.metadata_np.META_FIELDS)
+    # and how a missing number is encoded: mask (0 + mask) or median (train median)
+    metadata: list[str] | None = None
+    metadata_impute: str = "mask"
     clip_seconds: float = 8.0
     sample_rate: int = 16000
     num_mel_bins: int = 128
@@ -154,8 +160,25 @@ class TrainOptions:
                 raise ConfigError(f"{name} must be an integer, got {v!r}")
             if v < lo:
                 raise ConfigError(f"{name} must be >= {lo}, got {v}")
+        if o.metadata is not None:  # `metadata = "a,b"` in --set, or a TOML list
+            from rsctool.metadata_np import check_fields
+
+            o.metadata = list(check_fields(o.metadata, "metadata"))
+        if o.metadata_impute not in ("mask", "median"):
+            raise ConfigError(f"metadata_impute must be mask or median, "
+                              f"got {o.metadata_impute!r}")
+        if o.task not in ("multilabel", "binary") and o.sensitivity_bias is not None:
+            # 1.0 is what runs recorded before the option became task-specific hold
+            # (`--like` of such a run must work); any other value would be a silent no-op
+            if o.sensitivity_bias != 1.0:
+                raise ConfigError(f"sensitivity_bias weights the positive outputs of --task "
+                                  f"multilabel or binary, not --task {o.task}")
+            o.sensitivity_bias = None
+        if o.task == "multilabel" and o.sensitivity_bias is None:
+            o.sensitivity_bias = 1.0
         if not (o.lr > 0 and o.weight_decay >= 0 and o.warmup_epochs >= 0 and o.mixup >= 0
-                and o.sensitivity_bias > 0 and o.clip_seconds > 0):
+                and (o.sensitivity_bias is None or o.sensitivity_bias > 0)
+                and o.clip_seconds > 0):
             raise ConfigError("--lr, --clip-seconds and --sensitivity-bias must be > 0; "
                               "--weight-decay, --warmup-epochs and mixup (--set mixup=) >= 0")
         if isinstance(o.synthetic, str):  # `synthetic = "a,b"` in a config file or --set
@@ -297,7 +320,7 @@ class Trainer:
             feature_cache,
         )
         from rsctool.distributed import Dist
-        from rsctool.losses import build_loss
+        from rsctool.losses import build_loss, sensitivity_pos_weight
         from rsctool.models import create_model
         from rsctool.models.metadata import MetadataEncoder
 
@@ -344,7 +367,8 @@ class Trainer:
         self.normalization = normalization(opts.norm, clip, record, self.train_cycles, cache,
                                            self.log)
         self.clip = clip.with_norm(self.normalization["mean"], self.normalization["std"])
-        self.meta_encoder = MetadataEncoder.fit(self.train_cycles)
+        self.meta_encoder = MetadataEncoder.fit(self.train_cycles, fields=opts.metadata,
+                                                impute=opts.metadata_impute)
         # Synthetic cycles join the training split only (never val/test), after the
         # normalisation statistics and metadata vocabularies were fitted on real cycles.
         from rsctool.data.synthetic import mix_synthetic
@@ -377,10 +401,13 @@ class Trainer:
                                if opts.balanced else None)
         loss_kwargs = dict(opts.loss_cfg)
         if opts.task == "multilabel":
-            ml = self.train_set.multilabel
-            pos = ml.sum(0).clamp(min=1)
-            loss_kwargs.setdefault("pos_weight",
-                                   ((len(ml) - pos) / pos * opts.sensitivity_bias).tolist())
+            loss_kwargs.setdefault("pos_weight", sensitivity_pos_weight(
+                self.train_set.multilabel, opts.sensitivity_bias))
+        elif opts.task == "binary" and opts.sensitivity_bias is not None:
+            # seed 001's binary BCE pos_weight as the abnormal class's CE weight
+            abnormal = (self.train_set.targets == self.classes.index("abnormal"))
+            loss_kwargs.setdefault("class_weights", [1.0, *sensitivity_pos_weight(
+                abnormal[:, None], opts.sensitivity_bias)])
         self.loss_fn = build_loss(opts.loss, num_classes=num_outputs,
                                   task=("multiclass" if opts.task in ("ranking", "binary")
                                         else opts.task),

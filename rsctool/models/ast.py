@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsctool.errors import ConfigError
+from rsctool.models.heads import HEAD_DEFAULTS, build_head
 from rsctool.models.registry import ModelTraits, register_model
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ AST_DEFAULTS: dict[str, Any] = {
     "drop_path": 0.0,          # stochastic depth rate of the last block (linear in depth)
     "pos_resize": "interpolate",  # position-embedding resize: interpolate | crop (center)
     "attention": "sdpa",       # sdpa (fused kernels) | eager (what ONNX export uses)
+    **HEAD_DEFAULTS,           # head: linear | mcat (rsctool.models.heads)
 }
 POS_RESIZE = ("interpolate", "crop")
 ATTENTION = ("sdpa", "eager")
@@ -163,7 +165,7 @@ def hf_layers(backbone: ASTModel) -> nn.ModuleList:
 # -- the model ------------------------------------------------------------------------
 
 class ASTClassifier(nn.Module):
-    """AST backbone + LayerNorm/Linear head.
+    """AST backbone + a head (`config["head"]`: LayerNorm/Linear, or MCAT's MLP; heads.py).
 
     `forward(x (B, T, F), meta=None)` -> ``{"logits": (B, num_classes), "embedding": (B, D)}``
     where T = input_tdim frames (10 ms), F = input_fdim mel bins and the embedding is the
@@ -182,8 +184,8 @@ class ASTClassifier(nn.Module):
         d = self.ast_config.hidden_size
         self.embed_dim = d
         self.num_classes = config["num_classes"]
-        self.head_norm = nn.LayerNorm(d, eps=self.ast_config.layer_norm_eps)
-        self.head = nn.Linear(d, self.num_classes)
+        self.head_norm, self.head = build_head(config, d, self.num_classes,
+                                               self.ast_config.layer_norm_eps)
         self.load_report: dict[str, Any] | None = None
         n = len(self.layers)
         self._drop_rates = [config["drop_path"] * i / max(n - 1, 1) for i in range(n)]

@@ -40,7 +40,7 @@ from torch import nn
 
 from rsctool.errors import ConfigError
 from rsctool.models.ast import ASTClassifier, build_ast, check_float, check_int
-from rsctool.models.metadata import META_KEYS, check_meta_spec
+from rsctool.models.metadata import META_FIELDS, META_KEYS, NUM_FIELDS, check_meta_spec
 from rsctool.models.registry import ModelTraits, register_model
 
 #: Config keys every conditioned model adds to the AST keys, with defaults.
@@ -54,12 +54,15 @@ META_DEFAULTS: dict[str, Any] = {
 }
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "grf": {"grf_layer": None,       # block index whose output is fused; None: final norm
-            "gate_bias": -4.0},      # initial gate logit: sigmoid(-4) = 0.018
+            "gate": "vector",        # vector: per-dim sigmoid gate; scalar: MCAT's alpha
+            "gate_bias": -4.0,       # vector gate's initial logit: sigmoid(-4) = 0.018
+            "gate_init": 0.5},       # scalar gate's initial value (MCAT's init_gate: 0.5)
     "film": {"film_layers": None,    # block indices to modulate; None: all
              "film_hidden": 64},
     "tafilm": {"film_layers": None, "film_hidden": 64},
     "softfilm": {"film_layers": None, "film_hidden": 64,
-                 "mask_init_scale": 2.0,   # std of the initial mask logits
+                 "mask_init": "thirds",    # thirds: MCAT's fixed partition; random
+                 "mask_init_scale": 2.0,   # +-logit of the partition (random: std)
                  "tau_start": 1.0, "tau_end": 0.2,
                  "overlap_weight": 0.01, "coverage_weight": 0.01},
 }
@@ -68,19 +71,52 @@ FACTORS: dict[str, tuple[str, ...]] = {
     "device": ("device",), "site": ("site",), "demographics": ("sex", "num")}
 
 
+GATES = ("vector", "scalar")
+MASK_INITS = ("thirds", "random")
+
+
+def mask_init_logits(n_factors: int, d: int, scale: float, mode: str = "thirds"
+                     ) -> torch.Tensor:
+    """Initial SoftFiLM mask logits (n_factors, d).
+
+    ``thirds`` (MCAT): factor k owns the k-th of n equal blocks of the D dimensions
+    (block size D // n, the last block takes the remainder): +scale there, -scale
+    elsewhere, so the masks start as a partition with no hard overlap.
+    ``random``: N(0, scale^2) per logit (the earlier default; about 25 % of dimensions
+    start shared by two of three factors).
+    """
+    if mode == "random":
+        return torch.randn(n_factors, d) * scale
+    logits = torch.full((n_factors, d), -float(scale))
+    block = d // n_factors
+    for k in range(n_factors):
+        logits[k, k * block:(k + 1) * block if k < n_factors - 1 else d] = float(scale)
+    return logits
+
+
 class MetadataEmbedding(nn.Module):
     """Metadata batch -> (B, out_dim).
 
     Concatenates the chosen `parts`: device and site embeddings (index 0 = unknown),
     a sex embedding, and the numeric features with their presence masks (a missing
-    value is 0 with mask 0, so the MLP can tell missing from average); then
-    Linear -> GELU -> Dropout -> Linear -> GELU.
+    value is 0 with mask 0, so the MLP can tell missing from average; with median
+    imputation, ``spec["num_mask"]`` false, the masks are left out); then
+    Linear -> GELU -> Dropout -> Linear -> GELU. Only the metadata fields of
+    ``spec["fields"]`` (default: all) are read: a part with no listed field is dropped,
+    and of ``num`` only the listed columns are used.
     """
 
-    def __init__(self, spec: dict[str, int], cfg: dict[str, Any],
+    def __init__(self, spec: dict[str, Any], cfg: dict[str, Any],
                  parts: Sequence[str] = ("device", "site", "sex", "num")):
         super().__init__()
-        self.parts = tuple(parts)
+        fields = spec.get("fields", META_FIELDS)
+        self.num_cols = [j for j, f in enumerate(NUM_FIELDS) if f in fields]
+        self.num_mask = bool(spec.get("num_mask", True))
+        self.parts = tuple(p for p in parts
+                           if (p in fields) or (p == "num" and self.num_cols))
+        if not self.parts:
+            raise ConfigError(f"metadata embedding of {list(parts)}: none of them is in the "
+                              f"metadata field list {list(fields)}")
         self.embeds = nn.ModuleDict()
         width = 0
         for part, n, dim in (("device", spec["n_devices"], cfg["device_embed_dim"]),
@@ -90,7 +126,7 @@ class MetadataEmbedding(nn.Module):
                 self.embeds[part] = nn.Embedding(n, dim)
                 width += dim
         if "num" in self.parts:
-            width += 2 * spec["n_num"]
+            width += len(self.num_cols) * (2 if self.num_mask else 1)
         self.mlp = nn.Sequential(
             nn.Linear(width, cfg["meta_hidden"]), nn.GELU(), nn.Dropout(cfg["meta_dropout"]),
             nn.Linear(cfg["meta_hidden"], cfg["meta_dim"]), nn.GELU())
@@ -98,9 +134,23 @@ class MetadataEmbedding(nn.Module):
     def forward(self, meta: dict[str, torch.Tensor]) -> torch.Tensor:
         feats = [self.embeds[p](meta[p]) for p in self.parts if p != "num"]
         if "num" in self.parts:
-            mask = meta["num_mask"].float()
-            feats += [meta["num"].float() * mask, mask]
+            # a Python-level choice (not the tensor's shape), so ONNX tracing stays exact
+            select = len(self.num_cols) < len(NUM_FIELDS)
+            num = meta["num"].float()
+            num = num[:, self.num_cols] if select else num
+            if self.num_mask:
+                mask = meta["num_mask"].float()
+                mask = mask[:, self.num_cols] if select else mask
+                feats += [num * mask, mask]
+            else:
+                feats.append(num)
         return self.mlp(torch.cat(feats, dim=-1))
+
+
+def _has_fields(spec: dict[str, Any], parts: Sequence[str]) -> bool:
+    fields = spec.get("fields", META_FIELDS)
+    return any(p in fields or (p == "num" and any(f in fields for f in NUM_FIELDS))
+               for p in parts)
 
 
 class FiLMGenerator(nn.Module):
@@ -198,13 +248,21 @@ class GRFAST(ConditionedAST):
             raise ConfigError(f"grf_layer must be null or a block index in [{-n}, {n - 1}], "
                               f"got {layer!r}")
         config["gate_bias"] = check_float("gate_bias", config["gate_bias"], -20.0, 20.0)
+        config["gate_init"] = check_float("gate_init", config["gate_init"], -100.0, 100.0)
+        if config["gate"] not in GATES:
+            raise ConfigError(f"gate must be one of {GATES}, got {config['gate']!r}")
         self.meta_embed = MetadataEmbedding(self.meta_spec, config)
         self.proj = nn.Linear(config["meta_dim"], d)
-        # The gate sees the audio summary and the metadata; zero weights and a negative
-        # bias start it almost closed, so fine-tuning starts close to the plain AST.
-        self.gate = nn.Linear(2 * d, d)
-        nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, config["gate_bias"])
+        if config["gate"] == "scalar":
+            # MCAT's GRF: h + alpha * m with one learned alpha, 0.5 at the start
+            # (public code ast_fus_config.yaml: `init_gate: 0.5`).
+            self.gate_alpha = nn.Parameter(torch.tensor(config["gate_init"]))
+        else:
+            # The gate sees the audio summary and the metadata; zero weights and a negative
+            # bias start it almost closed, so fine-tuning starts close to the plain AST.
+            self.gate = nn.Linear(2 * d, d)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, config["gate_bias"])
         target = self.backbone.layernorm if layer is None else self.layers[layer]
         target.register_forward_hook(self._fuse)
 
@@ -216,7 +274,10 @@ class GRFAST(ConditionedAST):
             return None
         h = out[0] if isinstance(out, tuple) else out
         m = self._state["m"]
-        g = torch.sigmoid(self.gate(torch.cat([(h[:, 0] + h[:, 1]) / 2, m], dim=-1)))
+        if self.config["gate"] == "scalar":
+            g = self.gate_alpha
+        else:
+            g = torch.sigmoid(self.gate(torch.cat([(h[:, 0] + h[:, 1]) / 2, m], dim=-1)))
         h = h + (g * m).unsqueeze(1)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
@@ -291,13 +352,21 @@ class SoftFiLMAST(FiLMAST):
             config[key] = check_float(key, config[key], 1e-3, 100.0)
         for key in ("mask_init_scale", "overlap_weight", "coverage_weight"):
             config[key] = check_float(key, config[key], 0.0, 1e6)
-        self.factors = tuple(FACTORS)
+        # a factor none of whose fields is in the metadata list has no mask (seed 001:
+        # demographics = age, BMI, duration, without sex)
+        self.factors = tuple(f for f, parts in FACTORS.items() if _has_fields(
+            self.meta_spec, parts))
+        if not self.factors:
+            raise ConfigError("softfilm: the metadata field list leaves no factor")
         self.factor_embed = nn.ModuleDict(
-            {f: MetadataEmbedding(self.meta_spec, config, parts) for f, parts in FACTORS.items()})
+            {f: MetadataEmbedding(self.meta_spec, config, FACTORS[f]) for f in self.factors})
         self.factor_generator = nn.ModuleDict(
-            {f: self._generator(config, config["meta_dim"]) for f in FACTORS})
-        self.mask_logits = nn.Parameter(
-            torch.randn(len(FACTORS), self.embed_dim) * config["mask_init_scale"])
+            {f: self._generator(config, config["meta_dim"]) for f in self.factors})
+        if config["mask_init"] not in MASK_INITS:
+            raise ConfigError(f"mask_init must be one of {MASK_INITS}, "
+                              f"got {config['mask_init']!r}")
+        self.mask_logits = nn.Parameter(mask_init_logits(
+            len(self.factors), self.embed_dim, config["mask_init_scale"], config["mask_init"]))
         # Persistent, so a checkpoint taken mid-training evaluates with its own tau.
         self.register_buffer("tau", torch.tensor(float(config["tau_start"])))
 
@@ -323,7 +392,9 @@ class SoftFiLMAST(FiLMAST):
     def regularizer(self, state):
         m = state["masks"]
         pairs = list(itertools.combinations(range(len(self.factors)), 2))
-        overlap = torch.stack([(m[i] * m[j]).mean() for i, j in pairs]).mean()
+        # one factor (a metadata list with a single factor's fields) has no pair
+        overlap = (torch.stack([(m[i] * m[j]).mean() for i, j in pairs]).mean() if pairs
+                   else m.sum() * 0.0)
         coverage = torch.prod(1.0 - m, dim=0).mean()
         return self.config["overlap_weight"] * overlap + self.config["coverage_weight"] * coverage
 
