@@ -4,11 +4,11 @@ the AST recipes that set the papers' values."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from transformers import ASTConfig, ASTModel
 
@@ -43,7 +43,7 @@ def test_spec_augment_papers_shape_two_masks_of_each_kind_filled_with_the_mean()
     # wider than rsctool's old default (1 x 24 bins, 1 x 96 frames) for some items
     assert int(bins.sum(1).max()) > 24 and int(frames.sum(1).max()) > 96
     # two bands: some item has two separate runs of masked bins
-    runs = [int(((bins[i, 1:] & ~bins[i, :-1]).sum() + bins[i, 0])) for i in range(b)]
+    runs = [int((bins[i, 1:] & ~bins[i, :-1]).sum() + bins[i, 0]) for i in range(b)]
     assert max(runs) == 2
     # every change is inside a masked bin band or a masked frame span
     assert torch.equal(changed, bins[:, None, :] | frames[:, :, None])
