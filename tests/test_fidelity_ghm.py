@@ -4,10 +4,10 @@ average), weights count^-0.75 (issue 18)."""
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from rsctool.losses import build_loss
