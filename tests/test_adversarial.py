@@ -11,6 +11,7 @@ from torch import nn
 from rsctool.adversarial import AdversarialObjective, embedding_dim
 from rsctool.errors import ConfigError
 from rsctool.models import create_model
+from rsctool.train import TrainOptions
 
 
 def test_reversal_flips_and_scales_gradients_into_the_embedding():
@@ -117,3 +118,35 @@ def test_train_options_default_to_the_seed_002_discriminator():
         TrainOptions(model="cnn", synthetic=["s"], adv_loss_weight=-1).resolve()
     with pytest.raises(ConfigError, match="ma_beta"):
         TrainOptions(model="cnn", ma_beta=1.0).resolve()
+
+
+def test_weight_averaging_halves_each_step_like_ma_beta_0_5(project, monkeypatch):
+    # seed 002's public code (--ma_update --ma_beta 0.5): after every optimizer step the
+    # weights become 0.5 x the weights before it + 0.5 x those after it
+    import rsctool.models as models
+    from rsctool.checkpoint import load_checkpoint
+    from rsctool.train import run
+
+    created = []
+    orig = models.create_model
+
+    def recording(*a, **kw):
+        m = orig(*a, **kw)
+        created.append({k: v.detach().clone() for k, v in m.named_parameters()})
+        return m
+
+    monkeypatch.setattr(models, "create_model", recording)
+    fast = {"model": "cnn", "size": "tiny", "clip_seconds": 1.0, "batch_size": 8,
+            "lr": 1e-2, "epochs": 1, "max_steps": 1, "deterministic": True}
+    plain = run(project, TrainOptions(run="plain", **fast))
+    avg = run(project, TrainOptions(run="avg", ma_beta=0.5, **fast))
+    init = created[0]
+    for k, v in created[1].items():
+        assert torch.equal(v, init[k]), k  # same start
+    a = load_checkpoint(plain.dir / "last.safetensors").model_state
+    b = load_checkpoint(avg.dir / "last.safetensors").model_state
+    moved = 0
+    for k, w0 in init.items():
+        assert torch.allclose(b[k], 0.5 * (w0 + a[k]), atol=1e-6), k
+        moved += int(not torch.equal(a[k], w0))
+    assert moved > 0
