@@ -313,6 +313,8 @@ def test_resynthesis_keeps_the_source_cycles_level_like_real_cycles(tmp_path):
     # and the post-processing default keeps any level (real cycles are read as they are)
     quiet = 0.05 * np.sin(np.linspace(0, 200, 16000, dtype=np.float32))
     assert np.max(np.abs(postprocess(quiet, 16000, 16000, 1.0))) == pytest.approx(0.05, rel=1e-2)
+    loud = postprocess(3.0 * quiet / 0.05, 16000, 16000, 1.0, fade_s=0)
+    np.testing.assert_allclose(loud, quiet / 0.05 / np.max(np.abs(quiet / 0.05)), atol=1e-5)
 
 
 def sf_read(path) -> np.ndarray:

@@ -113,7 +113,7 @@ def test_crop_pos_embed_keeps_the_centre_slice_of_a_bigger_pretrained_grid(tmp_p
 
 
 AST_RECIPES = ("seed-002-aft.toml",)
-FRONT_END_RECIPES = ("seed-002-aft.toml",)
+FRONT_END_RECIPES = ("seed-000-add-audioldm.toml", "seed-002-aft.toml", "seed-003-add.toml")
 
 
 @pytest.mark.parametrize("recipe", FRONT_END_RECIPES)
@@ -125,3 +125,19 @@ def test_ast_recipes_set_the_papers_front_end(recipe):
     assert o.pad_mode == "repeat-fadeout"
     if recipe in AST_RECIPES:
         assert o.model_cfg.get("pos_resize") == "crop"
+
+
+def test_seed_002_recipe_follows_the_public_code():
+    # Classification/scripts/icbhi_aft_1msteps_500_mixed.sh: --batch_size 32 --optimizer adam
+    # --learning_rate 5e-5 --weight_decay 1e-6 --cosine (no --warm) --epochs 50
+    # --desired_length 5 --ma_update --ma_beta 0.5 --alpha 0.2 --adversarial_ft
+    doc = tomllib.loads((EXAMPLES / "seed-002-aft.toml").read_text())["train"]
+    o = TrainOptions(**doc).resolve()
+    assert (o.batch_size, o.lr, o.weight_decay, o.warmup_epochs, o.epochs) == (
+        32, 5e-5, 1e-6, 0, 50)
+    assert o.clip_seconds == 5.0 and o.ma_beta == 0.5
+    assert o.adversarial and (o.adv_hidden, o.adv_loss_weight, o.adv_weight,
+                              o.adv_schedule) == (0, 0.2, 1.0, "dann")
+    from rsctool.train import clip_config
+
+    assert clip_config(o).frames == 498   # the public code's 5 * 100 - 2

@@ -95,8 +95,9 @@ def postprocess(wav: np.ndarray, sample_rate: int, target_rate: int, seconds: fl
     Resample `(N,)` from `sample_rate` to `target_rate` Hz (soxr), crop or pad (by
     repetition with fades, the convention the classifier's input pipeline uses) to
     ``round(seconds * target_rate)`` samples, peak-normalise to `peak` (0, the default,
-    keeps the level: real cycles are not normalised, so neither are synthetic ones) and
-    apply raised-cosine fades of `fade_s` seconds at both ends.
+    keeps the level: real cycles are not normalised, so neither are synthetic ones; only
+    a waveform over full scale is scaled down to it instead of being clipped) and apply
+    raised-cosine fades of `fade_s` seconds at both ends.
 
     Returns:
         `(round(seconds * target_rate),)` float32 in [-1, 1]. Non-finite input samples
@@ -111,6 +112,9 @@ def postprocess(wav: np.ndarray, sample_rate: int, target_rate: int, seconds: fl
                     fade_s)
     if peak > 0:
         x = normalize(x, "peak", peak)
+    elif x.size and float(np.max(np.abs(x))) > 1.0:
+        # over full scale: scaled down to it rather than clipped (the only level change)
+        x = normalize(x, "peak", 1.0)
     if fade_s > 0:
         x = apply_fades(x, target_rate, fade_s)
     return np.clip(x, -1.0, 1.0).astype(np.float32)
