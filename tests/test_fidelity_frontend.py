@@ -123,6 +123,7 @@ def test_ast_recipes_set_the_papers_front_end(recipe):
     assert (o.specaug_masks, o.specaug_freq_width, o.specaug_time_width, o.specaug_fill) == (
         2, 48, 160, "mean")
     assert o.pad_mode == "repeat-fadeout"
+    assert o.ma_beta == 0.5   # the same code's --ma_update --ma_beta 0.5
     if recipe in AST_RECIPES:
         assert o.model_cfg.get("pos_resize") == "crop"
 
