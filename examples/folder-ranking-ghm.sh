@@ -30,11 +30,12 @@ $RSCTOOL analyze "$DATA" --format folder --name angles \
     --name-pattern '{material}_{class}_{frequency}_{seq}' --where "$WHERE" \
     --split random:0.6:0.2
 # 3. a score per file; every in-batch pair of different angles is a ranking example,
-#    weighted by the GHM loss (10 bins, alpha 0.75); the score thresholds that turn
-#    scores into angle classes are chosen on the validation split
+#    weighted by the GHM loss (10 bins, alpha 0.75; as the seed's code, the density of
+#    each batch alone: --ghm-momentum 0); the score thresholds that turn scores into angle
+#    classes are chosen on the validation split
 $RSCTOOL train --dataset angles --task ranking --model cnn --size tiny --run angles-ghm \
-    --loss ghm --ghm-bins 10 --ghm-alpha 0.75 --epochs "$EPOCHS" --lr 3e-3 \
-    --batch-size 16 --clip-seconds 1 --num-mel-bins 64 --no-specaugment
+    --loss ghm --ghm-bins 10 --ghm-alpha 0.75 --ghm-momentum 0 --epochs "$EPOCHS" \
+    --lr 3e-3 --batch-size 16 --clip-seconds 1 --num-mel-bins 64 --no-specaugment
 # ... and the plain margin ranking loss, for comparison
 $RSCTOOL train --dataset angles --task ranking --model cnn --size tiny --run angles-margin \
     --loss margin --epochs "$EPOCHS" --lr 3e-3 --batch-size 16 --clip-seconds 1 \

@@ -6,9 +6,9 @@
 #
 # Paper (seed 002): "2.24% improvement in ICBHI Score compared to baseline" and
 #   "up to 26.58%" improvement in minority-class accuracy; no absolute Sp, Se or Score.
-# Not stated by the seed (rsctool defaults used): lambda (0.1), the discriminator, lr,
-#   epochs, batch size; whether "Mixed-N" counts synthetic cycles per class (read as per
-#   class here) or in total.
+# Not stated by the seed: lambda, the discriminator, lr, epochs, batch size; the recipe
+#   (seed-002-aft.toml) takes them from the seed's public code. Whether "Mixed-N" counts
+#   synthetic cycles per class (read as per class here) or in total is not stated.
 # The Mixed-N sweep: MIXED="500 800 1000 1500 2000 3000 5000" trains the real-only
 #   baseline, then Mixed-N and Mixed-N + adversarial fine-tuning (AFT) for each N; a
 #   larger N adds synthetic cycles to a smaller one's, never swaps them. The seed's
@@ -38,12 +38,11 @@ mkdir -p "$WORK"
 $RSCTOOL analyze "$DATA" --name icbhi --split official --val-fraction 0.1 $FAST_ANALYZE
 # vocoder training on the real train recordings (resumable), N_SYNTH cycles per class
 $RSCTOOL synth --dataset icbhi --backend diffwave --vocoder-size base \
-    --classes crackle wheeze both --n "$N_SYNTH" --name diffwave $FAST_SYNTH
+    --classes normal crackle wheeze both --n "$N_SYNTH" --name diffwave $FAST_SYNTH
 # the baseline (real cycles only), then Mixed-N and Mixed-N + AFT, $SEEDS seeds each
-$RSCTOOL train --dataset icbhi --model ast --size base --run ast-real --seeds "$SEEDS" \
-    $FAST_TRAIN
-# (seed-002-aft.toml: --model ast --size base --synthetic diffwave --adversarial
-#  --adv-weight 0.1)
+# (the baseline: the recipe's settings without synthetic cycles or the discriminator)
+$RSCTOOL train --dataset icbhi --config "$HERE/seed-002-aft.toml" --no-adversarial \
+    --max-synthetic-per-class 0 --run ast-real --seeds "$SEEDS" $FAST_TRAIN
 for n in $MIXED; do
   $RSCTOOL train --dataset icbhi --config "$HERE/seed-002-aft.toml" --no-adversarial \
       --max-synthetic-per-class "$n" --run "ast-mixed-$n" --seeds "$SEEDS" $FAST_TRAIN

@@ -6,11 +6,19 @@ added to the task loss; going back through the reversal the encoder receives the
 negated, ``lambda``-scaled gradient of that loss, i.e. it is pushed to make embeddings
 on which the discriminator fails, so the classifier cannot lean on synthesis artefacts::
 
-    L = L_task(model(x), y) + CE(D(GRL_lambda(embedding)), domain)
+    L = L_task(model(x), y) + w * CE(D(GRL_lambda(embedding)), domain)
 
-The discriminator itself always learns at full strength; ``lambda`` (`--adv-weight`)
-only scales what the encoder receives, optionally ramped up with the DANN schedule
-(``adv_schedule="dann"``: ``2 / (1 + exp(-10 p)) - 1`` of training progress `p`).
+The defaults are those of seed 002's public code (kaen2891/adversarial_fine-tuning_using_
+generated_respiratory_sound): a LayerNorm + Linear discriminator on the embedding, the
+domain loss weighted by ``w = 0.2`` (``adv_loss_weight``; its ``--alpha``) and the
+reversal coefficient ``lambda(p) = 2 / (1 + exp(-10 p)) - 1`` (the DANN schedule) of
+training progress `p` in [0, 1], scaled by `--adv-weight` (default 1). The
+discriminator learns from ``w * CE``; the encoder receives ``-lambda * w`` times its
+gradient. (The public code computes `p` as ``(step_in_epoch + epoch * steps) / epochs +
+1 / steps``, which is above 1 from the first step, so its lambda is ~1 throughout;
+rsctool uses the training progress, as in DANN.) ``adv_schedule="constant"`` keeps
+``lambda = --adv-weight``; ``adv_hidden=H`` adds a hidden layer (Linear(D, H), ReLU,
+Dropout) before the output.
 
 The model is not wrapped: its state dict, `eval`, `export` and `predict` are unchanged.
 `AdversarialObjective` is a separate module the trainer adds to its optimizer and
@@ -56,26 +64,33 @@ class AdversarialObjective(nn.Module):
     """Real-vs-synthetic discriminator with gradient reversal, as a loss term.
 
     ``forward(outputs, domain, progress)`` returns the domain cross-entropy (a scalar to
-    add to the task loss). Architecture: GRL -> LayerNorm(D) -> Linear(D, H) -> ReLU ->
-    Dropout -> Linear(H, 2) (``hidden=0``: a linear head).
+    add to the task loss, already multiplied by `loss_weight`). Architecture: GRL ->
+    LayerNorm(D) -> Linear(D, 2) (seed 002's public code; ``hidden=H``: LayerNorm(D) ->
+    Linear(D, H) -> ReLU -> Dropout -> Linear(H, 2)).
 
     Args:
         embed_dim: D.
-        weight: lambda, the reversed gradient's scale into the encoder.
+        weight: lambda's scale: the reversed gradient's scale into the encoder (times
+            the DANN ramp with ``schedule="dann"``).
         hidden: H (0 for none).
         schedule: ``constant`` or ``dann`` (lambda ramped with training progress).
-        dropout: dropout before the last layer.
+        dropout: dropout before the last layer (with a hidden layer).
+        loss_weight: w, the domain loss's weight in the total loss (0.2 in seed 002's
+            code).
     """
 
-    def __init__(self, embed_dim: int, *, weight: float = 0.1, hidden: int = 256,
-                 schedule: str = "constant", dropout: float = 0.1):
+    def __init__(self, embed_dim: int, *, weight: float = 1.0, hidden: int = 0,
+                 schedule: str = "dann", dropout: float = 0.1, loss_weight: float = 0.2):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ConfigError(f"--adv-schedule must be one of {', '.join(SCHEDULES)}, "
                               f"got {schedule!r}")
         if not weight >= 0:
             raise ConfigError(f"--adv-weight must be >= 0, got {weight}")
+        if not loss_weight >= 0:
+            raise ConfigError(f"adv_loss_weight must be >= 0, got {loss_weight}")
         self.weight = float(weight)
+        self.loss_weight = float(loss_weight)
         self.schedule = schedule
         self.reverse = GradientReversal(self.weight)
         layers: list[nn.Module] = [nn.LayerNorm(embed_dim)]
@@ -110,6 +125,7 @@ class AdversarialObjective(nn.Module):
         domain = domain.to(emb.device).long()
         logits = self.logits(emb, progress)
         loss = F.cross_entropy(logits, domain)
+        weighted = loss * self.loss_weight
         with torch.no_grad():
             pred = logits.argmax(-1)
             for d in (0, 1):
@@ -117,7 +133,7 @@ class AdversarialObjective(nn.Module):
                 self._seen[d] += int(mask.sum())
                 self._right[d] += int((pred[mask] == d).sum())
             self._loss += float(loss.detach()) * len(domain)
-        return loss
+        return weighted
 
     def reset_stats(self) -> None:
         self._seen = [0, 0]

@@ -414,11 +414,13 @@ def _read_icbhi_cached(root: Path, kwargs: dict[str, Any], scanner: AudioScanner
     file in `root` has a cached header of its current size and mtime, the annotations are
     read with ``check_audio=False`` and the same checks are made from the cached headers.
     Whenever the result could differ from the full read (a header not cached, a reader
-    error, a cycle that starts after the end of its audio or ends past the tolerance,
-    i.e. one the full read would report and drop before carving the validation split),
-    this returns None and the caller does the full read, which reports the problem.
+    error, a cycle that starts after the end of its audio, i.e. one the full read would
+    report and drop before carving the validation split), this returns None and the
+    caller does the full read, which reports the problem. A cycle that ends past its
+    audio is clamped and listed in ``kwargs["info"]["cycles_clamped"]`` as the full read
+    does.
     """
-    from rsctool.data.icbhi import AUDIO_SUFFIXES, END_TOLERANCE_S, RECORDING_RE, read_icbhi
+    from rsctool.data.icbhi import AUDIO_SUFFIXES, RECORDING_RE, read_icbhi
 
     prefix = os.path.join(str(root.resolve()), "")
     headers: dict[str, Any] = {}
@@ -439,16 +441,20 @@ def _read_icbhi_cached(root: Path, kwargs: dict[str, Any], scanner: AudioScanner
         cycles = read_icbhi(root, **kwargs, problems=found, check_audio=False)
     except DataError:
         return None
+    clamped: list[dict[str, Any]] = []
     for c in cycles:
         info = headers.get(c.audio)
         if info is None:
             return None
         duration = info.duration
-        if c.start >= duration or c.end > duration + END_TOLERANCE_S:
+        if c.start >= duration:
             return None
-        if c.end > duration:  # what read_icbhi does with a cycle within the tolerance
+        if c.end > duration:  # what read_icbhi does: clamp to the audio end and keep
+            clamped.append({"id": c.id, "end": c.end, "audio_end": round(duration, 6)})
             c.end = duration
         c.sample_rate = info.sample_rate
+    if kwargs.get("info") is not None:
+        kwargs["info"]["cycles_clamped"] = sorted(clamped, key=lambda d: d["id"])
     problems.extend(found)
     return cycles
 
@@ -535,6 +541,7 @@ def build_report(cycles: list[Cycle], stats: dict[str, dict], *, fmt: str, name:
         "synthesis_plan": synthesis_plan(train_counts, opts.target_ratio,
                                          opts.max_synthetic_per_class),
         "synthesis_target_ratio": opts.target_ratio,
+        "cycles_clamped": _clamped_summary(split_info),
         "problems": [p.to_dict() if hasattr(p, "to_dict") else asdict(p) for p in problems],
         "problem_count": len(problems),
     }
@@ -553,6 +560,15 @@ def _split_definition(cycles: list[Cycle], opts: AnalyzeOptions, fmt: str,
             "val_fraction": opts.val_fraction, "seed": opts.seed,
             **({"group_by": opts.group_by} if opts.group_by else {}), "hash": split_hash,
             "train_test_hash": train_test_hash(cycles)}
+
+
+def _clamped_summary(split_info: dict[str, Any] | None) -> dict[str, Any]:
+    """Cycles whose annotated end lies past their audio, clamped to it and kept:
+    ``count``, ``max_past_s`` (the largest overrun) and ``cycles`` (their ids)."""
+    rows = list((split_info or {}).get("cycles_clamped") or [])
+    past = [float(r["end"]) - float(r["audio_end"]) for r in rows]
+    return {"count": len(rows), "max_past_s": round(max(past), 6) if past else 0.0,
+            "cycles": [r["id"] for r in rows]}
 
 
 def _split_file_fields(split_info: dict[str, Any] | None) -> dict[str, Any]:
@@ -973,6 +989,10 @@ def print_report(report: dict[str, Any]) -> None:
             f"{st['clip_seconds']:g} s, {st['num_mel_bins']} bins, {st['window']} window): "
             f"mean {st['mean']:.4f}, std {st['std']:.4f}  (train --norm dataset; "
             "--norm audioset uses -4.2677 / 4.5690)")
+    clamped = report.get("cycles_clamped") or {}
+    if clamped.get("count"):
+        err_console.print(f"{clamped['count']} cycle(s) end past their recording (by up to "
+                          f"{clamped['max_past_s']:.3f} s): clamped to its end and kept")
     if report["problem_count"]:
         err_console.print(f"[yellow]{report['problem_count']} problem(s) skipped[/yellow]")
 

@@ -241,16 +241,30 @@ def apply_fades(wav: np.ndarray, sample_rate: int, fade_s: float = 0.01) -> np.n
     return out
 
 
+#: How a short cycle is brought to the clip length: ``repeat`` tiles it with a short
+#: raised-cosine fade in and out on every copy (rsctool's default: no click at any join),
+#: ``repeat-fadeout`` tiles it and applies one linear fade-out of 1/16 s at the clip end
+#: (the public code of the ICBHI AST papers: torchaudio ``Fade(fade_out_len=sr // 16)``
+#: after ``repeat``), ``zero`` appends silence.
+PAD_MODES = ("repeat", "repeat-fadeout", "zero")
+#: Length of the ``repeat-fadeout`` fade: the papers' code's ``sample_rate / 16``.
+FADEOUT_DIVISOR = 16
+
+
 def pad_or_crop(wav: np.ndarray, length: int, sample_rate: int = DEFAULT_SAMPLE_RATE,
                 mode: str = "repeat", fade_s: float = 0.01) -> np.ndarray:
     """Bring a `(N,)` waveform to exactly `length` samples.
 
-    Longer input is cropped from the start. Shorter input is padded by `mode`:
-    ``"repeat"`` tiles the cycle (each copy with `fade_s` fades so the joins do not
-    click: the convention of the ICBHI AST papers), ``"zero"`` appends silence.
+    Longer input is cropped from the start. Shorter input is padded by `mode` (see
+    `PAD_MODES`): ``"repeat"`` tiles the cycle, each copy with `fade_s` raised-cosine fades
+    so the joins do not click (rsctool's convention); ``"repeat-fadeout"`` tiles the
+    unfaded cycle and fades the last ``sample_rate // 16`` samples out linearly (the ICBHI
+    AST papers' public code); ``"zero"`` appends silence.
     """
     if length <= 0:
         raise ValueError("length must be positive")
+    if mode not in PAD_MODES:
+        raise ValueError(f"unknown pad mode {mode!r} ({'|'.join(PAD_MODES)})")
     if len(wav) >= length:
         return np.ascontiguousarray(wav[:length], dtype=np.float32)
     if len(wav) == 0:
@@ -259,11 +273,15 @@ def pad_or_crop(wav: np.ndarray, length: int, sample_rate: int = DEFAULT_SAMPLE_
         out = np.zeros(length, dtype=np.float32)
         out[: len(wav)] = wav
         return out
-    if mode != "repeat":
-        raise ValueError(f"unknown pad mode {mode!r} (repeat|zero)")
-    piece = apply_fades(wav, sample_rate, fade_s)
+    piece = apply_fades(wav, sample_rate, fade_s) if mode == "repeat" else wav
     reps = -(-length // len(piece))
-    return np.ascontiguousarray(np.tile(piece, reps)[:length], dtype=np.float32)
+    out = np.array(np.tile(piece, reps)[:length], dtype=np.float32)
+    if mode == "repeat-fadeout":
+        n = min(int(sample_rate / FADEOUT_DIVISOR), length)
+        if n > 0:
+            # torchaudio's linear fade-out: 1 - linspace(0, 1, n), 0 at the last sample
+            out[-n:] *= np.linspace(1.0, 0.0, n, dtype=np.float32)
+    return out
 
 
 def normalize(wav: np.ndarray, mode: str = "peak", target: float = 0.95,

@@ -55,7 +55,7 @@ class ModelSpec:
             0.5 each).
         sample_rate: Hz the audio is resampled to.
         clip_seconds: every cycle/window is padded (repeat + fades) or cropped to this.
-        pad_mode: ``repeat|zero``.
+        pad_mode: ``repeat|repeat-fadeout|zero`` (`rsctool.audio.PAD_MODES`).
         fbank: `FbankConfig` dict, incl. the normalisation ``mean``/``std``.
         norm: where those come from: ``audioset`` (AST's pretraining values) or
             ``dataset`` (the training split's statistics); None in older exports.

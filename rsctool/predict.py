@@ -505,7 +505,7 @@ def find_annotation(path: Path, annotations: Path | None) -> Path | None:
 def annotated_cycles(audio: Path, annotation: Path, spec: Any) -> Iterable[Item]:
     """The annotation's cycles, each read and padded/cropped as in training."""
     from rsctool.audio import audio_info, load_cycle
-    from rsctool.data.icbhi import END_TOLERANCE_S, read_annotation
+    from rsctool.data.icbhi import read_annotation
     from rsctool.data.manifest import BINARY_CLASSES, binary_label, icbhi_label
 
     rows = read_annotation(annotation, strict=True)
@@ -516,10 +516,7 @@ def annotated_cycles(audio: Path, annotation: Path, spec: Any) -> Iterable[Item]
         if start >= duration:
             raise DataError(f"cycle {i + 1} starts at {start:g} s, after the end of the audio "
                             f"({duration:.3f} s, {audio.name})", annotation)
-        if end > duration + END_TOLERANCE_S:
-            raise DataError(f"cycle {i + 1} ends at {end:g} s, after the end of the audio "
-                            f"({duration:.3f} s, {audio.name})", annotation)
-        end = min(end, duration)
+        end = min(end, duration)  # clamped to the audio end, as analyze does
         wav = load_cycle(audio, start, end, spec.sample_rate, spec.clip_seconds, spec.pad_mode)
         label = icbhi_label(crackle, wheeze)
         yield Item("cycle", i, start, end, wav, binary_label(label) if binary else label)

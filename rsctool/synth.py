@@ -5,7 +5,8 @@ from text prompts (`--prompts FILE`, several per class); ``diffwave`` trains a
 mel-conditioned DiffWave vocoder on the dataset's real train cycles (once; resumable;
 recorded under ``[vocoders.NAME]``) and re-synthesises perturbed mels of real cycles of
 the requested class. Every sample is post-processed alike: resampled to the project
-rate, cropped or padded to the cycle length, peak-normalised, faded in and out. With
+rate, cropped or padded to the cycle length, faded in and out, at its own level (real
+cycles are not normalised either; diffwave re-synthesises at the source cycle's level). With
 `--min-confidence P` a trained run of the project scores each sample and only those it
 assigns to their intended class with probability >= P are kept.
 
@@ -98,7 +99,8 @@ class SynthOptions:
         seconds: cycle length (s); None: 8 s for the text-to-audio backends, the
             (stretched) source cycle's length for diffwave.
         max_seconds: diffwave: longest source excerpt re-synthesised (s).
-        peak: peak level after normalisation (0: keep the generator's level).
+        peak: peak level after normalisation (0, the default: keep the generator's level,
+            as the real cycles keep theirs).
         fade_ms: fade in/out length (ms).
         batch_size: samples per generator call (None: 4 on CUDA, 1 on CPU).
         model: text-to-audio model (hub id or folder; None: the backend's default).
@@ -135,7 +137,7 @@ class SynthOptions:
     sample_rate: int = 16000
     seconds: float | None = None
     max_seconds: float = 8.0
-    peak: float = 0.95
+    peak: float = 0.0
     fade_ms: float = 10.0
     batch_size: int | None = None
     model: str | None = None
@@ -153,9 +155,9 @@ class SynthOptions:
     vocoder_lr: float = 2e-4
     vocoder_checkpoint_every: int = 1000
     sampler: str = "fast"
-    stretch: float = 0.1
-    mel_noise: float = 0.02
-    gain_db: float = 3.0
+    stretch: float = 0.0
+    mel_noise: float = 0.0
+    gain_db: float = 0.0
     min_confidence: float | None = None
     filter_run: str | None = None
     max_tries: int = 4
@@ -1181,14 +1183,14 @@ def command(
     sampler: Annotated[str, typer.Option(
         help="diffwave: fast (6 steps) or full (50 steps).", rich_help_panel="DiffWave")] = "fast",
     stretch: Annotated[float, typer.Option(
-        help="diffwave: max relative time stretch of the source mel.",
-        rich_help_panel="DiffWave")] = 0.1,
+        help="diffwave: max relative time stretch of the source mel (0: none, seed 002).",
+        rich_help_panel="DiffWave")] = 0.0,
     mel_noise: Annotated[float, typer.Option(
-        help="diffwave: std of noise added to the normalised mel.",
-        rich_help_panel="DiffWave")] = 0.02,
+        help="diffwave: std of noise added to the normalised mel (0: none, seed 002).",
+        rich_help_panel="DiffWave")] = 0.0,
     gain_db: Annotated[float, typer.Option(
-        help="diffwave: max level change of the source mel (dB).",
-        rich_help_panel="DiffWave")] = 3.0,
+        help="diffwave: max level change of the source mel (dB; 0: none, seed 002).",
+        rich_help_panel="DiffWave")] = 0.0,
     min_confidence: Annotated[float | None, typer.Option(
         help="Keep only samples the filter run assigns to their class with at least this "
              "probability.", rich_help_panel="Quality filter")] = None,

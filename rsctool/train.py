@@ -73,6 +73,12 @@ class TrainOptions:
     class_order: list[str] | None = None
     balanced: bool = False
     specaugment: bool = True
+    # SpecAugment shape: masks of each kind, widths (None: 24/128 of the bins and 12 % of
+    # the frames) and fill; the ICBHI AST papers' code: 2, 48 bins, 160 frames, "mean"
+    specaug_masks: int = 1
+    specaug_freq_width: int | None = None
+    specaug_time_width: int | None = None
+    specaug_fill: str = "zero"
     mixup: float = 0.0
     # positive weight x this (multilabel: pos_weight = neg/pos x bias; binary: the
     # abnormal class weight = normal/abnormal x bias); None: 1.0 multilabel, none binary
@@ -82,6 +88,9 @@ class TrainOptions:
     metadata: list[str] | None = None
     metadata_impute: str = "mask"
     clip_seconds: float = 8.0
+    # repeat (fades on every copy) | repeat-fadeout (the papers' code: one linear fade-out
+    # at the clip end) | zero
+    pad_mode: str = "repeat"
     sample_rate: int = 16000
     num_mel_bins: int = 128
     window: str | None = None
@@ -101,10 +110,16 @@ class TrainOptions:
     synthetic_ratio: float | None = None
     max_synthetic_per_class: int | None = None
     # adversarial fine-tuning (real-vs-synthetic discriminator); see rsctool.adversarial
+    # (defaults: seed 002's public code; LayerNorm + Linear discriminator, domain loss
+    # weight 0.2, reversal lambda(p) = adv_weight x the DANN ramp)
     adversarial: bool = False
-    adv_weight: float = 0.1
-    adv_hidden: int = 256
-    adv_schedule: str = "constant"
+    adv_weight: float = 1.0
+    adv_hidden: int = 0
+    adv_schedule: str = "dann"
+    adv_loss_weight: float = 0.2
+    # after each optimizer step, weights <- ma_beta x before + (1 - ma_beta) x after (the
+    # ICBHI AST papers' code's `--ma_update --ma_beta 0.5`); 0: off
+    ma_beta: float = 0.0
 
     def resolve(self) -> TrainOptions:
         """Fill family defaults and validate; returns a new object."""
@@ -181,6 +196,21 @@ class TrainOptions:
                 and o.clip_seconds > 0):
             raise ConfigError("--lr, --clip-seconds and --sensitivity-bias must be > 0; "
                               "--weight-decay, --warmup-epochs and mixup (--set mixup=) >= 0")
+        from rsctool.audio import PAD_MODES
+        from rsctool.data.dataset import SPECAUG_FILLS
+
+        if o.pad_mode not in PAD_MODES:
+            raise ConfigError(f"pad_mode must be one of {', '.join(PAD_MODES)}, "
+                              f"got {o.pad_mode!r}")
+        if o.specaug_fill not in SPECAUG_FILLS:
+            raise ConfigError(f"specaug_fill must be one of {', '.join(SPECAUG_FILLS)}, "
+                              f"got {o.specaug_fill!r}")
+        for name in ("specaug_masks", "specaug_freq_width", "specaug_time_width"):
+            v = getattr(o, name)
+            if v is None and name != "specaug_masks":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
         if isinstance(o.synthetic, str):  # `synthetic = "a,b"` in a config file or --set
             o.synthetic = [p.strip() for p in o.synthetic.split(",") if p.strip()]
         o.synthetic = list(o.synthetic or [])
@@ -193,10 +223,12 @@ class TrainOptions:
                 or o.adversarial) and not o.synthetic:
             raise ConfigError("--synthetic-ratio, --max-synthetic-per-class and --adversarial "
                               "need --synthetic NAME (a set made by `rsctool synth`)")
-        if not o.adv_weight >= 0 or o.adv_hidden < 0 or o.adv_schedule not in ("constant",
-                                                                               "dann"):
-            raise ConfigError("--adv-weight must be >= 0, adv_hidden >= 0 and adv_schedule "
-                              "constant or dann")
+        if (not o.adv_weight >= 0 or o.adv_hidden < 0 or not o.adv_loss_weight >= 0
+                or o.adv_schedule not in ("constant", "dann")):
+            raise ConfigError("--adv-weight and adv_loss_weight must be >= 0, adv_hidden >= 0 "
+                              "and adv_schedule constant or dann")
+        if not 0.0 <= o.ma_beta < 1.0:
+            raise ConfigError(f"ma_beta must be in [0, 1), got {o.ma_beta}")
         return o
 
 
@@ -422,7 +454,7 @@ class Trainer:
 
             self.adversary = AdversarialObjective.for_model(
                 self.model, weight=opts.adv_weight, hidden=opts.adv_hidden,
-                schedule=opts.adv_schedule).to(device)
+                schedule=opts.adv_schedule, loss_weight=opts.adv_loss_weight).to(device)
         # Training forwards go through these (DistributedDataParallel with several
         # processes, the modules themselves in one); state dicts come from the modules.
         self.train_model = self.dist.prepare(
@@ -656,7 +688,9 @@ class Trainer:
             b = self._to_device(batch)
             x, y = b["x"], b["y"]
             if opts.specaugment:
-                x = spec_augment(x)
+                x = spec_augment(x, n_masks=opts.specaug_masks,
+                                 freq_width=opts.specaug_freq_width,
+                                 time_width=opts.specaug_time_width, fill=opts.specaug_fill)
             if opts.mixup > 0:
                 x, y = mixup(x, y, len(self.classes), opts.mixup)
             if ghm is not None:
@@ -686,8 +720,17 @@ class Trainer:
             if not sync:
                 continue
             first = True
+            before = None
+            if opts.ma_beta > 0:  # the weights before this step, for the moving average
+                before = [p.detach().clone() for g in self.optimizer.param_groups
+                          for p in g["params"]]
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if before is not None:
+                with torch.no_grad():
+                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                    for p, q in zip(params, before, strict=True):
+                        p.lerp_(q, opts.ma_beta)
             with warnings.catch_warnings():
                 # The schedule is a pure function of the step count; when the GradScaler
                 # skips an overflowing fp16 step, torch warns that the scheduler stepped
@@ -1910,7 +1953,8 @@ def command(
         "synthetic discriminator on the embedding through gradient reversal.",
         rich_help_panel="Model")] = None,
     adv_weight: Annotated[float | None, typer.Option(
-        help="Scale of the reversed discriminator gradient into the encoder (default 0.1)."
+        help="Scale of the reversed discriminator gradient into the encoder, times the DANN "
+             "ramp (default 1; the domain loss weighs adv_loss_weight, default 0.2)."
     , rich_help_panel="Model")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Any option as KEY=VALUE; model.KEY / loss.KEY for model/loss config.",

@@ -9,6 +9,7 @@ problems by every stage. Bad audio given to `predict` is covered in test_predict
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -155,7 +156,6 @@ DATA_CASES = [
     ("zero-length-cycle", _annotation(_lines("3.0\t3.0\t0\t0")), A_TXT + ":4: .*not after"),
     ("negative-cycle", _annotation(_lines("3.0\t2.9\t0\t0")), A_TXT + ":4: .*not after"),
     ("negative-start", _annotation(_lines("-0.5\t3.2\t0\t0")), A_TXT + ":4: .*negative"),
-    ("cycle-past-audio", _annotation(_lines("3.0\t60\t0\t0")), A_TXT + ":4: .*after the end"),
     ("cycle-starts-past-audio", _annotation(_lines("50\t60\t0\t0")), A_TXT + ":4: "),
     ("non-numeric-time", _annotation(_lines("3.0\tabc\t0\t0")), A_TXT + ":4: .*not a number"),
     ("nan-time", _annotation(_lines("nan\t3.2\t0\t0")), A_TXT + ":4: .*finite"),
@@ -200,6 +200,31 @@ def test_bad_data_exit_2_one_line_naming_the_file(tmp_path, make, where, existin
     _check_exit_2(result, project, before, where)
     assert not (tmp_path / ".rsctool" / "manifests").exists() or not any(
         (tmp_path / ".rsctool" / "manifests").iterdir())
+
+
+def test_cycle_past_the_audio_is_clamped_kept_and_counted(tmp_path):
+    """As the ICBHI AST papers' public code does (all 6,898 cycles kept): a cycle that
+    ends past its recording is clamped to the recording's end, not refused; analyze
+    counts it. One that starts past the end has no audio and is still refused."""
+    root = tmp_path / "db"
+    _annotation(_lines("3.0\t60\t0\t0"))(root)
+    project = tmp_path / "rsctool.toml"
+    result = _invoke(project, *ANALYZE, "--json", root)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["cycles_clamped"]["count"] == 1
+    assert report["cycles_clamped"]["cycles"] == [f"{A}_003"]
+    assert report["cycles_clamped"]["max_past_s"] > 50
+    assert report["problem_count"] == 0
+    from rsctool.data.manifest import read_manifest
+    from rsctool.project import Project
+
+    rec = Project.load(project).get("datasets", "d")
+    cyc = {c.id: c for c in read_manifest(Project.load(project).abs(rec["manifest"]))}
+    kept = cyc[f"{A}_003"]
+    assert kept.start == 3.0 and kept.end < 60
+    assert kept.end == pytest.approx(sf.info(str(root / f"{A}.wav")).duration)
+    assert "clamped to its end and kept" in result.stderr
 
 
 def test_the_base_dataset_is_good(tmp_path):

@@ -281,3 +281,49 @@ def test_cli_diffwave_and_bad_class(project):
     assert json.loads(r.stdout)["counts"] == {"both": 1}
     bad = runner.invoke(app, [*args, "--classes", "stridor", "--n", "1"])
     assert bad.exit_code == 2 and "unknown class 'stridor'" in bad.output, bad.output
+
+
+def test_resynthesis_keeps_the_source_cycles_level_like_real_cycles(tmp_path):
+    # One level policy for real and synthetic cycles: neither is peak-normalised. Two
+    # sources that differ only in level give outputs that differ by the same factor
+    # (before: both came out at peak 0.95, a level no real cycle is guaranteed to have).
+    from rsctool.generators import Request, postprocess
+    from rsctool.generators.diffwave import DiffWaveBackend
+    from rsctool.testing import write_noise_wav
+
+    store = _store(tmp_path)
+    VocoderTrainer(TINY, VocoderTrainOptions(steps=1, batch_size=2, segment_frames=6,
+                                             checkpoint_every=1), store, tmp_path / "v").fit()
+    ckpt = tmp_path / "v" / "last.safetensors"
+    peaks = []
+    for amp in (0.1, 0.02):
+        wav = write_noise_wav(tmp_path / f"src{amp}.wav", 0.5, 16000, seed=3, amplitude=amp,
+                              subtype="FLOAT")
+        src = Cycle(id=f"s{amp}", audio=str(wav), start=0.0, end=0.5, label="crackle",
+                    split="train")
+        backend = DiffWaveBackend(ckpt, {"crackle": [src]}, max_seconds=1.0)
+        gen = backend.generate([Request("crackle", 0, seed=11)])[0]
+        assert gen.info["source_peak"] == pytest.approx(
+            float(np.max(np.abs(sf_read(wav)))), rel=1e-5)
+        assert gen.info["stretch"] == 1.0 and gen.info["gain_db"] == 0.0  # no perturbation
+        assert gen.info["mel_noise"] == 0.0
+        out = postprocess(gen.wav, gen.sample_rate, 16000, 0.5)   # default: no peak norm
+        peaks.append(float(np.max(np.abs(out))))
+    assert peaks[1] / peaks[0] == pytest.approx(0.2, rel=1e-3)
+    # and the post-processing default keeps any level (real cycles are read as they are)
+    quiet = 0.05 * np.sin(np.linspace(0, 200, 16000, dtype=np.float32))
+    assert np.max(np.abs(postprocess(quiet, 16000, 16000, 1.0))) == pytest.approx(0.05, rel=1e-2)
+    loud = postprocess(3.0 * quiet / 0.05, 16000, 16000, 1.0, fade_s=0)
+    np.testing.assert_allclose(loud, quiet / 0.05 / np.max(np.abs(quiet / 0.05)), atol=1e-5)
+
+
+def sf_read(path) -> np.ndarray:
+    import soundfile as sf
+
+    return sf.read(str(path), dtype="float32")[0]
+
+
+def test_synth_defaults_follow_seed_002_and_the_shared_level_policy():
+    o = SynthOptions()
+    assert o.peak == 0.0                                     # no peak normalisation
+    assert (o.stretch, o.mel_noise, o.gain_db) == (0.0, 0.0, 0.0)   # no mel perturbation

@@ -459,15 +459,21 @@ def test_read_icbhi_cycles_against_audio_length(tmp_path):
     rows = [(0.0, 1.0, 0, 0), (1.0, 2.0 + END_TOLERANCE_S / 2, 0, 0), (1.9, 2.6, 1, 0),
             (2.7, 3.0, 0, 1)]
     db = small_dataset(tmp_path, recordings={A: rows, B: ROWS}, audio_seconds={A: 2.0})
-    with pytest.raises(DataError, match=rf"{A}\.txt:3: cycle ends at 2\.6 s"):
+    # a cycle that ends past the audio is clamped and kept (the papers' public code keeps
+    # all 6,898 cycles); one that starts past it has no audio: strict mode stops there
+    with pytest.raises(DataError, match=rf"{A}\.txt:4: cycle starts at 2\.7 s"):
         read_icbhi(db)
     problems: list[Problem] = []
-    cycles = read_icbhi(db, strict=False, problems=problems, val_fraction=0)
+    info: dict = {}
+    cycles = read_icbhi(db, strict=False, problems=problems, val_fraction=0, info=info)
     a = [c for c in cycles if c.recording == A]
-    assert [c.id for c in a] == [f"{A}_000", f"{A}_001"]
-    assert a[1].end == 2.0  # within tolerance: clipped to the audio
-    assert [p.line for p in problems] == [3, 4]
-    assert "starts at 2.7 s, after the end" in problems[1].message
+    assert [c.id for c in a] == [f"{A}_000", f"{A}_001", f"{A}_002"]
+    assert a[1].end == 2.0 and a[2].end == 2.0 and a[2].start == 1.9  # clamped, kept
+    assert info["cycles_clamped"] == [
+        {"id": f"{A}_001", "end": 2.0 + END_TOLERANCE_S / 2, "audio_end": 2.0},
+        {"id": f"{A}_002", "end": 2.6, "audio_end": 2.0}]
+    assert [p.line for p in problems] == [4]
+    assert "starts at 2.7 s, after the end" in problems[0].message
     # without the audio check nothing is clipped or dropped
     unchecked = read_icbhi(db, check_audio=False, val_fraction=0)
     assert len(unchecked) == 8 and all(c.sample_rate is None for c in unchecked)

@@ -135,7 +135,7 @@ def test_audioldm_outputs_read_back_and_register(project, tiny_ldm):
         assert g["prompt"] and g["negative_prompt"] and isinstance(g["seed"], int)
         assert g["seed"] == sample_seed(0, cyc.label, g["index"])
     wav = sf.read(manifest[0].audio)[0]
-    assert 0.9 < np.max(np.abs(wav)) <= 0.951  # peak-normalised to 0.95
+    assert 0 < np.max(np.abs(wav)) <= 1.0  # the generator's own level (no peak normalisation)
     # summary and project record
     summary = json.loads((out / "generation_summary.json").read_text())
     assert summary["backend"] == "audioldm" and summary["steps"] == 2

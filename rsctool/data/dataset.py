@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsctool.audio import load_cycle
+from rsctool.audio import PAD_MODES, load_cycle
 from rsctool.data.cache import FeatureCache
 from rsctool.data.manifest import BINARY_CLASSES, Cycle, binary_label
 from rsctool.errors import ConfigError
@@ -37,7 +37,7 @@ class ClipConfig:
     Attributes:
         sample_rate: Hz the audio is resampled to.
         clip_seconds: every cycle is padded (repeat + fades) or cropped to this length.
-        pad_mode: ``repeat|zero``.
+        pad_mode: one of `rsctool.audio.PAD_MODES` (``repeat|repeat-fadeout|zero``).
         fbank: the filter-bank options (its `mean`/`std` are the normalisation).
     """
 
@@ -51,8 +51,9 @@ class ClipConfig:
             object.__setattr__(self, "fbank", self.fbank.replace(sample_rate=self.sample_rate))
         if self.clip_seconds <= 0:
             raise ConfigError(f"clip length must be positive, got {self.clip_seconds} s")
-        if self.pad_mode not in ("repeat", "zero"):
-            raise ConfigError(f"pad mode must be repeat or zero, got {self.pad_mode!r}")
+        if self.pad_mode not in PAD_MODES:
+            raise ConfigError(f"pad mode must be one of {', '.join(PAD_MODES)}, "
+                              f"got {self.pad_mode!r}")
 
     @property
     def num_samples(self) -> int:
@@ -82,8 +83,9 @@ class ClipConfig:
 def clip_config(opts: Any) -> ClipConfig:
     """The `ClipConfig` (unnormalised) a run with resolved options `opts` feeds its model
     (`rsctool.train.TrainOptions`: ``sample_rate``, ``clip_seconds``, ``num_mel_bins``,
-    ``window``)."""
+    ``window``, ``pad_mode``)."""
     return ClipConfig(sample_rate=opts.sample_rate, clip_seconds=opts.clip_seconds,
+                      pad_mode=opts.pad_mode,
                       fbank=FbankConfig(sample_rate=opts.sample_rate,
                                         num_mel_bins=opts.num_mel_bins, window=opts.window))
 
@@ -284,16 +286,34 @@ def class_balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Ten
     return (1.0 / counts)[targets]
 
 
+#: SpecAugment mask fills: ``zero`` (the normalised global mean) or ``mean`` (each
+#: spectrogram's own mean, as the ICBHI AST papers' public code fills its masks).
+SPECAUG_FILLS = ("zero", "mean")
+
+
 def spec_augment(x: torch.Tensor, *, freq_frac: float = 0.1875, time_frac: float = 0.12,
-                 n_masks: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+                 n_masks: int = 1, freq_width: int | None = None,
+                 time_width: int | None = None, fill: str = "zero",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """SpecAugment masks on a normalised batch `(B, T, F)`: per item, `n_masks` bands of up
-    to ``freq_frac * F`` mel bins and spans of up to ``time_frac * T`` frames are set to 0
-    (the normalised mean). The defaults are AST's 24-of-128 bins and ~96-of-798 frames,
-    scaled to the input, so small inputs are not wiped out."""
-    freq_mask = int(round(freq_frac * x.shape[2]))
-    time_mask = int(round(time_frac * x.shape[1]))
+    to `freq_width` mel bins and `n_masks` spans of up to `time_width` frames are filled.
+
+    Widths default to ``freq_frac * F`` and ``time_frac * T`` (AST's 24-of-128 bins and
+    ~96-of-798 frames, scaled to the input, so small inputs are not wiped out); the ICBHI
+    AST papers use ``n_masks=2, freq_width=48, time_width=160, fill="mean"``. Each width
+    is drawn uniformly from ``0..width`` (clamped to the axis). `fill`: ``zero`` sets the
+    masked values to 0 (the normalised dataset mean), ``mean`` to the item's own mean
+    (taken before masking).
+    """
+    if fill not in SPECAUG_FILLS:
+        raise ConfigError(f"specaug_fill must be one of {', '.join(SPECAUG_FILLS)}, "
+                          f"got {fill!r}")
     b, t, f = x.shape
+    freq_mask = int(freq_width) if freq_width is not None else int(round(freq_frac * f))
+    time_mask = int(time_width) if time_width is not None else int(round(time_frac * t))
     x = x.clone()
+    value = (x.mean(dim=(1, 2), keepdim=True) if fill == "mean"
+             else torch.zeros((b, 1, 1), dtype=x.dtype, device=x.device))
     ar_t = torch.arange(t, device=x.device)
     ar_f = torch.arange(f, device=x.device)
     for _ in range(n_masks):
@@ -304,7 +324,8 @@ def spec_augment(x: torch.Tensor, *, freq_frac: float = 0.1875, time_frac: float
             s = (torch.rand(b, generator=generator) * (length - w + 1).float()).long()
             m = (ar[None, :] >= s[:, None].to(x.device)) & (
                 ar[None, :] < (s + w)[:, None].to(x.device))
-            x = x.masked_fill(m[:, None, :] if dim == 2 else m[:, :, None], 0.0)
+            m = m[:, None, :] if dim == 2 else m[:, :, None]
+            x = torch.where(m, value, x)
     return x
 
 

@@ -70,9 +70,11 @@ SYNTHETIC_SITE = "Syn"
 #: list every stage reads, `rsctool.audio.AUDIO_EXTENSIONS`).
 AUDIO_SUFFIXES = AUDIO_EXTENSIONS
 
-#: A cycle may end this far (s) past the end of its audio; its end is then clipped.
-#: Annotation times are rounded to the millisecond and some files are a few samples
-#: shorter than their last cycle, so exact equality would reject good data.
+#: Overrun (s) of a cycle's end past its audio below which it is rounding, not a defect
+#: (annotation times are rounded to the millisecond; some files are a few samples shorter
+#: than their last cycle). Every cycle that ends past its audio is clamped to the audio
+#: end and kept, as the ICBHI AST papers' public code does (it keeps all 6,898 cycles);
+#: `read_icbhi` lists them in ``info["cycles_clamped"]`` and analyze counts them.
 END_TOLERANCE_S = 0.05
 
 # Metadata file names (lower case; matched case-insensitively), preferred name first.
@@ -525,8 +527,10 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
             its parent).
         info: receives ``split_file`` (the split file used: its path, or
             ``builtin:<BUILTIN_SPLIT>``; None for a patient split), ``split_source``
-            (``option``, ``folder``, ``builtin`` or None) and ``split_aliases`` (known
-            aliases in the split file, see `_resolve_official`).
+            (``option``, ``folder``, ``builtin`` or None), ``split_aliases`` (known
+            aliases in the split file, see `_resolve_official`) and ``cycles_clamped``
+            (``{"id", "end", "audio_end"}`` of each cycle whose annotated end lies past
+            its audio: clamped to the audio end and kept; only with `check_audio`).
 
     Returns:
         Cycles sorted by recording and cycle index; ids ``f"{stem}_{i:03d}"`` with `i`
@@ -564,10 +568,11 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
         split_label = f"builtin:{BUILTIN_SPLIT}" if split_source == "builtin" \
             else str(split_path)
     aliases: list[dict[str, Any]] = []
+    clamped: list[dict[str, Any]] = []
     if info is not None:
         info.clear()
         info.update(split_file=split_label, split_source=split_source,
-                    split_aliases=aliases)
+                    split_aliases=aliases, cycles_clamped=clamped)
 
     texts, audio = _scan(root)
     if not texts:
@@ -614,7 +619,7 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
         cycles.extend(_recording_cycles(stem, texts[stem], audio[stem],
                                         assigned[stem] if assigned is not None else "train",
                                         demo, diag, check_audio, sink,
-                                        allow_unknown_codes))
+                                        allow_unknown_codes, clamped))
     if not cycles:
         raise DataError("no usable cycles found", root)
     if spec.kind == "patients":
@@ -625,7 +630,8 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
 def _recording_cycles(stem: str, text: Path, audio: Path, split: str,
                       demo: dict[str, dict[str, Any]], diag: dict[str, str],
                       check_audio: bool, sink: ProblemSink,
-                      allow_unknown_codes: bool = False) -> list[Cycle]:
+                      allow_unknown_codes: bool = False,
+                      clamped: list[dict[str, Any]] | None = None) -> list[Cycle]:
     name = parse_recording_name(stem)
     if not allow_unknown_codes and (problem := unknown_code(name)) is not None:
         sink.report(problem, text)
@@ -648,14 +654,15 @@ def _recording_cycles(stem: str, text: Path, audio: Path, split: str,
     for lineno, index, start, end, crackle, wheeze in rows:
         if duration is not None:
             if start >= duration:
+                # no audio at all to keep (the papers' code would slice an empty cycle)
                 sink.report(f"cycle starts at {start:g} s, after the end of the audio "
                             f"({duration:.3f} s, {audio.name})", text, lineno)
                 continue
-            if end > duration + END_TOLERANCE_S:
-                sink.report(f"cycle ends at {end:g} s, {end - duration:.3f} s after the end of "
-                            f"the audio ({duration:.3f} s, {audio.name})", text, lineno)
-                continue
-            end = min(end, duration)
+            if end > duration:  # clamped and kept, as the papers' public code does
+                if clamped is not None:
+                    clamped.append({"id": f"{stem}_{index:03d}", "end": end,
+                                    "audio_end": round(duration, 6)})
+                end = duration
         out.append(Cycle(
             id=f"{stem}_{index:03d}", audio=str(audio), start=start, end=end,
             label=icbhi_label(crackle, wheeze), split=split, crackle=crackle, wheeze=wheeze,

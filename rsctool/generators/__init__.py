@@ -2,12 +2,13 @@
 
 A backend turns a list of `Request` (one synthetic cycle each: class, sample index,
 seed, prompt or source cycle) into raw waveforms at its own rate; `postprocess` then
-gives every backend's output the same shape: the project rate, the cycle length,
-peak normalisation and fades. Backends:
+gives every backend's output the same shape: the project rate, the cycle length and
+fades, at the generator's level (no peak normalisation by default, as for real cycles).
+Backends:
 
 * ``audioldm`` / ``audioldm2``: text-to-audio latent diffusion (`generators.audioldm`);
 * ``diffwave``: a mel-conditioned diffusion vocoder trained on the dataset's real train
-  cycles, re-synthesising perturbed mels of real minority-class cycles
+  cycles, re-synthesising the mels of real cycles (optionally perturbed)
   (`generators.diffwave`).
 
 Every random draw of a request comes from its own seed (`sample_seed`), so a sample
@@ -88,13 +89,15 @@ def sample_seed(seed: int, label: str, index: int) -> int:
 
 
 def postprocess(wav: np.ndarray, sample_rate: int, target_rate: int, seconds: float, *,
-                peak: float = 0.95, fade_s: float = 0.01) -> np.ndarray:
+                peak: float = 0.0, fade_s: float = 0.01) -> np.ndarray:
     """Bring a generated waveform to the shape of a dataset cycle.
 
     Resample `(N,)` from `sample_rate` to `target_rate` Hz (soxr), crop or pad (by
     repetition with fades, the convention the classifier's input pipeline uses) to
-    ``round(seconds * target_rate)`` samples, peak-normalise to `peak` (0 keeps the
-    level) and apply raised-cosine fades of `fade_s` seconds at both ends.
+    ``round(seconds * target_rate)`` samples, peak-normalise to `peak` (0, the default,
+    keeps the level: real cycles are not normalised, so neither are synthetic ones; only
+    a waveform over full scale is scaled down to it instead of being clipped) and apply
+    raised-cosine fades of `fade_s` seconds at both ends.
 
     Returns:
         `(round(seconds * target_rate),)` float32 in [-1, 1]. Non-finite input samples
@@ -109,6 +112,9 @@ def postprocess(wav: np.ndarray, sample_rate: int, target_rate: int, seconds: fl
                     fade_s)
     if peak > 0:
         x = normalize(x, "peak", peak)
+    elif x.size and float(np.max(np.abs(x))) > 1.0:
+        # over full scale: scaled down to it rather than clipped (the only level change)
+        x = normalize(x, "peak", 1.0)
     if fade_s > 0:
         x = apply_fades(x, target_rate, fade_s)
     return np.clip(x, -1.0, 1.0).astype(np.float32)

@@ -44,6 +44,9 @@ from torch import Tensor, nn
 
 from rsctool.errors import ConfigError, DataError
 
+#: Peak level of the vocoder's audio (training store and the source of a re-synthesis);
+#: synthetic outputs are scaled back to their source cycle's level.
+VOCODER_PEAK = 0.95
 #: The fast sampler of the DiffWave paper (6 steps).
 FAST_BETAS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
 #: Tiny sizes for tests and smoke runs (same code path as the default model).
@@ -429,7 +432,7 @@ class AudioStore:
             with open(tmp, "wb") as fh:
                 for i, c in enumerate(cycles):
                     wav = normalize(load_audio(c.audio, sample_rate, c.start, c.end), "peak",
-                                    0.95)
+                                    VOCODER_PEAK)
                     q = np.round(np.clip(wav, -1.0, 1.0) * 32767.0).astype("<i2")
                     fh.write(q.tobytes())
                     offsets.append(pos)
@@ -631,7 +634,10 @@ class DiffWaveBackend:
     For a request of class `c` with seed `s` (everything below drawn from `s`): pick a
     real train cycle of class `c`, read it at the vocoder rate, peak-normalise it (as
     the training audio), take at most `max_seconds` of it from a random offset, compute
-    its mel, perturb it (`perturb_mel`) and sample a waveform with fresh noise.
+    its mel, optionally perturb it (`perturb_mel`; off by default: seed 002 conditions on
+    the real cycles' mels as they are) and sample a waveform with fresh noise, scaled
+    back to the source cycle's peak level (real and synthetic cycles share one level
+    policy: neither is normalised).
 
     Args:
         checkpoint: the vocoder's ``last.safetensors``.
@@ -645,8 +651,8 @@ class DiffWaveBackend:
     name = "diffwave"
 
     def __init__(self, checkpoint: Path, sources: dict[str, list[Any]], *, device: str = "cpu",
-                 fast: bool = True, max_seconds: float = 8.0, stretch: float = 0.1,
-                 mel_noise: float = 0.02, gain_db: float = 3.0, vocoder: str = "diffwave"):
+                 fast: bool = True, max_seconds: float = 8.0, stretch: float = 0.0,
+                 mel_noise: float = 0.0, gain_db: float = 0.0, vocoder: str = "diffwave"):
         from rsctool.data.manifest import file_sha256
 
         self.checkpoint = Path(checkpoint)
@@ -683,8 +689,12 @@ class DiffWaveBackend:
                                   "re-synthesise")
             rng = np.random.default_rng(r.seed)
             src = pool[int(rng.integers(len(pool)))]
-            wav = normalize(load_audio(src.audio, self.cfg.sample_rate, src.start, src.end),
-                            "peak", 0.95)
+            raw = load_audio(src.audio, self.cfg.sample_rate, src.start, src.end)
+            # The vocoder works on peak-normalised audio (as it was trained); its output
+            # is scaled back to the source cycle's own level, so a synthetic cycle is as
+            # loud as the real one it re-synthesises and level cannot tell them apart.
+            source_peak = float(np.max(np.abs(raw))) if len(raw) else 0.0
+            wav = normalize(raw, "peak", VOCODER_PEAK)
             limit = int(round(self.max_seconds * self.cfg.sample_rate))
             offset = int(rng.integers(len(wav) - limit + 1)) if len(wav) > limit else 0
             wav = wav[offset:offset + limit]
@@ -693,11 +703,14 @@ class DiffWaveBackend:
                                       gain_db=self.gain_db)
             gen = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
             audio = vocode(self.model, mel[None], [gen], self.fast)[0].cpu().numpy()
+            if source_peak > 1e-8:
+                audio = audio * np.float32(source_peak / VOCODER_PEAK)
             seconds = len(wav) / self.cfg.sample_rate * params["stretch"]
             out.append(Generated(
                 wav=audio, sample_rate=self.cfg.sample_rate,
                 seconds=time.perf_counter() - t0, target_seconds=seconds,
                 info={"source_cycle": src.id, "source_patient": src.patient,
                       "source_offset_s": round(offset / self.cfg.sample_rate, 6),
-                      "vocoder": self.vocoder, **params}))
+                      "vocoder": self.vocoder, "source_peak": round(source_peak, 6),
+                      **params}))
         return out

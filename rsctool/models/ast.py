@@ -57,7 +57,9 @@ AST_DEFAULTS: dict[str, Any] = {
     "dropout": 0.0,            # hidden-state dropout in every block
     "attn_dropout": 0.0,       # attention-probability dropout
     "drop_path": 0.0,          # stochastic depth rate of the last block (linear in depth)
-    "pos_resize": "interpolate",  # position-embedding resize: interpolate | crop (center)
+    # position-embedding resize: interpolate (bilinear) | crop (centre crop of an axis that
+    # shrinks, as the ICBHI AST papers' public code does; set in the AST recipes)
+    "pos_resize": "interpolate",
     "attention": "sdpa",       # sdpa (fused kernels) | eager (what ONNX export uses)
     **HEAD_DEFAULTS,           # head: linear | mcat (rsctool.models.heads)
 }
@@ -241,8 +243,11 @@ def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
     special = pos[:, :2]
     grid = pos[:, 2:].float().reshape(1, src[0], src[1], d).permute(0, 3, 1, 2)
     if mode == "crop":
-        f0 = max(src[0] - dst[0], 0) // 2
-        t0 = max(src[1] - dst[1], 0) // 2
+        # the public AST code's offsets: src // 2 - dst // 2 (AudioSet 101 time patches
+        # -> 79 for 798 frames keeps patches 11..89); one more than (src - dst) // 2 when
+        # src is even and dst odd
+        f0 = src[0] // 2 - dst[0] // 2 if dst[0] < src[0] else 0
+        t0 = src[1] // 2 - dst[1] // 2 if dst[1] < src[1] else 0
         grid = grid[:, :, f0:f0 + min(src[0], dst[0]), t0:t0 + min(src[1], dst[1])]
     if tuple(grid.shape[-2:]) != tuple(dst):
         grid = F.interpolate(grid, size=tuple(dst), mode="bilinear", align_corners=False)
