@@ -64,7 +64,7 @@ def test_spec_augment_default_stays_one_zero_filled_mask_of_each_kind():
 def test_train_options_carry_the_specaugment_and_padding_settings():
     o = TrainOptions(specaug_masks=2, specaug_freq_width=48, specaug_time_width=160,
                      specaug_fill="mean", pad_mode="repeat-fadeout").resolve()
-    from rsctool.train import clip_config
+    from rsctool.data.dataset import clip_config
 
     assert clip_config(o).pad_mode == "repeat-fadeout"
     for bad, match in (({"specaug_fill": "median"}, "specaug_fill"),
@@ -139,6 +139,6 @@ def test_seed_002_recipe_follows_the_public_code():
     assert o.clip_seconds == 5.0 and o.ma_beta == 0.5
     assert o.adversarial and (o.adv_hidden, o.adv_loss_weight, o.adv_weight,
                               o.adv_schedule) == (0, 0.2, 1.0, "dann")
-    from rsctool.train import clip_config
+    from rsctool.data.dataset import clip_config
 
     assert clip_config(o).frames == 498   # the public code's 5 * 100 - 2

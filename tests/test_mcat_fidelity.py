@@ -198,10 +198,11 @@ def test_export_and_predict_honour_a_non_default_field_list_and_medians(tmp_path
     from rsctool.checkpoint import load_checkpoint
     from rsctool.cli import app
     from rsctool.data.demo import make_demo_dataset
-    from rsctool.eval import checkpoint_path
+    from rsctool.datasets import load_dataset_cycles
     from rsctool.onnx_runtime import OnnxModel
     from rsctool.project import Project
-    from rsctool.train import TrainOptions, load_dataset_cycles
+    from rsctool.runs import checkpoint_path
+    from rsctool.train import TrainOptions
     from rsctool.train import run as train
 
     make_demo_dataset(tmp_path / "data", patients=4, seed=0)
