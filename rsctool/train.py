@@ -1153,6 +1153,9 @@ def _check_same_options(name: str, run_dir: Path, explicit: dict[str, Any],
                           f"scratch{hint}")
 
 
+#: `TrainOptions()` as a dict: what `run_hash` leaves out.
+_DEFAULT_OPTIONS: dict[str, Any] = asdict(TrainOptions())
+
 #: Options that may change when a run is extended (`run(..., extend=True)`).
 EXTENDABLE = ("epochs", "max_steps")
 
@@ -1160,12 +1163,17 @@ EXTENDABLE = ("epochs", "max_steps")
 def run_hash(opts: TrainOptions, dataset: str | None = None) -> str:
     """The identity of a run: the hash of its resolved options without the run name,
     with the dataset's resolved name (`dataset`, else ``opts.dataset``). Recorded as the
-    run's ``params_hash``; a run started without ``--run`` is found again by it."""
+    run's ``params_hash``; a run started without ``--run`` is found again by it.
+
+    Options at their dataclass default are left out, so an option added in a later
+    rsctool (at a default that keeps the old behaviour) does not change the identity of
+    the runs made before it: the same command still finds them."""
     d = asdict(opts)
     d.pop("run", None)
     if dataset is not None:
         d["dataset"] = dataset
-    return params_hash(d)
+    defaults = _DEFAULT_OPTIONS
+    return params_hash({k: v for k, v in d.items() if k not in defaults or v != defaults[k]})
 
 
 def same_run(project: Any, opts: TrainOptions, like: str | None = None
@@ -1561,13 +1569,9 @@ def _group_options(project: Any, grec: dict[str, Any]) -> dict[str, Any] | None:
 
 def _group_hash(opts: TrainOptions, dataset: str | None = None) -> str:
     """Hash of a group's options: those of its runs without the run name and seed, with
-    the dataset's resolved name (`dataset`, else ``opts.dataset``)."""
-    d = asdict(opts)
-    d.pop("run")
-    d.pop("seed")
-    if dataset is not None:
-        d["dataset"] = dataset
-    return params_hash(d)
+    the dataset's resolved name (`dataset`, else ``opts.dataset``); options at their
+    default left out, as in `run_hash`."""
+    return run_hash(dataclasses.replace(opts, seed=_DEFAULT_OPTIONS["seed"]), dataset)
 
 
 def find_same_group(project: Any, opts: TrainOptions, dataset: str,

@@ -191,3 +191,23 @@ def test_identical_unnamed_command_started_meanwhile_is_refused_not_repeated(pro
     third = _cli(project, *base, "--new")  # --new still means another run
     assert third.exit_code == 0, third.output
     assert len(_runs(project)) == 2
+
+
+def test_an_option_added_at_its_default_keeps_the_identity_of_earlier_runs(monkeypatch):
+    """Upgrading rsctool (a new option whose default keeps the old behaviour) must not
+    orphan the runs made before it: the same command still finds them."""
+    import dataclasses
+
+    import rsctool.train as train
+
+    opts = train.TrainOptions(model="cnn", size="tiny", epochs=2).resolve()
+    before = train.run_hash(opts, "demo")
+    # the same options, with one more field at its default (as a later rsctool adds one)
+    Extended = dataclasses.make_dataclass(
+        "Extended", [("new_option", int, dataclasses.field(default=3))],
+        bases=(train.TrainOptions,))
+    monkeypatch.setattr(train, "_DEFAULT_OPTIONS", dataclasses.asdict(Extended()))
+    extended = Extended(**dataclasses.asdict(opts))
+    assert train.run_hash(extended, "demo") == before
+    assert train.run_hash(dataclasses.replace(extended, new_option=4), "demo") != before
+    assert train.run_hash(dataclasses.replace(opts, epochs=3), "demo") != before
