@@ -167,3 +167,11 @@ def test_each_option_default_is_written_once(module, cli_only):
         if "_D." not in ast.unparse(default):
             repeated.append(f"{arg.arg}={ast.unparse(default)}")
     assert not repeated, f"rsctool/{module}.py command repeats defaults: {repeated}"
+
+
+def test_no_eval_function_is_over_120_lines():
+    """`evaluate_run` reads top to bottom in parts (it was one 216-line function)."""
+    tree = ast.parse((ROOT / "rsctool" / "eval.py").read_text(encoding="utf-8"))
+    long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 120}
+    assert not long, long
