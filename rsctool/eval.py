@@ -82,7 +82,7 @@ class EvalOptions:
     group: str | None = None
     split: str = "test"
     checkpoint: str = "best"
-    plots: bool | str = True
+    plots: bool | str = "all"
     ghm_epochs: list[int] | None = None
     batch_size: int = 32
     tsne_max_points: int = 3000
@@ -457,14 +457,84 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     """
     from rsctool.data.dataset import CycleDataset, feature_cache
     from rsctool.data.manifest import file_sha256
-    from rsctool.datasets import load_dataset_cycles
-    from rsctool.metrics import breakdown, icbhi_metrics
 
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
     loaded = load_run(project, name, opts.checkpoint, device)
-    config = loaded.config
-    ds_name = config.get("dataset") or loaded.record.get("dataset")
+    ds_name, record, cycles = _eval_cycles(project, loaded, opts)
+
+    tag = opts.split if opts.checkpoint == "best" else f"{opts.split}_last"
+    run_dir = loaded.dir
+    metrics_path = run_dir / f"metrics_{tag}.json"
+    pred_path = run_dir / f"predictions_{tag}.jsonl"
+    plot_dir = run_dir / "plots"
+    kinds, ghm_stats = _ghm_plot_kinds(loaded, opts)
+    inputs_hash = params_hash({
+        **({"ghm_epochs": list(opts.ghm_epochs)} if "ghm" in kinds and opts.ghm_epochs
+           else {}),
+        "doc": DOC_VERSION, "version": __version__,
+        "checkpoint": file_sha256(loaded.checkpoint), "manifest": record.get("sha256"),
+        "split": opts.split, "split_hash": record.get("split_hash"),
+        "tsne_max_points": opts.tsne_max_points, "seed": opts.seed})
+    if not opts.force:
+        old = _stored_doc(metrics_path, pred_path, run_dir, inputs_hash, kinds)
+        if old is not None:
+            log(f"run {name!r}: {opts.split} metrics are up to date ({metrics_path}); "
+                "--force re-evaluates")
+            old["skipped"] = True
+            return old
+
+    enc = loaded.encoder if loaded.config.needs_metadata else None
+    if loaded.config.needs_metadata and enc is None:
+        raise DataError("checkpoint of a metadata model lacks its metadata encoder",
+                        loaded.checkpoint)
+    dataset = CycleDataset(cycles, loaded.classes, loaded.clip,
+                           feature_cache(project.state_dir()), enc, loaded.task)
+    out = _predict(loaded, dataset, opts.batch_size, device, progress)
+    doc = _metrics_doc(loaded, ds_name, record, cycles, dataset.targets.tolist(), out, opts)
+    _write_predictions(pred_path, cycles, doc["classes"], out, loaded.task)
+
+    # FiLM / SoftFiLM analysis (metadata models only).
+    devices = [c.device or "unknown" for c in cycles]
+    film = (film_statistics(loaded.model, dataset.meta, devices, device=device)
+            if dataset.meta is not None else None)
+    if film is not None:
+        doc["film"] = film
+    mask_stats = getattr(loaded.model, "mask_stats", None)
+    soft = mask_stats() if callable(mask_stats) else None
+    if soft is not None:
+        doc["softfilm"] = {k: v for k, v in soft.items() if k != "masks"}
+
+    plots: list[str] = []
+    if "standard" in kinds:
+        plots = _write_plots(loaded, doc, out["embedding"], cycles, film, soft, plot_dir, tag,
+                             opts, device, log)
+    if "ghm" in kinds and ghm_stats:
+        plots += write_ghm_plots(ghm_stats, plot_dir / "ghm", run=name,
+                                 epochs=opts.ghm_epochs)
+    doc["plot_kinds"] = list(kinds)
+    doc["files"] = {"metrics": str(metrics_path), "predictions": str(pred_path),
+                    "plots": plots}
+    doc["inputs_hash"] = inputs_hash
+    doc["seconds"] = round(time.perf_counter() - t0, 3)
+    atomic_write_json(metrics_path, {**doc, "files": _run_files(doc["files"], run_dir)})
+    _record_eval(project, name, tag, doc, metrics_path)
+    doc["skipped"] = False
+    return doc
+
+
+def _eval_cycles(project: Any, loaded: LoadedRun, opts: EvalOptions
+                 ) -> tuple[str, dict[str, Any], list]:
+    """The run's dataset name and project record, and its cycles of ``opts.split``.
+
+    Raises:
+        ConfigError: the dataset is gone, was re-split since training, or has no cycles
+            in the split.
+    """
+    from rsctool.datasets import load_dataset_cycles
+
+    name = loaded.name
+    ds_name = loaded.config.dataset or loaded.record.get("dataset")
     record = project.get("datasets", ds_name) if ds_name else None
     if record is None:
         raise ConfigError(f"run {name!r} was trained on dataset {ds_name!r}, which is no "
@@ -487,12 +557,19 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     if loaded.record.get("status") not in (None, "done"):
         warn(f"run {name!r} is {loaded.record.get('status')}: evaluating its current "
              f"{opts.checkpoint} checkpoint")
+    return ds_name, record, cycles
 
-    tag = opts.split if opts.checkpoint == "best" else f"{opts.split}_last"
-    run_dir = loaded.dir
-    metrics_path = run_dir / f"metrics_{tag}.json"
-    pred_path = run_dir / f"predictions_{tag}.jsonl"
-    plot_dir = run_dir / "plots"
+
+def _ghm_plot_kinds(loaded: LoadedRun, opts: EvalOptions
+                    ) -> tuple[tuple[str, ...], list[dict[str, Any]] | None]:
+    """The plot kinds to write (``ghm`` dropped for a run without GHM statistics unless
+    asked for by name) and the run's GHM statistics when they are plotted.
+
+    Raises:
+        ConfigError: GHM plots asked for by name but the run has none, or
+            ``--ghm-epochs`` names epochs without statistics.
+    """
+    name = loaded.name
     kinds = opts.plot_kinds
     ghm_stats = load_ghm_stats(loaded) if "ghm" in kinds else None
     if "ghm" in kinds and not ghm_stats:
@@ -507,41 +584,40 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
             raise ConfigError(f"--ghm-epochs: no GHM statistics for epoch(s) "
                               f"{', '.join(map(str, missing))} (run {name!r} has epochs "
                               f"{have[0]}-{have[-1]})")
-    inputs_hash = params_hash({
-        **({"ghm_epochs": list(opts.ghm_epochs)} if "ghm" in kinds and opts.ghm_epochs
-           else {}),
-        "doc": DOC_VERSION, "version": __version__,
-        "checkpoint": file_sha256(loaded.checkpoint), "manifest": record.get("sha256"),
-        "split": opts.split, "split_hash": record.get("split_hash"),
-        "tsne_max_points": opts.tsne_max_points, "seed": opts.seed})
-    if not opts.force and metrics_path.exists() and pred_path.exists():
-        try:
-            old = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None
-        if isinstance(old, dict):  # stored relative to the run folder (it may have moved)
-            old["files"] = _run_files(old.get("files") or {}, run_dir, absolute=True)
-        old_kinds = set(old.get("plot_kinds", PLOT_KINDS)) if isinstance(old, dict) else set()
-        if (isinstance(old, dict) and old.get("inputs_hash") == inputs_hash
-                and (not kinds or (set(kinds) <= old_kinds
-                                   and old.get("files", {}).get("plots")
-                                   and all(Path(p).exists()
-                                           for p in old["files"]["plots"])))):
-            log(f"run {name!r}: {opts.split} metrics are up to date ({metrics_path}); "
-                "--force re-evaluates")
-            old["skipped"] = True
-            return old
+    return kinds, ghm_stats
 
-    enc = loaded.encoder if config.get("needs_metadata") else None
-    if config.get("needs_metadata") and enc is None:
-        raise DataError("checkpoint of a metadata model lacks its metadata encoder",
-                        loaded.checkpoint)
-    dataset = CycleDataset(cycles, loaded.classes, loaded.clip,
-                           feature_cache(project.state_dir()), enc, loaded.task)
-    out = _predict(loaded, dataset, opts.batch_size, device, progress)
-    y_true = dataset.targets.tolist()
+
+def _stored_doc(metrics_path: Path, pred_path: Path, run_dir: Path, inputs_hash: str,
+                kinds: Sequence[str]) -> dict[str, Any] | None:
+    """The stored metrics document when it is up to date (same inputs, and every plot
+    kind asked for still on disk), else None."""
+    if not (metrics_path.exists() and pred_path.exists()):
+        return None
+    try:
+        old = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        return None
+    # stored relative to the run folder (it may have moved)
+    old["files"] = _run_files(old.get("files") or {}, run_dir, absolute=True)
+    old_kinds = set(old.get("plot_kinds", PLOT_KINDS))
+    if (old.get("inputs_hash") == inputs_hash
+            and (not kinds or (set(kinds) <= old_kinds
+                               and old.get("files", {}).get("plots")
+                               and all(Path(p).exists() for p in old["files"]["plots"])))):
+        return old
+    return None
+
+
+def _metrics_doc(loaded: LoadedRun, ds_name: str, record: dict[str, Any], cycles: list,
+                 y_true: list[int], out: dict[str, Any], opts: EvalOptions) -> dict[str, Any]:
+    """The metrics document of the predictions `out` (see `evaluate_run`), without the
+    plots, files and timing."""
+    from rsctool.metrics import breakdown, icbhi_metrics
+
+    name, config, classes = loaded.name, loaded.config, loaded.classes
     y_pred = out["pred"]
-    classes = loaded.classes
     m = icbhi_metrics(y_true, y_pred, classes)
     ranking = None
     if loaded.task == "ranking":
@@ -559,10 +635,11 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     per_site = {k: _summary(v) for k, v in breakdown(y_true, y_pred, sites, classes).items()}
     two = m["two_class"]
     spec = str(record.get("split", "unknown"))
+    seed = config.seed if "seed" in (config.options or {}) else loaded.record.get("seed")
     doc: dict[str, Any] = {
         "run": name,
-        "model": config["model"].get("name", loaded.record.get("model")),
-        "size": config["model"].get("size"),
+        "model": config.model.get("name", loaded.record.get("model")),
+        "size": config.model.get("size"),
         "dataset": ds_name,
         "dataset_format": record.get("format"),
         "split": opts.split,
@@ -570,9 +647,8 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
         "official_split": spec == "official",
         "split_hash": record.get("split_hash"),
         "group": loaded.record.get("group"),
-        "seed": (config.get("options") or {}).get("seed", loaded.record.get("seed")),
-        "norm": (config.get("normalization") or {}).get("norm")
-        or (config.get("options") or {}).get("norm"),
+        "seed": seed,
+        "norm": config.norm,
         "checkpoint": opts.checkpoint,
         "checkpoint_epoch": (loaded.state.get("best_epoch") if opts.checkpoint == "best"
                              else loaded.state.get("epoch")),
@@ -607,58 +683,43 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
                            **{k: spr[k] for k in ("se", "sp", "as", "hs", "score")}}
     if loaded.task == "multilabel" and loaded.thresholds is None:
         warn(f"run {name!r}: no validation thresholds stored; using 0.5 / 0.5")
+    return doc
 
-    # Per-cycle predictions.
-    cprobs = _class_probs(out["probs"], loaded.task, classes)
+
+def _write_predictions(path: Path, cycles: list, classes: Sequence[str], out: dict[str, Any],
+                       task: str) -> None:
+    """``predictions_<tag>.jsonl``: one line per cycle (id, label, pred, class
+    probabilities or ranking score, device, site, patient, source)."""
+    cprobs = _class_probs(out["probs"], task, classes)
+    y_pred = out["pred"]
     lines = []
     for i, c in enumerate(cycles):
         row: dict[str, Any] = {"id": c.id, "label": c.label, "pred": classes[y_pred[i]]}
-        if loaded.task == "ranking":
+        if task == "ranking":
             row["score"] = round(float(out["probs"][i, 0]), 6)
         else:
             row["probs"] = {k: round(float(cprobs[i, j]), 6) for j, k in enumerate(classes)}
         row.update(device=c.device, site=c.site, patient=c.patient, source=c.source)
-        if loaded.task == "multilabel":
+        if task == "multilabel":
             row["sigmoid"] = {"crackle": round(float(out["probs"][i, 0]), 6),
                               "wheeze": round(float(out["probs"][i, 1]), 6)}
         lines.append(json.dumps(row, ensure_ascii=False))
-    atomic_write_text(pred_path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
-    # FiLM / SoftFiLM analysis (metadata models only).
-    meta = dataset.meta
-    film = (film_statistics(loaded.model, meta, devices, device=device)
-            if meta is not None else None)
-    if film is not None:
-        doc["film"] = film
-    mask_stats = getattr(loaded.model, "mask_stats", None)
-    soft = mask_stats() if callable(mask_stats) else None
-    if soft is not None:
-        doc["softfilm"] = {k: v for k, v in soft.items() if k != "masks"}
 
-    plots: list[str] = []
-    if "standard" in kinds:
-        plots = _write_plots(loaded, doc, out["embedding"], cycles, film, soft, plot_dir, tag,
-                             opts, device, log)
-    if "ghm" in kinds and ghm_stats:
-        plots += write_ghm_plots(ghm_stats, plot_dir / "ghm", run=name,
-                                 epochs=opts.ghm_epochs)
-    doc["plot_kinds"] = list(kinds)
-    doc["files"] = {"metrics": str(metrics_path), "predictions": str(pred_path),
-                    "plots": plots}
-    doc["inputs_hash"] = inputs_hash
-    doc["seconds"] = round(time.perf_counter() - t0, 3)
-    atomic_write_json(metrics_path, {**doc, "files": _run_files(doc["files"], run_dir)})
+def _record_eval(project: Any, name: str, tag: str, doc: dict[str, Any],
+                 metrics_path: Path) -> None:
+    """The summary of `doc` in run `name`'s project record (``eval_<tag>_score`` ...)."""
+    two = doc["two_class"]
     project.update_record(
         "runs", name, **{
             f"eval_{tag}_score": doc["score"], f"eval_{tag}_sp": doc["specificity"],
             f"eval_{tag}_se": doc["sensitivity"], f"eval_{tag}_accuracy": doc["accuracy"],
             f"eval_{tag}_score2": None if two is None else two["score"],
-            f"eval_{tag}_n": doc["n"], f"eval_{tag}_split": spec,
+            f"eval_{tag}_n": doc["n"], f"eval_{tag}_split": doc["split_spec"],
             f"eval_{tag}_metrics": project.rel(metrics_path),
-            **({f"eval_{tag}_pairwise_accuracy": ranking["pairwise_accuracy"],
-                f"eval_{tag}_spearman": ranking["spearman"]} if ranking is not None else {})})
-    doc["skipped"] = False
-    return doc
+            **({f"eval_{tag}_pairwise_accuracy": doc["pairwise_accuracy"],
+                f"eval_{tag}_spearman": doc["spearman"]} if "spearman" in doc else {})})
 
 
 def load_ghm_stats(loaded: LoadedRun) -> list[dict[str, Any]]:
@@ -1067,6 +1128,10 @@ def print_group(summary: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- command
 
+#: The defaults of the command's options: `EvalOptions` is where each is written.
+_D = EvalOptions()
+
+
 def command(
     ctx: typer.Context,
     names: Annotated[list[str] | None, typer.Argument(
@@ -1082,13 +1147,13 @@ def command(
         "--group", help="A seed group (train --seeds): evaluate all its runs and report "
                         "mean and std of Sp, Se and Score over the seeds.")] = None,
     split: Annotated[str, typer.Option(
-        help="Split to evaluate: test or val.")] = "test",
+        help="Split to evaluate: test or val.")] = _D.split,
     checkpoint: Annotated[str, typer.Option(
-        help="Checkpoint: best (selected on validation) or last.")] = "best",
+        help="Checkpoint: best (selected on validation) or last.")] = _D.checkpoint,
     plots: Annotated[str, typer.Option(
         "--plots", help="PNG plots to write into the run's plots/ folder: all, none, "
                         "standard (confusion, curves, t-SNE), ghm (GHM bin statistics per "
-                        "epoch, compared, summary), or a comma list.")] = "all",
+                        "epoch, compared, summary), or a comma list.")] = str(_D.plots),
     no_plots: Annotated[bool, typer.Option(
         "--no-plots", help="Write no plots (same as --plots none).")] = False,
     ghm_epochs: Annotated[str | None, typer.Option(
@@ -1097,11 +1162,12 @@ def command(
     csv_file: Annotated[Path | None, typer.Option(
         "--csv", help="Write the comparison table (one row per run) to this CSV file.")]
     = None,
-    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = _D.batch_size,
     tsne_max_points: Annotated[int, typer.Option(
-        help="t-SNE on at most this many cycles (seeded subsample above).")] = 3000,
+        help="t-SNE on at most this many cycles (seeded subsample above).")]
+    = _D.tsne_max_points,
     force: Annotated[bool, typer.Option(
-        help="Re-evaluate even if the stored metrics are up to date.")] = False,
+        help="Re-evaluate even if the stored metrics are up to date.")] = _D.force,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the metrics as JSON on stdout (a list with --runs; the "
                        "group summary with every seed's numbers with --group).")] = False,

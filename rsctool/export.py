@@ -263,10 +263,9 @@ def check_inputs(project: Any, loaded: Any, n: int, with_features: bool,
     from rsctool.datasets import load_dataset_cycles
     from rsctool.models.metadata import META_KEYS
 
-    config = loaded.config
-    ds_name = config.get("dataset") or loaded.record.get("dataset")
+    ds_name = loaded.config.dataset or loaded.record.get("dataset")
     record = project.get("datasets", ds_name) if ds_name else None
-    enc = loaded.encoder if config.get("needs_metadata") else None
+    enc = loaded.encoder if loaded.config.needs_metadata else None
     clip = loaded.clip
     cycles: list = []
     source = "random"
@@ -410,7 +409,7 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     t0 = time.perf_counter()
     name = select_runs(project, opts.run, [])[0][0]
     loaded = load_run(project, name, opts.checkpoint, "cpu")
-    if loaded.config.get("needs_metadata") and loaded.encoder is None:
+    if loaded.config.needs_metadata and loaded.encoder is None:
         raise DataError("checkpoint of a metadata model lacks its metadata encoder",
                         loaded.checkpoint)
     if loaded.record.get("status") not in (None, "done"):

@@ -33,6 +33,7 @@ import numpy as np
 from rsctool.errors import ConfigError, DataError
 from rsctool.metadata_np import META_KEYS as META_INPUTS
 from rsctool.metadata_np import encode_metadata
+from rsctool.runconfig import RunConfig
 
 __all__ = ["FORMAT", "META_INPUTS", "MULTILABEL_CLASSES", "ModelSpec", "OnnxModel", "decide",
            "encode_metadata", "sigmoid", "softmax"]
@@ -188,8 +189,8 @@ class ModelSpec:
         from rsctool import __version__
 
         config = loaded.config
-        clip = config["clip"]
-        needs = bool(config.get("needs_metadata"))
+        clip = config.clip
+        needs = config.needs_metadata
         return cls(
             # binary (normal vs abnormal) is a 2-class softmax like multiclass
             classes=list(loaded.classes),
@@ -197,27 +198,24 @@ class ModelSpec:
             thresholds=list(loaded.thresholds) if loaded.thresholds else None,
             sample_rate=int(clip["sample_rate"]), clip_seconds=float(clip["clip_seconds"]),
             pad_mode=str(clip.get("pad_mode", "repeat")), fbank=dict(clip["fbank"]),
-            norm=(config.get("normalization") or {}).get("norm")
-            or (config.get("options") or {}).get("norm"),
+            norm=config.norm,
             provenance=_provenance(config),
             needs_metadata=needs,
-            metadata_encoder=config.get("metadata_encoder") if needs else None,
-            model=str(config["model"].get("name", "")),
-            model_config=dict(config["model"]), run=loaded.name, checkpoint=loaded.which,
+            metadata_encoder=config.metadata_encoder if needs else None,
+            model=config.model_name or "",
+            model_config=dict(config.model), run=loaded.name, checkpoint=loaded.which,
             with_features=with_features, quantize=quantize, rsctool_version=__version__,
         ).validate(loaded.checkpoint)
 
 
-def _provenance(config: dict[str, Any]) -> dict[str, Any]:
+def _provenance(config: RunConfig) -> dict[str, Any]:
     """The compact provenance of a run config (`rsctool.train.Trainer.provenance`)."""
-    split = config.get("split") or {}
-    data = config.get("data") or {}
-    env = config.get("environment") or {}
+    split, data, env = config.split or {}, config.data or {}, config.environment or {}
     pk = env.get("packages") or {}
     out = {"dataset": data.get("dataset"), "manifest_sha256": data.get("manifest_sha256"),
            "split": split.get("spec"), "split_hash": split.get("hash"),
            "official_split": split.get("official"),
-           "seed": (config.get("options") or {}).get("seed"),
+           "seed": config.seed,
            "trained_with": {k: v for k, v in (("rsctool", env.get("rsctool")),
                                                ("torch", pk.get("torch")),
                                                ("transformers", pk.get("transformers")),

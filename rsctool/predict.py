@@ -185,7 +185,7 @@ class TorchBackend:
 
         self.device = resolve_device(device)
         self.loaded = load_run(project, run, checkpoint, self.device)
-        if self.loaded.config.get("needs_metadata") and self.loaded.encoder is None:
+        if self.loaded.config.needs_metadata and self.loaded.encoder is None:
             raise DataError("checkpoint of a metadata model lacks its metadata encoder",
                             self.loaded.checkpoint)
         self.spec = ModelSpec.from_run(self.loaded)
@@ -864,6 +864,10 @@ def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None
 
 # --------------------------------------------------------------------------- command
 
+#: The defaults of the command's options: `PredictOptions` is where each is written.
+_D = PredictOptions()
+
+
 def command(
     ctx: typer.Context,
     audio: Annotated[list[str], typer.Argument(
@@ -877,12 +881,13 @@ def command(
         "--model", help="An exported .onnx file to use instead of a run (no project "
                         "needed).")] = None,
     backend: Annotated[str, typer.Option(
-        help="onnx, torch, or auto: onnx when the run has an up-to-date export.")] = "auto",
+        help="onnx, torch, or auto: onnx when the run has an up-to-date export.")]
+    = _D.backend,
     checkpoint: Annotated[str, typer.Option(
-        help="Run checkpoint (and export) to use: best or last.")] = "best",
+        help="Run checkpoint (and export) to use: best or last.")] = _D.checkpoint,
     mode: Annotated[str, typer.Option(
         help="auto (per cycle when an annotation is found, else sliding windows), "
-             "cycles or windows.")] = "auto",
+             "cycles or windows.")] = _D.mode,
     annotations: Annotated[Path | None, typer.Option(
         help="ICBHI-style annotation file for the recording, or a folder of <stem>.txt "
              "files (default: <stem>.txt beside each recording).")] = None,
@@ -904,12 +909,13 @@ def command(
         help="Write the records to this file (atomically) instead of stdout.")] = None,
     keep_going: Annotated[bool, typer.Option(
         "--keep-going", help="Report a bad file and continue with the others (exit code "
-                             "2 at the end if any failed).")] = False,
+                             "2 at the end if any failed).")] = _D.keep_going,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Audio that is too short for one analysis frame, truncated, "
                          "silent or clipping is an error (exit 2 naming the file) instead "
-                         "of a warning.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Cycles/windows per model call.")] = 16,
+                         "of a warning.")] = _D.strict,
+    batch_size: Annotated[int, typer.Option(help="Cycles/windows per model call.")]
+    = _D.batch_size,
     threads: Annotated[int | None, typer.Option(
         help="onnxruntime threads (default: one per core).")] = None,
     json_out: Annotated[bool, typer.Option(

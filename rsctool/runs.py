@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rsctool.errors import ConfigError, DataError
+from rsctool.runconfig import RunConfig
 
 
 def select_runs(project: Any, run: str | None, patterns: Sequence[str]
@@ -67,16 +68,16 @@ def checkpoint_path(project: Any, name: str, record: dict[str, Any], which: str)
     return run_dir / f"{which}.safetensors"
 
 
-def rebuild_model(config: dict[str, Any]) -> Any:
-    """A fresh model from a run config (`Trainer.run_config()`), weights not yet loaded.
+def rebuild_model(config: RunConfig | dict[str, Any]) -> Any:
+    """A fresh model from a run config (or its dict), weights not yet loaded.
 
-    ``config["model"]`` is the model's own ``model.config`` (its ``name`` plus every
+    ``config.model`` is the model's own ``model.config`` (its ``name`` plus every
     builder keyword). Pretrained loading is switched off: the weights come from the
     checkpoint, so evaluation never reaches a hub.
     """
     from rsctool.models import create_model
 
-    cfg = dict(config["model"])
+    cfg = dict(config.model if isinstance(config, RunConfig) else config["model"])
     name = cfg.pop("name")
     if name == "add" and "embed_dim" in cfg:
         # a run of the stand-alone network, trained when it was called `add`
@@ -95,7 +96,7 @@ class LoadedRun:
     dir: Path
     checkpoint: Path
     which: str
-    config: dict[str, Any]
+    config: RunConfig
     state: dict[str, Any]
     model: Any
     clip: Any
@@ -129,9 +130,10 @@ def load_run(project: Any, name: str, which: str = "best", device: str = "cpu") 
         raise ConfigError(f"run {name!r} has no {which} checkpoint (status {status}; "
                           f"expected {path}); train it first{hint}")
     ck = load_checkpoint(path)
-    config = ck.state.get("config")
-    if not isinstance(config, dict) or "model" not in config or "clip" not in config:
+    raw = ck.state.get("config")
+    if not isinstance(raw, dict) or "model" not in raw or "clip" not in raw:
         raise DataError("checkpoint has no run config (not written by `rsctool train`)", path)
+    config = RunConfig.from_dict(raw, path)
     model = rebuild_model(config)
     try:
         model.load_state_dict(ck.model_state, strict=True)
@@ -141,13 +143,13 @@ def load_run(project: Any, name: str, which: str = "best", device: str = "cpu") 
                         path) from None
     model.to(device)
     model.eval()
-    encoder = (MetadataEncoder.from_dict(config["metadata_encoder"])
-               if config.get("metadata_encoder") else None)
+    encoder = (MetadataEncoder.from_dict(config.metadata_encoder)
+               if config.metadata_encoder else None)
     thresholds = ck.state.get("thresholds")
     return LoadedRun(
         name=name, record=record, dir=run_dir, checkpoint=path, which=which,
-        config=config, state=ck.state, model=model, clip=ClipConfig.from_dict(config["clip"]),
-        encoder=encoder, classes=list(config["classes"]), task=config.get("task", "multiclass"),
+        config=config, state=ck.state, model=model, clip=ClipConfig.from_dict(config.clip),
+        encoder=encoder, classes=list(config.classes), task=config.task,
         thresholds=[float(t) for t in thresholds] if thresholds else None)
 
 

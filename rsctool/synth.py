@@ -362,7 +362,7 @@ class QualityFilter:
         feats = fbank(torch.from_numpy(x), clip.fbank)
         feats = (feats - clip.fbank.mean) / (2.0 * clip.fbank.std)
         meta = None
-        if lr.config.get("needs_metadata") and lr.encoder is not None:
+        if lr.config.needs_metadata and lr.encoder is not None:
             meta = {k: v.to(self.device) for k, v in lr.encoder.encode([cycle]).items()}
         with torch.no_grad():
             logits = lr.model(feats.to(self.device), meta)["logits"].float().cpu()
