@@ -159,7 +159,7 @@ def test_demo_data_kind_folder_cli(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["files"] == 135 and doc["name_pattern"] == FOLDER_NAME_PATTERN
     r = runner.invoke(app, ["demo-data", str(tmp_path / "e"), "--kind", "nope"])
-    assert r.exit_code == 2 and "--kind must be icbhi or folder" in r.output, r.output
+    assert r.exit_code == 2 and "--kind must be icbhi, sprsound or folder" in r.output, r.output
 
 
 def test_analyze_pattern_where_group_by(tmp_path):
