@@ -17,7 +17,7 @@
 # Settings (seed 001 config): seed-001-paper.toml - AST base, input 128 x 1024, batch 16,
 #   100 epochs, lr 3e-5, 10 warm-up epochs, weight decay 0.01, MCAT's MLP head, metadata
 #   device/site/age/BMI/duration with median imputation; the model keys' defaults are
-#   the seed's values (docs/fidelity/seed-001.md), GRF's scalar gate (init 0.5) below.
+#   the seed's values (docs/fidelity.md (seed-001)), GRF's scalar gate (init 0.5) below.
 #
 # Usage: bash examples/seed-001-metadata-ast.sh PATH/TO/ICBHI_final_database [WORK_DIR]
 #        MODELS="tafilm softfilm": a subset; SEEDS=N, RSCTOOL=..., RSCTOOL_FAST=1 (smoke

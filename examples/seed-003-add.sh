@@ -8,7 +8,7 @@
 # attention, SwiGLU; width 256) in front of the AudioSet-pretrained AST (base downloads
 # MIT/ast-finetuned-audioset-10-10-0.4593; offline: --pretrained DIR). The seed states
 # none of the training settings; seed-003-add.toml takes the public code's (lr 5e-5,
-# batch 8, 50 epochs). docs/fidelity/seed-003.md traces every setting; rsctool selects
+# batch 8, 50 epochs). docs/fidelity.md (seed-003) traces every setting; rsctool selects
 # the best epoch on validation, the seed on the test split: expect lower numbers.
 # docs/reproducing.md has the table of recipes and results.
 #

@@ -1,4 +1,4 @@
-"""Seed 001 (MCAT) as its paper and public code define it (docs/fidelity/seed-001.md):
+"""Seed 001 (MCAT) as its paper and public code define it (docs/fidelity.md (seed-001)):
 the MLP head, the SoftFiLM thirds initialisation, GRF's scalar gate, the metadata field
 list with median imputation, and the recipe's multilabel objective with pos_weight x 1.5.
 """
