@@ -979,6 +979,11 @@ def print_report(report: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- command
 
+#: Every option's default, written once: the Typer options below refer to it
+#: (`data_dir` is the command's argument and has none).
+_D = AnalyzeOptions(data_dir=Path())
+
+
 def command(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(
@@ -988,52 +993,55 @@ def command(
              "per segment).")],
     *,
     name: Annotated[str | None, typer.Option(
-        help="Dataset name in the project (default: from the folder name).")] = None,
+        help="Dataset name in the project (default: from the folder name).")] = _D.name,
     format: Annotated[str, typer.Option(
         "--format", help="Dataset layout: auto, icbhi, folder, sprsound or events (an "
-        "event table; auto picks it for a .csv, .tsv or .jsonl file).")] = "auto",
+        "event table; auto picks it for a .csv, .tsv or .jsonl file).")] = _D.format,
     split: Annotated[str | None, typer.Option(
         help="official (ICBHI challenge file; SPRSound: the challenge sets its folders name; "
              "an event table's split column), patients:F (F: train fraction, e.g. "
              "patients:0.6), or random:F:G (folder data; train and val fractions, e.g. "
-             "random:0.7:0.15).")] = None,
+             "random:0.7:0.15).")] = _D.split,
     val_fraction: Annotated[float, typer.Option(
-        help="Share of train patients moved to the validation split (0 disables).")] = 0.1,
+        help="Share of train patients moved to the validation split (0 disables).")
+    ] = _D.val_fraction,
     strict: Annotated[bool, typer.Option(
         "--strict/--lenient",
-        help="Stop at the first bad file or line (exit 2), or skip it with a warning.")] = True,
+        help="Stop at the first bad file or line (exit 2), or skip it with a warning.")
+    ] = _D.strict,
     allow_unknown_codes: Annotated[bool, typer.Option(
         help="ICBHI layout: accept chest-location, mode and device codes in recording names "
-             "other than ICBHI 2017's (e.g. another stethoscope).")] = False,
+             "other than ICBHI 2017's (e.g. another stethoscope).")] = _D.allow_unknown_codes,
     target_ratio: Annotated[float, typer.Option(
         help="Synthesis plan: bring each class to this fraction of the largest train class.")
-    ] = 0.5,
+    ] = _D.target_ratio,
     max_synthetic_per_class: Annotated[int, typer.Option(
-        help="Synthesis plan: at most this many synthetic cycles per class.")] = 500,
-    plots: Annotated[bool, typer.Option(help="Write PNG plots next to report.json.")] = True,
+        help="Synthesis plan: at most this many synthetic cycles per class.")
+    ] = _D.max_synthetic_per_class,
+    plots: Annotated[bool, typer.Option(help="Write PNG plots next to report.json.")] = _D.plots,
     fbank_stats: Annotated[bool, typer.Option(
         "--fbank-stats/--no-fbank-stats",
         help="Compute the train split's log-mel mean and std (for train --norm dataset).")
-    ] = True,
+    ] = _D.fbank_stats,
     name_pattern: Annotated[str | None, typer.Option(
         help="Folder data: file-name pattern whose fields are kept per file, e.g. "
              "'{material}_{class}_{frequency}_{seq}' ({class} matches the class folder).")
-    ] = None,
+    ] = _D.name_pattern,
     where: Annotated[list[str] | None, typer.Option(
         help="Folder data: keep only files whose pattern field has this value, "
-             "FIELD=VALUE[,VALUE...] (repeatable), e.g. frequency=1000hz.")] = None,
+             "FIELD=VALUE[,VALUE...] (repeatable), e.g. frequency=1000hz.")] = _D.where,
     group_by: Annotated[str | None, typer.Option(
         help="Folder data: keep all files with the same value of this pattern field (or "
-             "'groups': the same sub-folders) in one split, e.g. material.")] = None,
+             "'groups': the same sub-folders) in one split, e.g. material.")] = _D.group_by,
     split_file: Annotated[Path | None, typer.Option(
         help="ICBHI data: the train/test split file to use (default: "
              "ICBHI_challenge_train_test.txt beside the data, else the official list "
-             "built into rsctool).")] = None,
+             "built into rsctool).")] = _D.split_file,
     label_map: Annotated[str | None, typer.Option(
         "--map",
         help="See the labels through another dataset's classes: a built-in label map "
              "(sprsound-to-icbhi) or a TOML file. Unmapped labels stop analyze (--lenient "
-             "drops them).")] = None,
+             "drops them).")] = _D.label_map,
     export_events: Annotated[Path | None, typer.Option(
         help="Also write the analysed dataset as an event table (.csv, .tsv or .jsonl; "
              "files relative to it; with its split column), e.g. to relabel it and read "
@@ -1042,8 +1050,8 @@ def command(
         "--task", help="SPRSound data: the challenge task whose labels the manifest gets: "
                        "1-1 (events: normal/adventitious), 1-2 (events: 7 classes, the "
                        "default), 2-1 (recordings: normal/adventitious/poor_quality), 2-2 "
-                       "(recordings: 5 classes).")] = None,
-    force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
+                       "(recordings: 5 classes).")] = _D.task,
+    force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = _D.force,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
 ) -> None:

@@ -528,6 +528,11 @@ def _claim_output(out: Path, lock_dir: Path) -> Any:
 
 # --------------------------------------------------------------------------- command
 
+#: Every option's default, written once: the Typer options below refer to it
+#: (`--run` is the field `run`).
+_D = ExportOptions()
+
+
 def print_export(doc: dict[str, Any]) -> None:
     """One summary block on stderr."""
     size = doc.get("size_bytes")
@@ -553,27 +558,28 @@ def command(
     ctx: typer.Context,
     *,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Run to export (default: the last run in the project).")] = None,
+        "--run", help="Run to export (default: the last run in the project).")] = _D.run,
     out: Annotated[Path | None, typer.Option(
         help="ONNX file to write (default: model[.wav][.int8].onnx in the run folder).")]
-    = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+    = _D.out,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = _D.opset,
     quantize: Annotated[str, typer.Option(
         help="none, or int8: dynamic int8 quantisation of the weights (reports the "
              "validation accuracy change instead of holding it to the parity bound).")]
-    = "none",
+    = _D.quantize,
     with_features: Annotated[bool, typer.Option(
         "--with-features", help="Put the filter bank inside the graph: the model then takes "
-                                "raw clip-length waveforms.")] = False,
-    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+                                "raw clip-length waveforms.")] = _D.with_features,
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = _D.checkpoint,
     tolerance: Annotated[float, typer.Option(
-        help="Fail when torch and onnxruntime outputs differ by more than this.")] = 1e-4,
+        help="Fail when torch and onnxruntime outputs differ by more than this.")] = _D.tolerance,
     parity_cycles: Annotated[int, typer.Option(
-        help="Validation cycles fed to torch and onnxruntime for the parity check.")] = 32,
+        help="Validation cycles fed to torch and onnxruntime for the parity check.")
+    ] = _D.parity_cycles,
     accuracy_cycles: Annotated[int, typer.Option(
-        help="Validation cycles at most for the int8 accuracy comparison.")] = 1000,
+        help="Validation cycles at most for the int8 accuracy comparison.")] = _D.accuracy_cycles,
     force: Annotated[bool, typer.Option(
-        help="Export again even if an identical export is recorded.")] = False,
+        help="Export again even if an identical export is recorded.")] = _D.force,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the export record as JSON on stdout.")] = False,
 ) -> None:

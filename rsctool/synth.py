@@ -1094,6 +1094,10 @@ def _write_sample(out: Path, cycle: Cycle, wav: Any, sample_rate: int) -> None:
 
 # --------------------------------------------------------------------------- command
 
+#: Every option's default, written once: the Typer options below refer to it.
+_D = SynthOptions()
+
+
 def _split_names(values: Sequence[str] | None) -> list[str]:
     """Repeated options, comma-separated lists and trailing words, flattened."""
     out: list[str] = []
@@ -1110,106 +1114,113 @@ def command(
     *,
     backend: Annotated[str, typer.Option(
         help="audioldm, audioldm2 (text to audio) or diffwave (vocoder trained on the "
-             "dataset).", rich_help_panel="Generation")] = "audioldm",
+             "dataset).", rich_help_panel="Generation")] = _D.backend,
     classes: Annotated[list[str] | None, typer.Option(
         "--classes", "-c", show_default=False,
         help="Classes to make: normal, crackle, wheeze, both (default crackle wheeze both; "
-             "repeat, comma-separate or list them).", rich_help_panel="Generation")] = None,
+             "repeat, comma-separate or list them).", rich_help_panel="Generation")] = _D.classes,
     n: Annotated[int | None, typer.Option(
         "--n", "-n", help="Samples per class (default 100).", show_default=False,
-        rich_help_panel="Generation")] = None,
+        rich_help_panel="Generation")] = _D.n,
     balance: Annotated[bool, typer.Option(
         help="Per-class counts from the analyze report's synthesis plan.",
-        rich_help_panel="Generation")] = False,
+        rich_help_panel="Generation")] = _D.balance,
     name: Annotated[str | None, typer.Option(
         help="Set name (default: the set made with the same options, else BACKEND-N).",
         rich_help_panel="Output")
-    ] = None,
+    ] = _D.name,
     out: Annotated[Path | None, typer.Option(
-        help="Output folder (default .rsctool/synthetic/NAME).", rich_help_panel="Output")] = None,
+        help="Output folder (default .rsctool/synthetic/NAME).",
+        rich_help_panel="Output")] = _D.out,
     dataset: Annotated[str | None, typer.Option(
         help="Dataset in the project (default: the last analysed).",
-        rich_help_panel="Generation")] = None,
+        rich_help_panel="Generation")] = _D.dataset,
     model: Annotated[str | None, typer.Option(
         help="Text-to-audio model: hub id or local folder (default "
              "cvssp/audioldm-s-full-v2; cvssp/audioldm2 for audioldm2).",
-        rich_help_panel="Text to audio")] = None,
+        rich_help_panel="Text to audio")] = _D.model,
     prompts: Annotated[Path | None, typer.Option(
         help="Prompt TOML file (default: the packaged one; see docs/synth.md).",
-        rich_help_panel="Text to audio")] = None,
+        rich_help_panel="Text to audio")] = _D.prompts,
     steps: Annotated[int, typer.Option(help="Denoising steps (text to audio).",
-        rich_help_panel="Text to audio")] = 50,
+        rich_help_panel="Text to audio")] = _D.steps,
     guidance: Annotated[float | None, typer.Option(
         help="Guidance scale (default 7.5 AudioLDM, 3.5 AudioLDM 2).",
-        rich_help_panel="Text to audio")] = None,
+        rich_help_panel="Text to audio")] = _D.guidance,
     negative_prompt: Annotated[str | None, typer.Option(
         help="Negative prompt (default: the prompt file's).",
-        rich_help_panel="Text to audio")] = None,
+        rich_help_panel="Text to audio")] = _D.negative_prompt,
     seconds: Annotated[float | None, typer.Option(
         help="Cycle length in s (default 8 for text to audio; diffwave: the source "
-             "cycle's).", rich_help_panel="Generation")] = None,
+             "cycle's).", rich_help_panel="Generation")] = _D.seconds,
     max_seconds: Annotated[float, typer.Option(
         help="diffwave: longest excerpt of a source cycle re-synthesised (s).",
-        rich_help_panel="DiffWave")] = 8.0,
+        rich_help_panel="DiffWave")] = _D.max_seconds,
     sample_rate: Annotated[int, typer.Option(help="Rate of the written files (Hz).",
-        rich_help_panel="Generation")] = 16000,
+        rich_help_panel="Generation")] = _D.sample_rate,
     batch_size: Annotated[int | None, typer.Option(
         help="Samples per generator call (default 4 on CUDA, 1 on CPU).",
-        rich_help_panel="Generation")] = None,
+        rich_help_panel="Generation")] = _D.batch_size,
     vocoder: Annotated[str | None, typer.Option(
         help="diffwave: vocoder name in the project (default diffwave-DATASET).",
-        rich_help_panel="DiffWave")] = None,
+        rich_help_panel="DiffWave")] = _D.vocoder,
     vocoder_size: Annotated[str, typer.Option(
         help="diffwave: base (30 layers, 64 channels) or tiny.",
-        rich_help_panel="DiffWave")] = "base",
+        rich_help_panel="DiffWave")] = _D.vocoder_size,
     vocoder_layers: Annotated[int | None, typer.Option(
-        help="diffwave: residual layers (overrides the size).", rich_help_panel="DiffWave")] = None,
+        help="diffwave: residual layers (overrides the size).",
+        rich_help_panel="DiffWave")] = _D.vocoder_layers,
     vocoder_channels: Annotated[int | None, typer.Option(
         help="diffwave: residual channels (overrides the size).",
-        rich_help_panel="DiffWave")] = None,
+        rich_help_panel="DiffWave")] = _D.vocoder_channels,
     vocoder_steps: Annotated[int, typer.Option(
         help="diffwave: vocoder training steps (more resumes training).",
-        rich_help_panel="DiffWave")] = 50_000,
+        rich_help_panel="DiffWave")] = _D.vocoder_steps,
     vocoder_batch_size: Annotated[int, typer.Option(
-        help="diffwave: segments per training step.", rich_help_panel="DiffWave")] = 16,
+        help="diffwave: segments per training step.",
+        rich_help_panel="DiffWave")] = _D.vocoder_batch_size,
     vocoder_segment_frames: Annotated[int, typer.Option(
-        help="diffwave: mel frames per training segment.", rich_help_panel="DiffWave")] = 62,
+        help="diffwave: mel frames per training segment.",
+        rich_help_panel="DiffWave")] = _D.vocoder_segment_frames,
     vocoder_lr: Annotated[float, typer.Option(
-        help="diffwave: vocoder learning rate (Adam).", rich_help_panel="DiffWave")] = 2e-4,
+        help="diffwave: vocoder learning rate (Adam).",
+        rich_help_panel="DiffWave")] = _D.vocoder_lr,
     vocoder_checkpoint_every: Annotated[int, typer.Option(
-        help="diffwave: steps between vocoder checkpoints.", rich_help_panel="DiffWave")] = 1000,
+        help="diffwave: steps between vocoder checkpoints.",
+        rich_help_panel="DiffWave")] = _D.vocoder_checkpoint_every,
     sampler: Annotated[str, typer.Option(
-        help="diffwave: fast (6 steps) or full (50 steps).", rich_help_panel="DiffWave")] = "fast",
+        help="diffwave: fast (6 steps) or full (50 steps).",
+        rich_help_panel="DiffWave")] = _D.sampler,
     stretch: Annotated[float, typer.Option(
         help="diffwave: max relative time stretch of the source mel.",
-        rich_help_panel="DiffWave")] = 0.1,
+        rich_help_panel="DiffWave")] = _D.stretch,
     mel_noise: Annotated[float, typer.Option(
         help="diffwave: std of noise added to the normalised mel.",
-        rich_help_panel="DiffWave")] = 0.02,
+        rich_help_panel="DiffWave")] = _D.mel_noise,
     gain_db: Annotated[float, typer.Option(
         help="diffwave: max level change of the source mel (dB).",
-        rich_help_panel="DiffWave")] = 3.0,
+        rich_help_panel="DiffWave")] = _D.gain_db,
     min_confidence: Annotated[float | None, typer.Option(
         help="Keep only samples the filter run assigns to their class with at least this "
-             "probability.", rich_help_panel="Quality filter")] = None,
+             "probability.", rich_help_panel="Quality filter")] = _D.min_confidence,
     filter_run: Annotated[str | None, typer.Option(
         help="Run that scores samples for --min-confidence (default: the last finished).",
         rich_help_panel="Quality filter")
-    ] = None,
+    ] = _D.filter_run,
     max_tries: Annotated[int, typer.Option(
         help="With a filter: give up on a class after N x this many samples.",
-        rich_help_panel="Quality filter")] = 4,
+        rich_help_panel="Quality filter")] = _D.max_tries,
     force: Annotated[bool, typer.Option(
         help="Regenerate a set made with other options (deletes its files).",
-        rich_help_panel="Output")] = False,
+        rich_help_panel="Output")] = _D.force,
     new: Annotated[bool, typer.Option(
         "--new", help="Make a new set even if one was made with the same options (without "
                       "--name, the same options find their set again).",
-        rich_help_panel="Output")] = False,
+        rich_help_panel="Output")] = _D.new,
     yes: Annotated[bool, typer.Option(
         "--yes", "-y",
         help="Go ahead with a job estimated above 24 h, 1,000,000 samples or the free disk "
-             "space (refused without it).", rich_help_panel="Generation")] = False,
+             "space (refused without it).", rich_help_panel="Generation")] = _D.yes,
     processes: Annotated[int | None, typer.Option(
         help="Share the samples out to N processes on this machine (one per GPU): the "
              "same as `torchrun --nproc-per-node N -m rsctool synth ...`.", min=1,
