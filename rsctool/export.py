@@ -396,19 +396,11 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     """
     from rsctool.data.manifest import file_sha256
     from rsctool.onnx_runtime import ModelSpec
-    from rsctool.runs import load_run, select_runs
 
     log = log or (lambda msg: None)
     opts.validate()
     t0 = time.perf_counter()
-    name = select_runs(project, opts.run, [])[0][0]
-    loaded = load_run(project, name, opts.checkpoint, "cpu")
-    if loaded.config.get("needs_metadata") and loaded.encoder is None:
-        raise DataError("checkpoint of a metadata model lacks its metadata encoder",
-                        loaded.checkpoint)
-    if loaded.record.get("status") not in (None, "done"):
-        warn(f"run {name!r} is {loaded.record.get('status')}: exporting its current "
-             f"{opts.checkpoint} checkpoint")
+    name, loaded = _load(project, opts)
     spec = ModelSpec.from_run(loaded, with_features=opts.with_features, quantize=opts.quantize)
     if "attention" in spec.model_config:
         spec.model_config["attention"] = "eager"  # what the graph computes (export_wrapper)
@@ -472,20 +464,7 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
         doc.update(parity_max_abs=res["max_abs"], parity_logits_max_abs=res["logits_max_abs"],
                    parity_probs_max_abs=res["probs_max_abs"], parity_n=res["n"])
         if opts.quantize == "int8":
-            full = compare(wrapper, session, inputs, opts.batch_size, opts.accuracy_cycles)
-            if full["labels"] is not None:
-                a32 = _accuracy(full["labels"], full["torch_logits"], spec)
-                a8 = _accuracy(full["labels"], full["onnx_logits"], spec)
-                doc.update(
-                    accuracy_n=full["n"], accuracy_split=inputs.source,
-                    accuracy_fp32=a32["accuracy"], accuracy_int8=a8["accuracy"],
-                    accuracy_change=a8["accuracy"] - a32["accuracy"],
-                    score_fp32=a32["score"], score_int8=a8["score"],
-                    score_change=(None if a32["score"] is None or a8["score"] is None
-                                  else a8["score"] - a32["score"]),
-                    agreement=float(np.mean(a32["pred"] == a8["pred"])))
-            else:
-                warn("no labelled cycles: the int8 accuracy change is not measured")
+            doc.update(_int8_accuracy(wrapper, session, inputs, opts, spec))
         elif res["max_abs"] > opts.tolerance:
             doc.update(status="failed", seconds=round(time.perf_counter() - t0, 3))
             project.set_record("exports", ename, doc)
@@ -509,6 +488,42 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
                inputs_hash=inputs_hash, seconds=round(time.perf_counter() - t0, 3))
     project.set_record("exports", ename, doc)
     return {"name": ename, **doc, "skipped": False}
+
+
+def _load(project: Any, opts: ExportOptions) -> tuple[str, Any]:
+    """The run to export (`opts.run`, else the last) and its loaded checkpoint (a
+    `rsctool.runs.LoadedRun`, on the CPU)."""
+    from rsctool.runs import load_run, select_runs
+
+    name = select_runs(project, opts.run, [])[0][0]
+    loaded = load_run(project, name, opts.checkpoint, "cpu")
+    if loaded.config.get("needs_metadata") and loaded.encoder is None:
+        raise DataError("checkpoint of a metadata model lacks its metadata encoder",
+                        loaded.checkpoint)
+    if loaded.record.get("status") not in (None, "done"):
+        warn(f"run {name!r} is {loaded.record.get('status')}: exporting its current "
+             f"{opts.checkpoint} checkpoint")
+    return name, loaded
+
+
+def _int8_accuracy(wrapper: Any, session: Any, inputs: CheckInputs, opts: ExportOptions,
+                   spec: Any) -> dict[str, Any]:
+    """The record's fields comparing the int8 model with torch on up to
+    `accuracy_cycles` labelled cycles (accuracy, Score, agreement); none without labels."""
+    full = compare(wrapper, session, inputs, opts.batch_size, opts.accuracy_cycles)
+    if full["labels"] is None:
+        warn("no labelled cycles: the int8 accuracy change is not measured")
+        return {}
+    a32 = _accuracy(full["labels"], full["torch_logits"], spec)
+    a8 = _accuracy(full["labels"], full["onnx_logits"], spec)
+    return {
+        "accuracy_n": full["n"], "accuracy_split": inputs.source,
+        "accuracy_fp32": a32["accuracy"], "accuracy_int8": a8["accuracy"],
+        "accuracy_change": a8["accuracy"] - a32["accuracy"],
+        "score_fp32": a32["score"], "score_int8": a8["score"],
+        "score_change": (None if a32["score"] is None or a8["score"] is None
+                        else a8["score"] - a32["score"]),
+        "agreement": float(np.mean(a32["pred"] == a8["pred"]))}
 
 
 def _claim_output(out: Path, lock_dir: Path) -> Any:
