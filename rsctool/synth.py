@@ -996,7 +996,7 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
     ``rejected.jsonl`` (the parts are then removed; an interrupted run leaves them, and
     the next run, with any number of processes, reads them back) and finishes the set.
     """
-    from rsctool.data.manifest import ManifestWriter, iter_manifest, write_manifest
+    from rsctool.data.manifest import ManifestWriter, iter_manifest
     from rsctool.generators import Request, sample_seed
 
     manifest_path = out / "manifest.jsonl"
@@ -1062,24 +1062,7 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
     made = int(round(dist.all_sum([made])[0]))  # also: every process has closed its parts
     result = None
     if dist.is_main:
-        merged = {c.id: c for c in iter_manifest(manifest_path)} \
-            if manifest_path.stat().st_size else {}
-        parts = sorted(out.glob("manifest.part-*.jsonl"))
-        for part in parts:
-            merged.update({c.id: c for c in _read_part(part)})
-        order = {label: k for k, label in enumerate(counts)}
-        all_cycles = sorted(merged.values(), key=lambda c: (
-            order.get(c.label, len(order)), int(c.generator.get("index", 0)), c.id))
-        write_manifest(manifest_path, all_cycles)
-        rej_all: dict[tuple[str, int], dict[str, Any]] = {}
-        rej_parts = sorted(out.glob("rejected.part-*.jsonl"))
-        for path in [out / "rejected.jsonl", *rej_parts]:
-            rej_all.update(_Rejected(path).items)
-        if rej_all:
-            atomic_write_text(out / "rejected.jsonl", "".join(
-                json.dumps(d) + "\n" for _, d in sorted(rej_all.items())))
-        for path in [*parts, *rej_parts]:
-            path.unlink(missing_ok=True)
+        all_cycles, rej_all = _merge_parts(out, counts)
         result = _finish_set(project, opts, name=name, out=out, counts=counts,
                              cycles=all_cycles, rejected=Counter(lbl for lbl, _ in rej_all),
                              described=described, prompts=prompts, extra=extra,
@@ -1088,6 +1071,35 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
 
     sync_project(project, dist)
     return dist.broadcast(result)
+
+
+def _merge_parts(out: Path, counts: dict[str, int]
+                 ) -> tuple[list[Cycle], dict[tuple[str, int], dict[str, Any]]]:
+    """Merge the processes' manifest and rejected parts into ``manifest.jsonl`` (in
+    class, then sample order) and ``rejected.jsonl``, and remove the parts; returns the
+    set's cycles and ``{(label, index): rejection}``."""
+    from rsctool.data.manifest import iter_manifest, write_manifest
+
+    manifest_path = out / "manifest.jsonl"
+    merged = {c.id: c for c in iter_manifest(manifest_path)} \
+        if manifest_path.stat().st_size else {}
+    parts = sorted(out.glob("manifest.part-*.jsonl"))
+    for part in parts:
+        merged.update({c.id: c for c in _read_part(part)})
+    order = {label: k for k, label in enumerate(counts)}
+    all_cycles = sorted(merged.values(), key=lambda c: (
+        order.get(c.label, len(order)), int(c.generator.get("index", 0)), c.id))
+    write_manifest(manifest_path, all_cycles)
+    rej_all: dict[tuple[str, int], dict[str, Any]] = {}
+    rej_parts = sorted(out.glob("rejected.part-*.jsonl"))
+    for path in [out / "rejected.jsonl", *rej_parts]:
+        rej_all.update(_Rejected(path).items)
+    if rej_all:
+        atomic_write_text(out / "rejected.jsonl", "".join(
+            json.dumps(d) + "\n" for _, d in sorted(rej_all.items())))
+    for path in [*parts, *rej_parts]:
+        path.unlink(missing_ok=True)
+    return all_cycles, rej_all
 
 
 def prompt_for_(prompts: Any, label: str, index: int) -> str | None:
