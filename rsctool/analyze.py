@@ -598,50 +598,9 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
     from rsctool.data.splits import split_hash as compute_split_hash
 
     t0 = time.perf_counter()
-    root = Path(opts.data_dir)
-    if opts.format not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {opts.format!r}")
-    from rsctool.data.events import EVENT_SUFFIXES
-
-    # an event table is a file: --format events, or auto on a .csv/.tsv/.jsonl file
-    events = opts.format == "events" or (opts.format == "auto" and not root.is_dir()
-                                         and root.suffix.lower() in EVENT_SUFFIXES)
-    if not root.exists():
-        raise DataError("event table not found" if events else "dataset folder not found", root)
-    if events and not root.is_file():
-        raise DataError("--format events reads an event table file (.csv, .tsv, .jsonl), "
-                        "not a folder", root)
-    if not events and not root.is_dir():
-        raise DataError("not a folder (an event table ends in .csv, .tsv or .jsonl)"
-                        if root.is_file() else "not a folder", root)
-    if not 0.0 <= opts.val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction must be in [0, 1), got {opts.val_fraction}")
-    if opts.target_ratio <= 0 or opts.max_synthetic_per_class < 0:
-        raise ConfigError("--target-ratio must be > 0 and --max-synthetic-per-class >= 0")
-    from rsctool.data.layout import resolve_layout
-
-    given = root
-    fmt, root = ("events", root) if events else resolve_layout(given, opts.format)
-    found_from = given if root.resolve() != given.resolve() else None
-    if opts.task is not None and fmt != "sprsound":
-        raise ConfigError(f"--task applies to SPRSound data (--format sprsound); {root} is "
-                          f"read as {fmt}")
-    if fmt != "folder" and (opts.name_pattern or opts.where or opts.group_by):
-        raise ConfigError("--name-pattern, --where and --group-by apply to folder datasets "
-                          f"(--format folder); {root} is read as {fmt}")
-    if opts.split_file is not None:
-        if fmt != "icbhi":
-            raise ConfigError(f"--split-file applies to ICBHI data (--format icbhi); {root} "
-                              f"is read as {fmt}")
-        if (opts.split or "official") != "official":
-            raise ConfigError("--split-file applies to --split official (the challenge "
-                              f"split), not to --split {opts.split}")
-        if not Path(opts.split_file).is_file():
-            raise DataError("split file not found", opts.split_file)
-    name = opts.name or (_default_name(root.with_suffix(""), fmt) if events
-                         else _default_name(root, fmt, given))
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"--name may hold letters, digits, '-' and '_' only, got {name!r}")
+    given = Path(opts.data_dir)
+    events = _check_input(given, opts)
+    fmt, root, found_from, name = _resolve_input(given, opts, events)
     hold_record(project, "datasets", name)  # one writer per dataset name
     labelmap = None
     params = {**opts.params(), "format": fmt, "name": name}
@@ -654,23 +613,11 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         params["folder"] = str(root.resolve())
     p_hash = params_hash(params)
     meta_dirs = _metadata_dirs(root, given) if found_from is not None else []
-    extra_files: list[Path] = []
-    if fmt == "icbhi":
-        from rsctool.data.icbhi import find_metadata_files
-
-        folder = root.resolve()
-        for p in find_metadata_files(root, meta_dirs).values():
-            # files in `root` are walked, the parent's ICBHI_*.txt globbed: the rest
-            # (Kaggle names, files further up) count here
-            if p is not None and p.parent != folder and not (
-                    p.parent == folder.parent and p.name.startswith("ICBHI_")):
-                extra_files.append(p)
-        if opts.split_file is not None:
-            extra_files.append(Path(opts.split_file))
     if events:
         fingerprint, file_stats = _files_fingerprint(root)
     else:
-        fingerprint, file_stats = _dataset_fingerprint(root, extra_files)
+        fingerprint, file_stats = _dataset_fingerprint(
+            root, _extra_files(root, meta_dirs, opts) if fmt == "icbhi" else [])
 
     state_dir = project.state_dir()
     manifest_path = state_dir / "manifests" / f"{name}.jsonl"
@@ -700,19 +647,142 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         split_info.clear()
     map_record = None
     if labelmap is not None:
-        from rsctool.data.labelmap import apply_map
-
-        mapped = apply_map(cycles, labelmap, strict=opts.strict, where=given)
-        cycles = mapped.cycles
-        if mapped.unmapped:
-            warn(f"{given}: label map {labelmap.name}: dropped {mapped.dropped} segment(s) "
-                 "with unmapped label(s) "
-                 + ", ".join(f"{k!r} ({v})" for k, v in mapped.unmapped.items()))
-        map_record = {**labelmap.record(), "mapped": mapped.counts,
-                      "unmapped": mapped.unmapped}
+        cycles, map_record = _apply_label_map(cycles, labelmap, opts, given)
     t_read = time.perf_counter()
 
-    # Scan samples of each recording once (cached by file identity).
+    cycles, stats = _scan_audio(cycles, scanner, file_stats, opts, problems, progress)
+    for p in problems:
+        warn(str(p) if not hasattr(p, "to_dict") else _problem_line(p))
+    if not cycles:
+        raise DataError("no usable cycles found", root)
+    _check_splits(cycles, opts, fmt, root)
+    t_scan = time.perf_counter()
+
+    s_hash = compute_split_hash(cycles)
+    reuse = old if old and old.get("inputs_hash") == fingerprint else None
+    norm_stats = _fbank_stats(cycles, reuse, s_hash, opts.fbank_stats, log)
+    report = build_report(cycles, stats, fmt=fmt, name=name, opts=opts, problems=problems,
+                          split_hash=s_hash, root=root, found_from=found_from,
+                          split_info=split_info, label_map=map_record)
+    # Everything is read and checked: now write outputs, then record them.
+    sha = _write_manifest(manifest_path, cycles)
+    report["manifest"] = str(manifest_path)
+    report["manifest_sha256"] = sha
+    for entry in norm_stats.values():
+        entry["manifest_sha256"] = sha
+    if norm_stats:
+        report["fbank_stats"] = norm_stats
+    plots = _write_report(report, cycles, report_dir, opts)
+    scanner.save()
+    record = _dataset_record(project, report, opts, fmt=fmt, root=root,
+                             found_from=found_from, s_hash=s_hash, labelmap=labelmap,
+                             manifest_path=manifest_path, sha=sha, cycles=cycles,
+                             report_path=report_path, plots=plots, problems=problems,
+                             p_hash=p_hash, fingerprint=fingerprint)
+    if norm_stats:
+        record["fbank_stats"] = norm_stats
+    project.set_record("datasets", name, record)
+    t_end = time.perf_counter()
+    return AnalyzeResult(name, report, manifest_path, timings={
+        "read": t_read - t0, "scan": t_scan - t_read, "write": t_end - t_scan,
+        "total": t_end - t0, "cache_hits": scanner.hits, "cache_misses": scanner.misses})
+
+
+def _check_input(root: Path, opts: AnalyzeOptions) -> bool:
+    """Check the format, the data path and the numeric options; True when `root` is read
+    as an event table."""
+    if opts.format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {opts.format!r}")
+    from rsctool.data.events import EVENT_SUFFIXES
+
+    # an event table is a file: --format events, or auto on a .csv/.tsv/.jsonl file
+    events = opts.format == "events" or (opts.format == "auto" and not root.is_dir()
+                                         and root.suffix.lower() in EVENT_SUFFIXES)
+    if not root.exists():
+        raise DataError("event table not found" if events else "dataset folder not found", root)
+    if events and not root.is_file():
+        raise DataError("--format events reads an event table file (.csv, .tsv, .jsonl), "
+                        "not a folder", root)
+    if not events and not root.is_dir():
+        raise DataError("not a folder (an event table ends in .csv, .tsv or .jsonl)"
+                        if root.is_file() else "not a folder", root)
+    if not 0.0 <= opts.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {opts.val_fraction}")
+    if opts.target_ratio <= 0 or opts.max_synthetic_per_class < 0:
+        raise ConfigError("--target-ratio must be > 0 and --max-synthetic-per-class >= 0")
+    return events
+
+
+def _resolve_input(given: Path, opts: AnalyzeOptions, events: bool
+                   ) -> tuple[str, Path, Path | None, str]:
+    """``(format, dataset root, the folder given when the root was found below it (else
+    None), dataset name)``; ConfigError for options that do not apply to the format."""
+    from rsctool.data.layout import resolve_layout
+
+    fmt, root = ("events", given) if events else resolve_layout(given, opts.format)
+    found_from = given if root.resolve() != given.resolve() else None
+    if opts.task is not None and fmt != "sprsound":
+        raise ConfigError(f"--task applies to SPRSound data (--format sprsound); {root} is "
+                          f"read as {fmt}")
+    if fmt != "folder" and (opts.name_pattern or opts.where or opts.group_by):
+        raise ConfigError("--name-pattern, --where and --group-by apply to folder datasets "
+                          f"(--format folder); {root} is read as {fmt}")
+    if opts.split_file is not None:
+        if fmt != "icbhi":
+            raise ConfigError(f"--split-file applies to ICBHI data (--format icbhi); {root} "
+                              f"is read as {fmt}")
+        if (opts.split or "official") != "official":
+            raise ConfigError("--split-file applies to --split official (the challenge "
+                              f"split), not to --split {opts.split}")
+        if not Path(opts.split_file).is_file():
+            raise DataError("split file not found", opts.split_file)
+    name = opts.name or (_default_name(root.with_suffix(""), fmt) if events
+                         else _default_name(root, fmt, given))
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"--name may hold letters, digits, '-' and '_' only, got {name!r}")
+    return fmt, root, found_from, name
+
+
+def _extra_files(root: Path, meta_dirs: list[Path], opts: AnalyzeOptions) -> list[Path]:
+    """ICBHI data: the files outside the walked folder that the fingerprint counts (the
+    metadata files found elsewhere and the --split-file)."""
+    from rsctool.data.icbhi import find_metadata_files
+
+    extra_files: list[Path] = []
+    folder = root.resolve()
+    for p in find_metadata_files(root, meta_dirs).values():
+        # files in `root` are walked, the parent's ICBHI_*.txt globbed: the rest
+        # (Kaggle names, files further up) count here
+        if p is not None and p.parent != folder and not (
+                p.parent == folder.parent and p.name.startswith("ICBHI_")):
+            extra_files.append(p)
+    if opts.split_file is not None:
+        extra_files.append(Path(opts.split_file))
+    return extra_files
+
+
+def _apply_label_map(cycles: list[Cycle], labelmap: Any, opts: AnalyzeOptions,
+                     given: Path) -> tuple[list[Cycle], dict[str, Any]]:
+    """The cycles seen through `labelmap` (unmapped ones dropped with a warning, or
+    refused with --strict) and the map's record for the report."""
+    from rsctool.data.labelmap import apply_map
+
+    mapped = apply_map(cycles, labelmap, strict=opts.strict, where=given)
+    if mapped.unmapped:
+        warn(f"{given}: label map {labelmap.name}: dropped {mapped.dropped} segment(s) "
+             "with unmapped label(s) "
+             + ", ".join(f"{k!r} ({v})" for k, v in mapped.unmapped.items()))
+    map_record = {**labelmap.record(), "mapped": mapped.counts,
+                  "unmapped": mapped.unmapped}
+    return mapped.cycles, map_record
+
+
+def _scan_audio(cycles: list[Cycle], scanner: AudioScanner, file_stats: dict[str, Any],
+                opts: AnalyzeOptions, problems: list, progress: bool
+                ) -> tuple[list[Cycle], dict[str, dict]]:
+    """Scan the samples of each recording once (cached by file identity): the cycles
+    whose audio could be read and ``{audio: stats}``. An unreadable file stops with
+    --strict, else it is a problem and its cycles are dropped."""
     by_audio: dict[str, list[Cycle]] = defaultdict(list)
     for c in cycles:
         by_audio[c.audio].append(c)
@@ -739,27 +809,14 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
             bar[0].stop()
     if bad_audio:
         cycles = [c for c in cycles if c.audio not in bad_audio]
-    for p in problems:
-        warn(str(p) if not hasattr(p, "to_dict") else _problem_line(p))
-    if not cycles:
-        raise DataError("no usable cycles found", root)
-    _check_splits(cycles, opts, fmt, root)
-    t_scan = time.perf_counter()
+    return cycles, stats
 
-    s_hash = compute_split_hash(cycles)
-    reuse = old if old and old.get("inputs_hash") == fingerprint else None
-    norm_stats = _fbank_stats(cycles, reuse, s_hash, opts.fbank_stats, log)
-    report = build_report(cycles, stats, fmt=fmt, name=name, opts=opts, problems=problems,
-                          split_hash=s_hash, root=root, found_from=found_from,
-                          split_info=split_info, label_map=map_record)
-    # Everything is read and checked: now write outputs, then record them.
-    sha = _write_manifest(manifest_path, cycles)
-    report["manifest"] = str(manifest_path)
-    report["manifest_sha256"] = sha
-    for entry in norm_stats.values():
-        entry["manifest_sha256"] = sha
-    if norm_stats:
-        report["fbank_stats"] = norm_stats
+
+def _write_report(report: dict[str, Any], cycles: list[Cycle], report_dir: Path,
+                  opts: AnalyzeOptions) -> list[str]:
+    """Write report.json (unless unchanged) and, with --plots, its plots; returns the
+    plot paths."""
+    report_path = report_dir / "report.json"
     old_report = _read_json(report_path)
     if old_report != report:  # as the manifest: an unchanged report is left alone
         atomic_write_json(report_path, report)
@@ -773,8 +830,16 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         # unchanged data is then cheap).
         if old_report != report or not all(Path(p).exists() for p in plots):
             plots = [str(p) for p in analyze_plots(report, cycles, report_dir)]
-    scanner.save()
-    record = {
+    return plots
+
+
+def _dataset_record(project: Any, report: dict[str, Any], opts: AnalyzeOptions, *, fmt: str,
+                    root: Path, found_from: Path | None, s_hash: str, labelmap: Any,
+                    manifest_path: Path, sha: str, cycles: list[Cycle], report_path: Path,
+                    plots: list[str], problems: list, p_hash: str,
+                    fingerprint: str) -> dict[str, Any]:
+    """The project's ``[datasets.NAME]`` record of an analysed dataset."""
+    return {
         "format": fmt,
         "root": project.rel(root.resolve()),
         **({"found_from": project.rel(found_from.resolve())} if found_from is not None else {}),
@@ -804,13 +869,6 @@ def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
         "inputs_hash": fingerprint,
         "status": "done",
     }
-    if norm_stats:
-        record["fbank_stats"] = norm_stats
-    project.set_record("datasets", name, record)
-    t_end = time.perf_counter()
-    return AnalyzeResult(name, report, manifest_path, timings={
-        "read": t_read - t0, "scan": t_scan - t_read, "write": t_end - t_scan,
-        "total": t_end - t0, "cache_hits": scanner.hits, "cache_misses": scanner.misses})
 
 
 def _rel_split_file(project: Any, label: str) -> str:
@@ -999,6 +1057,11 @@ def print_report(report: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- command
 
+#: Every option's default, written once: the Typer options below refer to it
+#: (`data_dir` is the command's argument and has none).
+_D = AnalyzeOptions(data_dir=Path())
+
+
 def command(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(
@@ -1008,52 +1071,55 @@ def command(
              "per segment).")],
     *,
     name: Annotated[str | None, typer.Option(
-        help="Dataset name in the project (default: from the folder name).")] = None,
+        help="Dataset name in the project (default: from the folder name).")] = _D.name,
     format: Annotated[str, typer.Option(
         "--format", help="Dataset layout: auto, icbhi, folder, sprsound or events (an "
-        "event table; auto picks it for a .csv, .tsv or .jsonl file).")] = "auto",
+        "event table; auto picks it for a .csv, .tsv or .jsonl file).")] = _D.format,
     split: Annotated[str | None, typer.Option(
         help="official (ICBHI challenge file; SPRSound: the challenge sets its folders name; "
              "an event table's split column), patients:F (F: train fraction, e.g. "
              "patients:0.6), or random:F:G (folder data; train and val fractions, e.g. "
-             "random:0.7:0.15).")] = None,
+             "random:0.7:0.15).")] = _D.split,
     val_fraction: Annotated[float, typer.Option(
-        help="Share of train patients moved to the validation split (0 disables).")] = 0.1,
+        help="Share of train patients moved to the validation split (0 disables).")
+    ] = _D.val_fraction,
     strict: Annotated[bool, typer.Option(
         "--strict/--lenient",
-        help="Stop at the first bad file or line (exit 2), or skip it with a warning.")] = True,
+        help="Stop at the first bad file or line (exit 2), or skip it with a warning.")
+    ] = _D.strict,
     allow_unknown_codes: Annotated[bool, typer.Option(
         help="ICBHI layout: accept chest-location, mode and device codes in recording names "
-             "other than ICBHI 2017's (e.g. another stethoscope).")] = False,
+             "other than ICBHI 2017's (e.g. another stethoscope).")] = _D.allow_unknown_codes,
     target_ratio: Annotated[float, typer.Option(
         help="Synthesis plan: bring each class to this fraction of the largest train class.")
-    ] = 0.5,
+    ] = _D.target_ratio,
     max_synthetic_per_class: Annotated[int, typer.Option(
-        help="Synthesis plan: at most this many synthetic cycles per class.")] = 500,
-    plots: Annotated[bool, typer.Option(help="Write PNG plots next to report.json.")] = True,
+        help="Synthesis plan: at most this many synthetic cycles per class.")
+    ] = _D.max_synthetic_per_class,
+    plots: Annotated[bool, typer.Option(help="Write PNG plots next to report.json.")] = _D.plots,
     fbank_stats: Annotated[bool, typer.Option(
         "--fbank-stats/--no-fbank-stats",
         help="Compute the train split's log-mel mean and std (for train --norm dataset).")
-    ] = True,
+    ] = _D.fbank_stats,
     name_pattern: Annotated[str | None, typer.Option(
         help="Folder data: file-name pattern whose fields are kept per file, e.g. "
              "'{material}_{class}_{frequency}_{seq}' ({class} matches the class folder).")
-    ] = None,
+    ] = _D.name_pattern,
     where: Annotated[list[str] | None, typer.Option(
         help="Folder data: keep only files whose pattern field has this value, "
-             "FIELD=VALUE[,VALUE...] (repeatable), e.g. frequency=1000hz.")] = None,
+             "FIELD=VALUE[,VALUE...] (repeatable), e.g. frequency=1000hz.")] = _D.where,
     group_by: Annotated[str | None, typer.Option(
         help="Folder data: keep all files with the same value of this pattern field (or "
-             "'groups': the same sub-folders) in one split, e.g. material.")] = None,
+             "'groups': the same sub-folders) in one split, e.g. material.")] = _D.group_by,
     split_file: Annotated[Path | None, typer.Option(
         help="ICBHI data: the train/test split file to use (default: "
              "ICBHI_challenge_train_test.txt beside the data, else the official list "
-             "built into rsctool).")] = None,
+             "built into rsctool).")] = _D.split_file,
     label_map: Annotated[str | None, typer.Option(
         "--map",
         help="See the labels through another dataset's classes: a built-in label map "
              "(sprsound-to-icbhi) or a TOML file. Unmapped labels stop analyze (--lenient "
-             "drops them).")] = None,
+             "drops them).")] = _D.label_map,
     export_events: Annotated[Path | None, typer.Option(
         help="Also write the analysed dataset as an event table (.csv, .tsv or .jsonl; "
              "files relative to it; with its split column), e.g. to relabel it and read "
@@ -1062,8 +1128,8 @@ def command(
         "--task", help="SPRSound data: the challenge task whose labels the manifest gets: "
                        "1-1 (events: normal/adventitious), 1-2 (events: 7 classes, the "
                        "default), 2-1 (recordings: normal/adventitious/poor_quality), 2-2 "
-                       "(recordings: 5 classes).")] = None,
-    force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = False,
+                       "(recordings: 5 classes).")] = _D.task,
+    force: Annotated[bool, typer.Option(help="Re-run even if nothing changed.")] = _D.force,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
     = False,
 ) -> None:

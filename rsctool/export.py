@@ -402,19 +402,11 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     """
     from rsctool.data.manifest import file_sha256
     from rsctool.onnx_runtime import ModelSpec
-    from rsctool.runs import load_run, select_runs
 
     log = log or (lambda msg: None)
     opts.validate()
     t0 = time.perf_counter()
-    name = select_runs(project, opts.run, [])[0][0]
-    loaded = load_run(project, name, opts.checkpoint, "cpu")
-    if loaded.config.needs_metadata and loaded.encoder is None:
-        raise DataError("checkpoint of a metadata model lacks its metadata encoder",
-                        loaded.checkpoint)
-    if loaded.record.get("status") not in (None, "done"):
-        warn(f"run {name!r} is {loaded.record.get('status')}: exporting its current "
-             f"{opts.checkpoint} checkpoint")
+    name, loaded = _load(project, opts)
     spec = ModelSpec.from_run(loaded, with_features=opts.with_features, quantize=opts.quantize)
     if "attention" in spec.model_config:
         spec.model_config["attention"] = "eager"  # what the graph computes (export_wrapper)
@@ -478,20 +470,7 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
         doc.update(parity_max_abs=res["max_abs"], parity_logits_max_abs=res["logits_max_abs"],
                    parity_probs_max_abs=res["probs_max_abs"], parity_n=res["n"])
         if opts.quantize == "int8":
-            full = compare(wrapper, session, inputs, opts.batch_size, opts.accuracy_cycles)
-            if full["labels"] is not None:
-                a32 = _accuracy(full["labels"], full["torch_logits"], spec)
-                a8 = _accuracy(full["labels"], full["onnx_logits"], spec)
-                doc.update(
-                    accuracy_n=full["n"], accuracy_split=inputs.source,
-                    accuracy_fp32=a32["accuracy"], accuracy_int8=a8["accuracy"],
-                    accuracy_change=a8["accuracy"] - a32["accuracy"],
-                    score_fp32=a32["score"], score_int8=a8["score"],
-                    score_change=(None if a32["score"] is None or a8["score"] is None
-                                  else a8["score"] - a32["score"]),
-                    agreement=float(np.mean(a32["pred"] == a8["pred"])))
-            else:
-                warn("no labelled cycles: the int8 accuracy change is not measured")
+            doc.update(_int8_accuracy(wrapper, session, inputs, opts, spec))
         elif res["max_abs"] > opts.tolerance:
             doc.update(status="failed", seconds=round(time.perf_counter() - t0, 3))
             project.set_record("exports", ename, doc)
@@ -517,6 +496,42 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     return {"name": ename, **doc, "skipped": False}
 
 
+def _load(project: Any, opts: ExportOptions) -> tuple[str, Any]:
+    """The run to export (`opts.run`, else the last) and its loaded checkpoint (a
+    `rsctool.runs.LoadedRun`, on the CPU)."""
+    from rsctool.runs import load_run, select_runs
+
+    name = select_runs(project, opts.run, [])[0][0]
+    loaded = load_run(project, name, opts.checkpoint, "cpu")
+    if loaded.config.needs_metadata and loaded.encoder is None:
+        raise DataError("checkpoint of a metadata model lacks its metadata encoder",
+                        loaded.checkpoint)
+    if loaded.record.get("status") not in (None, "done"):
+        warn(f"run {name!r} is {loaded.record.get('status')}: exporting its current "
+             f"{opts.checkpoint} checkpoint")
+    return name, loaded
+
+
+def _int8_accuracy(wrapper: Any, session: Any, inputs: CheckInputs, opts: ExportOptions,
+                   spec: Any) -> dict[str, Any]:
+    """The record's fields comparing the int8 model with torch on up to
+    `accuracy_cycles` labelled cycles (accuracy, Score, agreement); none without labels."""
+    full = compare(wrapper, session, inputs, opts.batch_size, opts.accuracy_cycles)
+    if full["labels"] is None:
+        warn("no labelled cycles: the int8 accuracy change is not measured")
+        return {}
+    a32 = _accuracy(full["labels"], full["torch_logits"], spec)
+    a8 = _accuracy(full["labels"], full["onnx_logits"], spec)
+    return {
+        "accuracy_n": full["n"], "accuracy_split": inputs.source,
+        "accuracy_fp32": a32["accuracy"], "accuracy_int8": a8["accuracy"],
+        "accuracy_change": a8["accuracy"] - a32["accuracy"],
+        "score_fp32": a32["score"], "score_int8": a8["score"],
+        "score_change": (None if a32["score"] is None or a8["score"] is None
+                        else a8["score"] - a32["score"]),
+        "agreement": float(np.mean(a32["pred"] == a8["pred"]))}
+
+
 def _claim_output(out: Path, lock_dir: Path) -> Any:
     """Hold the export lock of output file `out` (released by the caller) and remove the
     temp files a killed export of it left behind: while the lock is held no other export
@@ -533,6 +548,11 @@ def _claim_output(out: Path, lock_dir: Path) -> Any:
 
 
 # --------------------------------------------------------------------------- command
+
+#: Every option's default, written once: the Typer options below refer to it
+#: (`--run` is the field `run`).
+_D = ExportOptions()
+
 
 def print_export(doc: dict[str, Any]) -> None:
     """One summary block on stderr."""
@@ -559,27 +579,29 @@ def command(
     ctx: typer.Context,
     *,
     run_name: Annotated[str | None, typer.Option(
-        "--run", help="Run to export (default: the last finished run in the project).")] = None,
+        "--run",
+        help="Run to export (default: the last finished run in the project).")] = _D.run,
     out: Annotated[Path | None, typer.Option(
         help="ONNX file to write (default: model[.wav][.int8].onnx in the run folder).")]
-    = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+    = _D.out,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = _D.opset,
     quantize: Annotated[str, typer.Option(
         help="none, or int8: dynamic int8 quantisation of the weights (reports the "
              "validation accuracy change instead of holding it to the parity bound).")]
-    = "none",
+    = _D.quantize,
     with_features: Annotated[bool, typer.Option(
         "--with-features", help="Put the filter bank inside the graph: the model then takes "
-                                "raw clip-length waveforms.")] = False,
-    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+                                "raw clip-length waveforms.")] = _D.with_features,
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = _D.checkpoint,
     tolerance: Annotated[float, typer.Option(
-        help="Fail when torch and onnxruntime outputs differ by more than this.")] = 1e-4,
+        help="Fail when torch and onnxruntime outputs differ by more than this.")] = _D.tolerance,
     parity_cycles: Annotated[int, typer.Option(
-        help="Validation cycles fed to torch and onnxruntime for the parity check.")] = 32,
+        help="Validation cycles fed to torch and onnxruntime for the parity check.")
+    ] = _D.parity_cycles,
     accuracy_cycles: Annotated[int, typer.Option(
-        help="Validation cycles at most for the int8 accuracy comparison.")] = 1000,
+        help="Validation cycles at most for the int8 accuracy comparison.")] = _D.accuracy_cycles,
     force: Annotated[bool, typer.Option(
-        help="Export again even if an identical export is recorded.")] = False,
+        help="Export again even if an identical export is recorded.")] = _D.force,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the export record as JSON on stdout.")] = False,
 ) -> None:

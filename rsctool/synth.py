@@ -574,10 +574,8 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     one manifest, writes the indexes and summary and records the set; only the main
     process writes the project file.
     """
-    from rsctool.data.manifest import ManifestWriter, file_sha256, iter_manifest
     from rsctool.devices import resolve_device
     from rsctool.distributed import setup, sync_project
-    from rsctool.generators import Request, sample_seed
 
     log = log or (lambda msg: None)
     opts = opts.validate()
@@ -593,7 +591,54 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
     text = opts.backend in ("audioldm", "audioldm2")
     ds_name, ds_record, cycles = _dataset(project, opts.dataset, required=not text)
     counts = _resolve_counts(opts, project, ds_name, ds_record)
-    # Output-folder checks before any model is loaded or vocoder trained (nothing written)
+    _check_before_loading(project, opts, counts, ds_name, ds_record, cycles, text)
+    qf = None
+    if opts.min_confidence is not None:
+        run_name = opts.filter_run or _default_filter_run(project)
+        qf = QualityFilter(project, run_name, opts.min_confidence, dev)
+        qf.check_classes(list(counts))
+
+    extra: dict[str, Any] = {"dataset": ds_name}
+    if text:
+        backend, prompts, seconds = _text_backend(opts, counts, dev, extra)
+    else:
+        assert ds_name is not None and ds_record is not None
+        backend, seconds = _diffwave_backend(project, opts, counts, ds_name, ds_record,
+                                             cycles, dev, dist, progress, log, extra)
+        prompts = None
+    described = backend.describe()
+    gen_hash = params_hash(_gen_params(opts, counts, described, text, ds_name, extra, qf))
+
+    name, rec = _find_set(project, opts, gen_hash)
+    done = _finished_set(project, opts, counts, name, rec, gen_hash)
+    if done is not None:
+        return done
+    if text:
+        backend.pipe  # noqa: B018 - load the model now: a bad --model fails before any write
+    name, out = _claim_set(project, opts, dist, name=name, rec=rec, gen_hash=gen_hash,
+                           described=described, ds_name=ds_name, counts=counts, dev=dev,
+                           extra=extra, qf=qf)
+    sync_project(project, dist)
+
+    batch_size = opts.batch_size or (4 if dev.startswith("cuda") and text else 1)
+    if dist.distributed:
+        return _generate_sharded(
+            project, opts, dist, name=name, out=out, counts=counts, backend=backend,
+            described=described, prompts=prompts, qf=qf, cycles=cycles, seconds=seconds,
+            batch_size=batch_size, extra=extra, gen_hash=gen_hash, dev=dev,
+            progress=progress)
+    return _generate(project, opts, name=name, out=out, counts=counts, backend=backend,
+                     described=described, prompts=prompts, qf=qf, cycles=cycles,
+                     seconds=seconds, batch_size=batch_size, extra=extra, gen_hash=gen_hash,
+                     dev=dev, progress=progress, log=log)
+
+
+def _check_before_loading(project: Any, opts: SynthOptions, counts: dict[str, int],
+                          ds_name: str | None, ds_record: dict | None,
+                          cycles: Sequence[Cycle], text: bool) -> None:
+    """The checks that need no model: the output folder, the classes the dataset has, and
+    the job's size (ConfigError before any model is loaded or vocoder trained; nothing
+    written)."""
     if opts.out and opts.force:
         _check_removable(Path(opts.out).resolve())
     named = project.get("synthetic", opts.name) if opts.name and not opts.out else None
@@ -607,68 +652,78 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                               f"(its classes: {', '.join(known)})")
     # an absurd --n is refused before any model is loaded or vocoder trained
     check_synth_size(upfront_estimate(project, opts, counts, cycles, text), opts.yes)
-    qf = None
-    if opts.min_confidence is not None:
-        run_name = opts.filter_run or _default_filter_run(project)
-        qf = QualityFilter(project, run_name, opts.min_confidence, dev)
-        qf.check_classes(list(counts))
 
-    prompts: dict[str, list[str]] | None = None
-    extra: dict[str, Any] = {"dataset": ds_name}
-    if text:
-        from rsctool.generators.audioldm import (
-            DEFAULT_GUIDANCE,
-            DEFAULT_MODELS,
-            AudioLDMBackend,
-            load_prompts,
-            prompt_for,
-        )
 
-        prompts, negative, prompts_sha = load_prompts(opts.prompts)
-        missing = [c for c in counts if c not in prompts]
-        if missing:
-            where = opts.prompts or "the packaged prompt file"
-            raise ConfigError(f"{where}: no prompts for class {missing[0]!r} (add "
-                              f"`{missing[0]} = [\"...\"]` under [prompts])")
-        seconds = opts.seconds or 8.0
-        backend: Any = AudioLDMBackend(
-            opts.backend, opts.model or DEFAULT_MODELS[opts.backend], device=dev,
-            steps=opts.steps, guidance=(opts.guidance if opts.guidance is not None
-                                        else DEFAULT_GUIDANCE[opts.backend]),
-            seconds=seconds,
-            negative_prompt=opts.negative_prompt if opts.negative_prompt is not None
-            else negative)
-        extra["prompts_file"] = str(Path(opts.prompts).resolve()) if opts.prompts else None
-        extra["prompts_sha256"] = prompts_sha
-    else:
-        from rsctool.generators.diffwave import DiffWaveBackend
+def _text_backend(opts: SynthOptions, counts: dict[str, int], dev: str,
+                  extra: dict[str, Any]) -> tuple[Any, dict[str, list[str]], float]:
+    """The AudioLDM (2) backend (its model not loaded yet), the prompts per class and the
+    clip length (s); records the prompt file and its hash in `extra`."""
+    from rsctool.generators.audioldm import (
+        DEFAULT_GUIDANCE,
+        DEFAULT_MODELS,
+        AudioLDMBackend,
+        load_prompts,
+    )
 
-        assert ds_name is not None and ds_record is not None
-        real_train = [c for c in cycles if c.split == "train" and c.source == "real"]
-        sources = {c: [x for x in real_train if x.label == c] for c in counts}
-        empty = [c for c, v in sources.items() if not v]
-        if empty:
-            raise ConfigError(f"diffwave: dataset {ds_name!r} has no real train cycles of "
-                              f"class {empty[0]!r} to re-synthesise")
-        if dist.is_main:  # trained (or found) once; the other processes then load it
-            voc_name, ckpt = ensure_vocoder(project, opts, ds_name, ds_record, real_train,
-                                            dev, progress, log)
-        sync_project(project, dist)
-        if not dist.is_main:
-            voc_name, ckpt = ensure_vocoder(project, opts, ds_name, ds_record, real_train,
-                                            dev, progress, log)
-        backend = DiffWaveBackend(ckpt, sources, device=dev, fast=opts.sampler == "fast",
-                                  max_seconds=opts.max_seconds, stretch=opts.stretch,
-                                  mel_noise=opts.mel_noise, gain_db=opts.gain_db,
-                                  vocoder=voc_name)
-        seconds = opts.seconds
-        extra["vocoder"] = voc_name
-        extra["dataset_sha256"] = ds_record.get("sha256")
-    described = backend.describe()
+    prompts, negative, prompts_sha = load_prompts(opts.prompts)
+    missing = [c for c in counts if c not in prompts]
+    if missing:
+        where = opts.prompts or "the packaged prompt file"
+        raise ConfigError(f"{where}: no prompts for class {missing[0]!r} (add "
+                          f"`{missing[0]} = [\"...\"]` under [prompts])")
+    seconds = opts.seconds or 8.0
+    backend = AudioLDMBackend(
+        opts.backend, opts.model or DEFAULT_MODELS[opts.backend], device=dev,
+        steps=opts.steps, guidance=(opts.guidance if opts.guidance is not None
+                                    else DEFAULT_GUIDANCE[opts.backend]),
+        seconds=seconds,
+        negative_prompt=opts.negative_prompt if opts.negative_prompt is not None
+        else negative)
+    extra["prompts_file"] = str(Path(opts.prompts).resolve()) if opts.prompts else None
+    extra["prompts_sha256"] = prompts_sha
+    return backend, prompts, seconds
+
+
+def _diffwave_backend(project: Any, opts: SynthOptions, counts: dict[str, int], ds_name: str,
+                      ds_record: dict, cycles: Sequence[Cycle], dev: str, dist: Any,
+                      progress: bool, log: Callable[[str], None],
+                      extra: dict[str, Any]) -> tuple[Any, float | None]:
+    """The DiffWave backend on the dataset's vocoder (trained first if needed, by the main
+    process) and the clip length (None: the source cycle's); records the vocoder and the
+    dataset hash in `extra`."""
+    from rsctool.distributed import sync_project
+    from rsctool.generators.diffwave import DiffWaveBackend
+
+    real_train = [c for c in cycles if c.split == "train" and c.source == "real"]
+    sources = {c: [x for x in real_train if x.label == c] for c in counts}
+    empty = [c for c, v in sources.items() if not v]
+    if empty:
+        raise ConfigError(f"diffwave: dataset {ds_name!r} has no real train cycles of "
+                          f"class {empty[0]!r} to re-synthesise")
+    if dist.is_main:  # trained (or found) once; the other processes then load it
+        voc_name, ckpt = ensure_vocoder(project, opts, ds_name, ds_record, real_train,
+                                        dev, progress, log)
+    sync_project(project, dist)
+    if not dist.is_main:
+        voc_name, ckpt = ensure_vocoder(project, opts, ds_name, ds_record, real_train,
+                                        dev, progress, log)
+    backend = DiffWaveBackend(ckpt, sources, device=dev, fast=opts.sampler == "fast",
+                              max_seconds=opts.max_seconds, stretch=opts.stretch,
+                              mel_noise=opts.mel_noise, gain_db=opts.gain_db,
+                              vocoder=voc_name)
+    extra["vocoder"] = voc_name
+    extra["dataset_sha256"] = ds_record.get("sha256")
+    return backend, opts.seconds
+
+
+def _gen_params(opts: SynthOptions, counts: dict[str, int], described: dict[str, Any],
+                text: bool, ds_name: str | None, extra: dict[str, Any],
+                qf: Any) -> dict[str, Any]:
+    """What determines the samples: its hash (`gen_hash`) finds a set made alike."""
     # text-to-audio: `model_id` (a folder's resolved path and index hash) names the
     # weights, not the string the user typed; diffwave: the vocoder's checkpoint hash
     settings = {k: v for k, v in described.items() if k != "model"} if text else described
-    gen_params = {
+    return {
         "version": SYNTH_VERSION, "backend": opts.backend, "classes": list(counts),
         "settings": settings,
         "prompts_sha256": extra.get("prompts_sha256"), "seed": opts.seed,
@@ -677,35 +732,49 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
         extra.get("dataset_sha256"), "filter": qf.identity() if qf else None,
         "max_tries": opts.max_tries if qf else None,
     }
-    gen_hash = params_hash(gen_params)
 
-    name, rec = _find_set(project, opts, gen_hash)
+
+def _finished_set(project: Any, opts: SynthOptions, counts: dict[str, int],
+                  name: str | None, rec: dict | None, gen_hash: str) -> SynthResult | None:
+    """The skipped result when set `name` is done with these options and counts; None when
+    there is work to do. ConfigError when the set was made with other options or holds
+    more samples than asked (without --force)."""
+    from rsctool.data.manifest import file_sha256
+
     if rec is not None and rec.get("gen_hash") not in (None, gen_hash) and not opts.force:
         raise ConfigError(f"synthetic set {name!r} was made with other options (backend, "
                           "model, prompts, seed, classes or filter); use --force to "
                           "regenerate it, or another --name")
-    if rec is not None and not opts.force:
-        before = {str(k): int(v) for k, v in (rec.get("requested") or {}).items()}
-        smaller = [c for c in counts if counts[c] < before.get(c, 0)]
-        if smaller:
-            c = smaller[0]
-            raise ConfigError(f"synthetic set {name!r} already holds {before[c]} {c} samples; "
-                              f"asking for {counts[c]} would shrink it: use --force, "
-                              "--new or another --name")
-        mpath = project.abs(rec["manifest"]) if rec.get("manifest") else None
-        if (rec.get("status") == "done" and before == counts and mpath is not None
-                and mpath.exists() and file_sha256(mpath) == rec.get("sha256")):
-            summary_path = project.abs(rec["summary"])
-            summary = (json.loads(summary_path.read_text(encoding="utf-8"))
-                       if summary_path.exists() else {})
-            return SynthResult(name, project.abs(rec["dir"]), dict(rec.get("counts", {})),
-                               skipped=True, summary=summary,
-                               rejected=dict(summary.get("rejected", {})),
-                               seconds_per_sample=(summary.get("seconds_per_sample") or {})
-                               .get("all"))
+    if rec is None or opts.force:
+        return None
+    before = {str(k): int(v) for k, v in (rec.get("requested") or {}).items()}
+    smaller = [c for c in counts if counts[c] < before.get(c, 0)]
+    if smaller:
+        c = smaller[0]
+        raise ConfigError(f"synthetic set {name!r} already holds {before[c]} {c} samples; "
+                          f"asking for {counts[c]} would shrink it: use --force, "
+                          "--new or another --name")
+    mpath = project.abs(rec["manifest"]) if rec.get("manifest") else None
+    if (rec.get("status") == "done" and before == counts and mpath is not None
+            and mpath.exists() and file_sha256(mpath) == rec.get("sha256")):
+        assert name is not None
+        summary_path = project.abs(rec["summary"])
+        summary = (json.loads(summary_path.read_text(encoding="utf-8"))
+                   if summary_path.exists() else {})
+        return SynthResult(name, project.abs(rec["dir"]), dict(rec.get("counts", {})),
+                           skipped=True, summary=summary,
+                           rejected=dict(summary.get("rejected", {})),
+                           seconds_per_sample=(summary.get("seconds_per_sample") or {})
+                           .get("all"))
+    return None
 
-    if text:
-        backend.pipe  # noqa: B018 - load the model now: a bad --model fails before any write
+
+def _claim_set(project: Any, opts: SynthOptions, dist: Any, *, name: str | None,
+               rec: dict | None, gen_hash: str, described: dict[str, Any],
+               ds_name: str | None, counts: dict[str, int], dev: str,
+               extra: dict[str, Any], qf: Any) -> tuple[str, Path]:
+    """Name the set (a new one is reserved), hold its lock, make its folder (emptied with
+    --force) and record it as running; returns ``(name, output folder)``."""
     if name is None or rec is None:
         if dist.is_main:
             # the identity goes in with the name, so a set killed before its first
@@ -718,6 +787,7 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                 same=(lambda r: r.get("gen_hash") == gen_hash) if unnamed else None)
         name = dist.broadcast(name)
         rec = None
+    assert name is not None
     hold_record(project, "synthetic", name, dist)  # one writer per set
     out = (Path(opts.out).resolve() if opts.out else
            project.record_dir("synthetic", name, rec, marker="manifest.jsonl"))
@@ -737,15 +807,21 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
             vocoder=extra.get("vocoder"), filter_run=qf.run if qf else None,
             min_confidence=opts.min_confidence, processes=dist.world)
         manifest_path.touch()
-    sync_project(project, dist)
+    return name, out
 
-    batch_size = opts.batch_size or (4 if dev.startswith("cuda") and text else 1)
-    if dist.distributed:
-        return _generate_sharded(
-            project, opts, dist, name=name, out=out, counts=counts, backend=backend,
-            described=described, prompts=prompts, qf=qf, cycles=cycles, seconds=seconds,
-            batch_size=batch_size, extra=extra, gen_hash=gen_hash, dev=dev,
-            progress=progress)
+
+def _generate(project: Any, opts: SynthOptions, *, name: str, out: Path,
+              counts: dict[str, int], backend: Any, described: dict[str, Any],
+              prompts: Any, qf: Any, cycles: Sequence[Cycle], seconds: Any,
+              batch_size: int, extra: dict[str, Any], gen_hash: str, dev: str,
+              progress: bool, log: Callable[[str], None]) -> SynthResult:
+    """`run`'s generation in one process: per class, the samples still missing (skipping
+    those made or rejected before), in batches, until the class has its count (or, with
+    a filter, `max_tries` times as many tries); then the set is finished."""
+    from rsctool.data.manifest import ManifestWriter, iter_manifest
+    from rsctool.generators import Request, sample_seed
+
+    manifest_path = out / "manifest.jsonl"
     writer = ManifestWriter(manifest_path)
     existing = {c.id: c for c in iter_manifest(manifest_path)} \
         if manifest_path.stat().st_size else {}
@@ -770,8 +846,7 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                     cid = cycle_id(name, label, i, opts.backend)
                     if cid not in writer and (label, i) not in rejected:
                         seed = sample_seed(opts.seed, label, i)
-                        batch.append(Request(label, i, seed, prompt_for(prompts, label, i)
-                                             if prompts else None))
+                        batch.append(Request(label, i, seed, prompt_for_(prompts, label, i)))
                     i += 1
                 if not batch:
                     continue
@@ -923,7 +998,7 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
     ``rejected.jsonl`` (the parts are then removed; an interrupted run leaves them, and
     the next run, with any number of processes, reads them back) and finishes the set.
     """
-    from rsctool.data.manifest import ManifestWriter, iter_manifest, write_manifest
+    from rsctool.data.manifest import ManifestWriter, iter_manifest
     from rsctool.generators import Request, sample_seed
 
     manifest_path = out / "manifest.jsonl"
@@ -989,24 +1064,7 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
     made = int(round(dist.all_sum([made])[0]))  # also: every process has closed its parts
     result = None
     if dist.is_main:
-        merged = {c.id: c for c in iter_manifest(manifest_path)} \
-            if manifest_path.stat().st_size else {}
-        parts = sorted(out.glob("manifest.part-*.jsonl"))
-        for part in parts:
-            merged.update({c.id: c for c in _read_part(part)})
-        order = {label: k for k, label in enumerate(counts)}
-        all_cycles = sorted(merged.values(), key=lambda c: (
-            order.get(c.label, len(order)), int(c.generator.get("index", 0)), c.id))
-        write_manifest(manifest_path, all_cycles)
-        rej_all: dict[tuple[str, int], dict[str, Any]] = {}
-        rej_parts = sorted(out.glob("rejected.part-*.jsonl"))
-        for path in [out / "rejected.jsonl", *rej_parts]:
-            rej_all.update(_Rejected(path).items)
-        if rej_all:
-            atomic_write_text(out / "rejected.jsonl", "".join(
-                json.dumps(d) + "\n" for _, d in sorted(rej_all.items())))
-        for path in [*parts, *rej_parts]:
-            path.unlink(missing_ok=True)
+        all_cycles, rej_all = _merge_parts(out, counts)
         result = _finish_set(project, opts, name=name, out=out, counts=counts,
                              cycles=all_cycles, rejected=Counter(lbl for lbl, _ in rej_all),
                              described=described, prompts=prompts, extra=extra,
@@ -1015,6 +1073,35 @@ def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str,
 
     sync_project(project, dist)
     return dist.broadcast(result)
+
+
+def _merge_parts(out: Path, counts: dict[str, int]
+                 ) -> tuple[list[Cycle], dict[tuple[str, int], dict[str, Any]]]:
+    """Merge the processes' manifest and rejected parts into ``manifest.jsonl`` (in
+    class, then sample order) and ``rejected.jsonl``, and remove the parts; returns the
+    set's cycles and ``{(label, index): rejection}``."""
+    from rsctool.data.manifest import iter_manifest, write_manifest
+
+    manifest_path = out / "manifest.jsonl"
+    merged = {c.id: c for c in iter_manifest(manifest_path)} \
+        if manifest_path.stat().st_size else {}
+    parts = sorted(out.glob("manifest.part-*.jsonl"))
+    for part in parts:
+        merged.update({c.id: c for c in _read_part(part)})
+    order = {label: k for k, label in enumerate(counts)}
+    all_cycles = sorted(merged.values(), key=lambda c: (
+        order.get(c.label, len(order)), int(c.generator.get("index", 0)), c.id))
+    write_manifest(manifest_path, all_cycles)
+    rej_all: dict[tuple[str, int], dict[str, Any]] = {}
+    rej_parts = sorted(out.glob("rejected.part-*.jsonl"))
+    for path in [out / "rejected.jsonl", *rej_parts]:
+        rej_all.update(_Rejected(path).items)
+    if rej_all:
+        atomic_write_text(out / "rejected.jsonl", "".join(
+            json.dumps(d) + "\n" for _, d in sorted(rej_all.items())))
+    for path in [*parts, *rej_parts]:
+        path.unlink(missing_ok=True)
+    return all_cycles, rej_all
 
 
 def prompt_for_(prompts: Any, label: str, index: int) -> str | None:
@@ -1096,6 +1183,10 @@ def _write_sample(out: Path, cycle: Cycle, wav: Any, sample_rate: int) -> None:
 
 # --------------------------------------------------------------------------- command
 
+#: Every option's default, written once: the Typer options below refer to it.
+_D = SynthOptions()
+
+
 def _split_names(values: Sequence[str] | None) -> list[str]:
     """Repeated options, comma-separated lists and trailing words, flattened."""
     out: list[str] = []
@@ -1112,106 +1203,113 @@ def command(
     *,
     backend: Annotated[str, typer.Option(
         help="audioldm, audioldm2 (text to audio) or diffwave (vocoder trained on the "
-             "dataset).", rich_help_panel="Generation")] = "audioldm",
+             "dataset).", rich_help_panel="Generation")] = _D.backend,
     classes: Annotated[list[str] | None, typer.Option(
         "--classes", "-c", show_default=False,
         help="Classes to make: normal, crackle, wheeze, both (default crackle wheeze both; "
-             "repeat, comma-separate or list them).", rich_help_panel="Generation")] = None,
+             "repeat, comma-separate or list them).", rich_help_panel="Generation")] = _D.classes,
     n: Annotated[int | None, typer.Option(
         "--n", "-n", help="Samples per class (default 100).", show_default=False,
-        rich_help_panel="Generation")] = None,
+        rich_help_panel="Generation")] = _D.n,
     balance: Annotated[bool, typer.Option(
         help="Per-class counts from the analyze report's synthesis plan.",
-        rich_help_panel="Generation")] = False,
+        rich_help_panel="Generation")] = _D.balance,
     name: Annotated[str | None, typer.Option(
         help="Set name (default: the set made with the same options, else BACKEND-N).",
         rich_help_panel="Output")
-    ] = None,
+    ] = _D.name,
     out: Annotated[Path | None, typer.Option(
-        help="Output folder (default .rsctool/synthetic/NAME).", rich_help_panel="Output")] = None,
+        help="Output folder (default .rsctool/synthetic/NAME).",
+        rich_help_panel="Output")] = _D.out,
     dataset: Annotated[str | None, typer.Option(
         help="Dataset in the project (default: the last analysed).",
-        rich_help_panel="Generation")] = None,
+        rich_help_panel="Generation")] = _D.dataset,
     model: Annotated[str | None, typer.Option(
         help="Text-to-audio model: hub id or local folder (default "
              "cvssp/audioldm-s-full-v2; cvssp/audioldm2 for audioldm2).",
-        rich_help_panel="Text to audio")] = None,
+        rich_help_panel="Text to audio")] = _D.model,
     prompts: Annotated[Path | None, typer.Option(
         help="Prompt TOML file (default: the packaged one; see docs/synth.md).",
-        rich_help_panel="Text to audio")] = None,
+        rich_help_panel="Text to audio")] = _D.prompts,
     steps: Annotated[int, typer.Option(help="Denoising steps (text to audio).",
-        rich_help_panel="Text to audio")] = 50,
+        rich_help_panel="Text to audio")] = _D.steps,
     guidance: Annotated[float | None, typer.Option(
         help="Guidance scale (default 7.5 AudioLDM, 3.5 AudioLDM 2).",
-        rich_help_panel="Text to audio")] = None,
+        rich_help_panel="Text to audio")] = _D.guidance,
     negative_prompt: Annotated[str | None, typer.Option(
         help="Negative prompt (default: the prompt file's).",
-        rich_help_panel="Text to audio")] = None,
+        rich_help_panel="Text to audio")] = _D.negative_prompt,
     seconds: Annotated[float | None, typer.Option(
         help="Cycle length in s (default 8 for text to audio; diffwave: the source "
-             "cycle's).", rich_help_panel="Generation")] = None,
+             "cycle's).", rich_help_panel="Generation")] = _D.seconds,
     max_seconds: Annotated[float, typer.Option(
         help="diffwave: longest excerpt of a source cycle re-synthesised (s).",
-        rich_help_panel="DiffWave")] = 8.0,
+        rich_help_panel="DiffWave")] = _D.max_seconds,
     sample_rate: Annotated[int, typer.Option(help="Rate of the written files (Hz).",
-        rich_help_panel="Generation")] = 16000,
+        rich_help_panel="Generation")] = _D.sample_rate,
     batch_size: Annotated[int | None, typer.Option(
         help="Samples per generator call (default 4 on CUDA, 1 on CPU).",
-        rich_help_panel="Generation")] = None,
+        rich_help_panel="Generation")] = _D.batch_size,
     vocoder: Annotated[str | None, typer.Option(
         help="diffwave: vocoder name in the project (default diffwave-DATASET).",
-        rich_help_panel="DiffWave")] = None,
+        rich_help_panel="DiffWave")] = _D.vocoder,
     vocoder_size: Annotated[str, typer.Option(
         help="diffwave: base (30 layers, 64 channels) or tiny.",
-        rich_help_panel="DiffWave")] = "base",
+        rich_help_panel="DiffWave")] = _D.vocoder_size,
     vocoder_layers: Annotated[int | None, typer.Option(
-        help="diffwave: residual layers (overrides the size).", rich_help_panel="DiffWave")] = None,
+        help="diffwave: residual layers (overrides the size).",
+        rich_help_panel="DiffWave")] = _D.vocoder_layers,
     vocoder_channels: Annotated[int | None, typer.Option(
         help="diffwave: residual channels (overrides the size).",
-        rich_help_panel="DiffWave")] = None,
+        rich_help_panel="DiffWave")] = _D.vocoder_channels,
     vocoder_steps: Annotated[int, typer.Option(
         help="diffwave: vocoder training steps (more resumes training).",
-        rich_help_panel="DiffWave")] = 50_000,
+        rich_help_panel="DiffWave")] = _D.vocoder_steps,
     vocoder_batch_size: Annotated[int, typer.Option(
-        help="diffwave: segments per training step.", rich_help_panel="DiffWave")] = 16,
+        help="diffwave: segments per training step.",
+        rich_help_panel="DiffWave")] = _D.vocoder_batch_size,
     vocoder_segment_frames: Annotated[int, typer.Option(
-        help="diffwave: mel frames per training segment.", rich_help_panel="DiffWave")] = 62,
+        help="diffwave: mel frames per training segment.",
+        rich_help_panel="DiffWave")] = _D.vocoder_segment_frames,
     vocoder_lr: Annotated[float, typer.Option(
-        help="diffwave: vocoder learning rate (Adam).", rich_help_panel="DiffWave")] = 2e-4,
+        help="diffwave: vocoder learning rate (Adam).",
+        rich_help_panel="DiffWave")] = _D.vocoder_lr,
     vocoder_checkpoint_every: Annotated[int, typer.Option(
-        help="diffwave: steps between vocoder checkpoints.", rich_help_panel="DiffWave")] = 1000,
+        help="diffwave: steps between vocoder checkpoints.",
+        rich_help_panel="DiffWave")] = _D.vocoder_checkpoint_every,
     sampler: Annotated[str, typer.Option(
-        help="diffwave: fast (6 steps) or full (50 steps).", rich_help_panel="DiffWave")] = "fast",
+        help="diffwave: fast (6 steps) or full (50 steps).",
+        rich_help_panel="DiffWave")] = _D.sampler,
     stretch: Annotated[float, typer.Option(
         help="diffwave: max relative time stretch of the source mel (0: none, seed 002).",
-        rich_help_panel="DiffWave")] = 0.0,
+        rich_help_panel="DiffWave")] = _D.stretch,
     mel_noise: Annotated[float, typer.Option(
         help="diffwave: std of noise added to the normalised mel (0: none, seed 002).",
-        rich_help_panel="DiffWave")] = 0.0,
+        rich_help_panel="DiffWave")] = _D.mel_noise,
     gain_db: Annotated[float, typer.Option(
         help="diffwave: max level change of the source mel (dB; 0: none, seed 002).",
-        rich_help_panel="DiffWave")] = 0.0,
+        rich_help_panel="DiffWave")] = _D.gain_db,
     min_confidence: Annotated[float | None, typer.Option(
         help="Keep only samples the filter run assigns to their class with at least this "
-             "probability.", rich_help_panel="Quality filter")] = None,
+             "probability.", rich_help_panel="Quality filter")] = _D.min_confidence,
     filter_run: Annotated[str | None, typer.Option(
         help="Run that scores samples for --min-confidence (default: the last finished).",
         rich_help_panel="Quality filter")
-    ] = None,
+    ] = _D.filter_run,
     max_tries: Annotated[int, typer.Option(
         help="With a filter: give up on a class after N x this many samples.",
-        rich_help_panel="Quality filter")] = 4,
+        rich_help_panel="Quality filter")] = _D.max_tries,
     force: Annotated[bool, typer.Option(
         help="Regenerate a set made with other options (deletes its files).",
-        rich_help_panel="Output")] = False,
+        rich_help_panel="Output")] = _D.force,
     new: Annotated[bool, typer.Option(
         "--new", help="Make a new set even if one was made with the same options (without "
                       "--name, the same options find their set again).",
-        rich_help_panel="Output")] = False,
+        rich_help_panel="Output")] = _D.new,
     yes: Annotated[bool, typer.Option(
         "--yes", "-y",
         help="Go ahead with a job estimated above 24 h, 1,000,000 samples or the free disk "
-             "space (refused without it).", rich_help_panel="Generation")] = False,
+             "space (refused without it).", rich_help_panel="Generation")] = _D.yes,
     processes: Annotated[int | None, typer.Option(
         help="Share the samples out to N processes on this machine (one per GPU): the "
              "same as `torchrun --nproc-per-node N -m rsctool synth ...`.", min=1,

@@ -19,6 +19,7 @@ import shutil
 import wave
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -257,38 +258,16 @@ def write_tiny_audioldm(path: str | os.PathLike, version: str = "audioldm", *,
     Returns:
         `path` (a folder with ``model_index.json``).
     """
-    import json
-    import warnings
-
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler
-    from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer
-    from tokenizers.processors import RobertaProcessing, TemplateProcessing
-    from transformers import (
-        ClapTextConfig,
-        RobertaTokenizer,
-        SpeechT5HifiGan,
-        SpeechT5HifiGanConfig,
-    )
+    from transformers import ClapTextConfig, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
     if version not in ("audioldm", "audioldm2"):
         raise ValueError(f"version must be audioldm or audioldm2, got {version!r}")
     path = Path(path)
     work = path.parent / f".{path.name}.tokenizers"
     corpus = [_TINY_CORPUS] * 4 + _TINY_CORPUS.split()
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=320, min_frequency=1, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    bpe.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
-    tok_dir = work / "clap"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    bpe.save(str(tok_dir / "tokenizer.json"))
-    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "RobertaTokenizer", "model_max_length": 77, "bos_token": "<s>",
-        "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}))
-    tokenizer = RobertaTokenizer.from_pretrained(tok_dir)
+    tokenizer = _tiny_clap_tokenizer(work, corpus)
 
     torch.manual_seed(seed)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -305,80 +284,126 @@ def write_tiny_audioldm(path: str | os.PathLike, version: str = "audioldm", *,
                                  vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
                                  num_attention_heads=2, num_hidden_layers=1, projection_dim=8,
                                  max_position_embeddings=80)
+    shared = {"vae": vae, "tokenizer": tokenizer, "scheduler": scheduler, "vocoder": vocoder}
     if version == "audioldm":
-        from diffusers import AudioLDMPipeline, UNet2DConditionModel
-        from transformers import ClapTextModelWithProjection
-
-        unet = UNet2DConditionModel(
-            block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4,
-            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=(8, 16),
-            class_embed_type="simple_projection", projection_class_embeddings_input_dim=8,
-            class_embeddings_concat=True, norm_num_groups=4, attention_head_dim=2)
-        pipe = AudioLDMPipeline(vae=vae, text_encoder=ClapTextModelWithProjection(text_config),
-                                tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                vocoder=vocoder)
+        pipe = _tiny_audioldm_pipe(shared, text_config)
     else:
-        from diffusers import (
-            AudioLDM2Pipeline,
-            AudioLDM2ProjectionModel,
-            AudioLDM2UNet2DConditionModel,
-        )
-        from transformers import (
-            ClapAudioConfig,
-            ClapConfig,
-            ClapFeatureExtractor,
-            ClapModel,
-            GPT2Config,
-            GPT2LMHeadModel,
-            T5Config,
-            T5EncoderModel,
-            T5Tokenizer,
-        )
-
-        uni = SentencePieceUnigramTokenizer()
-        uni.train_from_iterator(corpus, vocab_size=100, show_progress=False,
-                                special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
-        uni.post_processor = TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B </s>",
-            special_tokens=[("</s>", uni.token_to_id("</s>"))])
-        t5_dir = work / "t5"
-        t5_dir.mkdir(parents=True, exist_ok=True)
-        uni.save(str(t5_dir / "tokenizer.json"))
-        (t5_dir / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "T5Tokenizer", "model_max_length": 77, "eos_token": "</s>",
-            "pad_token": "<pad>", "unk_token": "<unk>", "extra_ids": 0}))
-        tokenizer_2 = T5Tokenizer.from_pretrained(t5_dir)
-        audio_config = ClapAudioConfig(
-            spec_size=64, window_size=4, num_mel_bins=64, intermediate_size=16, depths=[1, 1],
-            num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=32, projection_dim=8,
-            patch_size=2, patch_stride=2, patch_embeds_hidden_size=8,
-            patch_embed_input_channels=4)
-        clap = ClapModel(ClapConfig(text_config=text_config.to_dict(),
-                                    audio_config=audio_config.to_dict(), projection_dim=8))
-        t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=16, d_ff=16, d_kv=4,
-                                     num_heads=2, num_layers=1))
-        gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=8, n_head=2, n_layer=1, n_ctx=99,
-                                          n_positions=99, vocab_size=len(tokenizer),
-                                          bos_token_id=0, eos_token_id=2))
-        gpt2.config.max_new_tokens = 4
-        unet = AudioLDM2UNet2DConditionModel(
-            block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4,
-            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=([None, 8, 16], [None, 8, 16]), norm_num_groups=4,
-            attention_head_dim=2)
-        with warnings.catch_warnings():  # 16 mel bands of a 1024-point FFT: some are empty
-            warnings.filterwarnings("ignore", message="At least one mel filter has all zero")
-            extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=16000,
-                                             hop_length=160, max_length_s=1)
-        pipe = AudioLDM2Pipeline(
-            vae=vae, text_encoder=clap, text_encoder_2=t5,
-            projection_model=AudioLDM2ProjectionModel(text_encoder_dim=8, text_encoder_1_dim=16,
-                                                      langauge_model_dim=8),
-            language_model=gpt2, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
-            feature_extractor=extractor,
-            unet=unet, scheduler=scheduler, vocoder=vocoder)
+        pipe = _tiny_audioldm2_pipe(shared, text_config, work, corpus)
     pipe.save_pretrained(path)
     shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def _tiny_clap_tokenizer(work: Path, corpus: list[str]) -> Any:
+    """A byte-level BPE (RoBERTa) tokenizer trained on `corpus`, saved under `work`."""
+    import json
+
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import RobertaTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=320, min_frequency=1, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok_dir = work / "clap"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(tok_dir / "tokenizer.json"))
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "RobertaTokenizer", "model_max_length": 77, "bos_token": "<s>",
+        "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+        "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"}))
+    return RobertaTokenizer.from_pretrained(tok_dir)
+
+
+def _tiny_t5_tokenizer(work: Path, corpus: list[str]) -> Any:
+    """A unigram (T5) tokenizer trained on `corpus`, saved under `work`."""
+    import json
+
+    from tokenizers import SentencePieceUnigramTokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import T5Tokenizer
+
+    uni = SentencePieceUnigramTokenizer()
+    uni.train_from_iterator(corpus, vocab_size=100, show_progress=False,
+                            special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    uni.post_processor = TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>",
+        special_tokens=[("</s>", uni.token_to_id("</s>"))])
+    t5_dir = work / "t5"
+    t5_dir.mkdir(parents=True, exist_ok=True)
+    uni.save(str(t5_dir / "tokenizer.json"))
+    (t5_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "T5Tokenizer", "model_max_length": 77, "eos_token": "</s>",
+        "pad_token": "<pad>", "unk_token": "<unk>", "extra_ids": 0}))
+    return T5Tokenizer.from_pretrained(t5_dir)
+
+
+def _tiny_audioldm_pipe(shared: dict[str, Any], text_config: Any) -> Any:
+    """The AudioLDM pipeline of `write_tiny_audioldm` (UNet, then CLAP text encoder)."""
+    from diffusers import AudioLDMPipeline, UNet2DConditionModel
+    from transformers import ClapTextModelWithProjection
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=(8, 16),
+        class_embed_type="simple_projection", projection_class_embeddings_input_dim=8,
+        class_embeddings_concat=True, norm_num_groups=4, attention_head_dim=2)
+    return AudioLDMPipeline(text_encoder=ClapTextModelWithProjection(text_config), unet=unet,
+                            **shared)
+
+
+def _tiny_audioldm2_pipe(shared: dict[str, Any], text_config: Any, work: Path,
+                         corpus: list[str]) -> Any:
+    """The AudioLDM 2 pipeline of `write_tiny_audioldm` (CLAP, T5, GPT-2, projection
+    model, UNet and a CLAP feature extractor)."""
+    import warnings
+
+    from diffusers import (
+        AudioLDM2Pipeline,
+        AudioLDM2ProjectionModel,
+        AudioLDM2UNet2DConditionModel,
+    )
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    tokenizer = shared["tokenizer"]
+    tokenizer_2 = _tiny_t5_tokenizer(work, corpus)
+    audio_config = ClapAudioConfig(
+        spec_size=64, window_size=4, num_mel_bins=64, intermediate_size=16, depths=[1, 1],
+        num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=32, projection_dim=8,
+        patch_size=2, patch_stride=2, patch_embeds_hidden_size=8,
+        patch_embed_input_channels=4)
+    clap = ClapModel(ClapConfig(text_config=text_config.to_dict(),
+                                audio_config=audio_config.to_dict(), projection_dim=8))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=16, d_ff=16, d_kv=4,
+                                 num_heads=2, num_layers=1))
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=8, n_head=2, n_layer=1, n_ctx=99,
+                                      n_positions=99, vocab_size=len(tokenizer),
+                                      bos_token_id=0, eos_token_id=2))
+    gpt2.config.max_new_tokens = 4
+    unet = AudioLDM2UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=32, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=([None, 8, 16], [None, 8, 16]), norm_num_groups=4,
+        attention_head_dim=2)
+    with warnings.catch_warnings():  # 16 mel bands of a 1024-point FFT: some are empty
+        warnings.filterwarnings("ignore", message="At least one mel filter has all zero")
+        extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=16000,
+                                         hop_length=160, max_length_s=1)
+    return AudioLDM2Pipeline(
+        text_encoder=clap, text_encoder_2=t5,
+        projection_model=AudioLDM2ProjectionModel(text_encoder_dim=8, text_encoder_1_dim=16,
+                                                  langauge_model_dim=8),
+        language_model=gpt2, tokenizer_2=tokenizer_2, feature_extractor=extractor,
+        unet=unet, **shared)

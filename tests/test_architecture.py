@@ -193,3 +193,51 @@ def test_launch_here_ends_the_command_with_rsctools_own_exit(project, monkeypatc
                                    "--model", "cnn", "--processes", "2"])
     assert res.exit_code == 3, res.output
     assert "internal error" not in res.output, res.output
+
+
+#: ``(stage, options dataclass, {Typer parameter: dataclass field}, Typer parameters that
+#: are not options of the stage's run (no field, so their default is the command's own))``.
+OPTION_DEFAULTS = [
+    ("synth", "SynthOptions", {}, {"more_classes", "processes", "json_out"}),
+    ("analyze", "AnalyzeOptions", {}, {"export_events", "json_out"}),
+    ("export", "ExportOptions", {"run_name": "run"}, {"json_out"}),
+]
+
+
+@pytest.mark.parametrize("stage,cls_name,renamed,command_only", OPTION_DEFAULTS,
+                         ids=[s for s, *_ in OPTION_DEFAULTS])
+def test_each_option_default_is_written_once_in_the_options_dataclass(
+        stage, cls_name, renamed, command_only):
+    """A Typer option of synth, analyze or export takes its default from the options
+    dataclass (``_D.FIELD``), so the two cannot drift apart; the values agree too."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"rsctool.{stage}")
+    defaults = {f.name: f.default for f in dataclasses.fields(getattr(module, cls_name))}
+    params = inspect.signature(module.command).parameters
+    tree = ast.parse(MODULES[f"rsctool.{stage}"].read_text(encoding="utf-8"))
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "command")
+    a = fn.args
+    positional = a.posonlyargs + a.args
+    written = dict(zip([x.arg for x in positional[len(positional) - len(a.defaults):]],
+                       a.defaults, strict=True))
+    written.update({x.arg: d for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)
+                    if d is not None})
+    bad = []
+    for pname, node in written.items():
+        if pname in command_only:
+            continue
+        field = renamed.get(pname, pname)
+        if field not in defaults:
+            bad.append(f"{pname}: no field {field!r} in {cls_name} (add it, or list the "
+                       "parameter as command-only here)")
+            continue
+        source = ast.unparse(node)
+        if source != f"_D.{field}":
+            bad.append(f"{pname}: default written as {source}, not _D.{field}")
+        if params[pname].default != defaults[field]:
+            bad.append(f"{pname}: Typer default {params[pname].default!r} != "
+                       f"{cls_name}.{field} {defaults[field]!r}")
+    assert not bad, f"rsctool/{stage}.py command: " + "; ".join(bad)

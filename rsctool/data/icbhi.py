@@ -590,24 +590,9 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
 
     assigned: dict[str, str] | None = None
     if spec.kind == "official":
-        rows = _split_rows(split_path, sink)
-        # resolve against every recording with either file, so that a recording whose
-        # audio or annotation is missing is reported once (above), not again as an
-        # unknown split-file name
-        note = ("; this is the official ICBHI 2017 split list built into rsctool, used "
-                "because the dataset folder has no ICBHI_challenge_train_test.txt: pass "
-                "your own with --split-file PATH, or use --split patients:0.6"
-                ) if split_source == "builtin" else ""
-        assigned = _resolve_official(rows, set(texts) | set(audio), split_path, sink,
-                                     aliases, note)
-        kept = []
-        for stem in stems:
-            if stem in assigned:
-                kept.append(stem)
-            else:
-                sink.report(f"recording is not named in the split file {split_path}{note}",
-                            texts[stem])
-        stems = kept
+        assert split_path is not None
+        assigned, stems = _official_split(stems, texts, audio, split_path, split_source,
+                                          sink, aliases)
 
     demo = read_demographics(demo_path, strict=strict, problems=problems) \
         if demo_path is not None else {}
@@ -625,6 +610,31 @@ def read_icbhi(root: str | os.PathLike, *, split: str = "official", val_fraction
     if spec.kind == "patients":
         cycles = patient_split(cycles, spec.train, seed)
     return carve_validation(cycles, val_fraction, seed)
+
+
+def _official_split(stems: list[str], texts: dict[str, Path], audio: dict[str, Path],
+                    split_path: Path, split_source: str | None, sink: ProblemSink,
+                    aliases: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
+    """``({stem: split} from the split file, the stems it names)``; a recording it does
+    not name is a problem (reported to `sink`)."""
+    rows = _split_rows(split_path, sink)
+    # resolve against every recording with either file, so that a recording whose
+    # audio or annotation is missing is reported once (above), not again as an
+    # unknown split-file name
+    note = ("; this is the official ICBHI 2017 split list built into rsctool, used "
+            "because the dataset folder has no ICBHI_challenge_train_test.txt: pass "
+            "your own with --split-file PATH, or use --split patients:0.6"
+            ) if split_source == "builtin" else ""
+    assigned = _resolve_official(rows, set(texts) | set(audio), split_path, sink,
+                                 aliases, note)
+    kept = []
+    for stem in stems:
+        if stem in assigned:
+            kept.append(stem)
+        else:
+            sink.report(f"recording is not named in the split file {split_path}{note}",
+                        texts[stem])
+    return assigned, kept
 
 
 def _recording_cycles(stem: str, text: Path, audio: Path, split: str,

@@ -228,6 +228,119 @@ def _load(path: Path, sink: ProblemSink) -> dict[str, Any] | None:
     return doc
 
 
+def _check_options(task: str, split: str | None, val_fraction: float) -> None:
+    """ConfigError for an unknown task, a random split spec or a bad `val_fraction`."""
+    if task not in TASK_CLASSES:
+        raise ConfigError(f"--task must be one of {', '.join(TASKS)} (SPRSound challenge "
+                          f"tasks), got {task!r}")
+    if split is not None:
+        spec = parse_split_spec(split)
+        if spec.kind == "random":
+            raise ConfigError(f"split {split!r}: an item-wise random split leaks patients "
+                              "between train and test; use official or patients:TRAIN")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+
+
+def _record_label(record_raw: Any, path: Path, sink: ProblemSink) -> str | None:
+    """The record label of a file's ``record_annotation`` (as read, `record_raw`); None
+    when there is none, or (reported to `sink`) when it is unknown."""
+    if record_raw is None:
+        return None
+    record_label = _RECORD_KEYS.get(_key(record_raw)) if isinstance(record_raw, str) \
+        else None
+    if record_label is None:
+        sink.report(f"unknown record_annotation {record_raw!r} (known: "
+                    f"{', '.join(RECORD_TYPES)})", path)
+    return record_label
+
+
+def _events(doc: dict[str, Any], path: Path, sink: ProblemSink
+            ) -> list[tuple[int, float, float, str, str]] | None:
+    """A file's events as ``(position, start s, end s, event label, type as written)``;
+    None (the first problem reported to `sink`) when one is malformed."""
+    events: list[tuple[int, float, float, str, str]] = []
+    for i, ev in enumerate(doc["event_annotation"]):
+        what = f"event {i + 1}"
+        if not isinstance(ev, dict):
+            sink.report(f"{what}: expected an object with start, end and type", path)
+            return None
+        try:
+            start, end = _ms(ev.get("start")), _ms(ev.get("end"))
+        except ValueError:
+            sink.report(f"{what}: start and end must be milliseconds (a number or a "
+                        f"string of one), got {ev.get('start')!r}, {ev.get('end')!r}", path)
+            return None
+        if start < 0 or end <= start:
+            sink.report(f"{what}: need 0 <= start < end, got {ev.get('start')}.."
+                        f"{ev.get('end')} ms", path)
+            return None
+        raw = ev.get("type")
+        label = _EVENT_KEYS.get(_key(raw)) if isinstance(raw, str) else None
+        if label is None:
+            sink.report(f"{what}: unknown event type {raw!r} (known: "
+                        f"{', '.join(list(EVENT_TYPES)[:-1])})", path)
+            return None
+        events.append((i, start, end, label, raw))
+    return events
+
+
+def _audio_fits(wav: Path, events: list[tuple[int, float, float, str, str]], path: Path,
+                sink: ProblemSink, check_audio: bool
+                ) -> tuple[bool, float | None, int | None]:
+    """``(ok, duration s, sample rate)`` of the audio (None, None without `check_audio`);
+    not ok (reported to `sink`) when the audio is unreadable or an event ends after it."""
+    if not check_audio:
+        return True, None, None
+    from rsctool.audio import audio_info
+
+    try:
+        ainfo = audio_info(wav)
+    except DataError as e:
+        sink.report_error(e)
+        return False, None, None
+    duration, sample_rate = ainfo.duration, ainfo.sample_rate
+    if duration is not None:
+        late = [e for e in events if e[1] >= duration or e[2] > duration + END_TOLERANCE_S]
+        if late:
+            i, start, end = late[0][:3]
+            sink.report(f"event {i + 1} ({start * 1000:g}-{end * 1000:g} ms) ends after "
+                        f"the end of the audio ({duration:.3f} s, {wav.name})", path)
+            return False, duration, sample_rate
+    return True, duration, sample_rate
+
+
+def _event_items(stem: str, events: list[tuple[int, float, float, str, str]], task: str,
+                 duration: float | None, meta: dict[str, Any], base: dict[str, Any]
+                 ) -> list[Cycle]:
+    """One item per event (tasks 1-1, 1-2), in time order, ids ``<stem>_<i:03d>``; an
+    event ending a little after the audio is cut at its end."""
+    items = []
+    for i, start, end, label, raw in sorted(events, key=lambda e: (e[1], e[2], e[0])):
+        if duration is not None:
+            end = min(end, duration)
+        items.append(Cycle(id=f"{stem}_{i:03d}", start=start, end=end,
+                           label=event_class(label, task),
+                           meta={**meta, "type": raw}, **base))
+    return items
+
+
+def _record_item(stem: str, record_label: str, task: str,
+                 events: list[tuple[int, float, float, str, str]], duration: float | None,
+                 meta: dict[str, Any], base: dict[str, Any], path: Path,
+                 sink: ProblemSink) -> list[Cycle]:
+    """The one item of a recording (tasks 2-1, 2-2), id ``<stem>``, from 0 to the end of
+    the audio (without `check_audio`: the last event's end); none (reported to `sink`)
+    without a duration."""
+    end = duration if duration is not None else max((e[2] for e in events), default=0.0)
+    if not end or end <= 0:
+        sink.report("no audio duration for the record item", path)
+        return []
+    return [Cycle(id=stem, start=0.0, end=end, label=record_class(record_label, task),
+                  meta={**meta, "type": meta["record"]}, **base)]
+
+
 def read_sprsound(root: str | os.PathLike, *, task: str = DEFAULT_TASK,
                   split: str | None = None, val_fraction: float = 0.1, seed: int = 0,
                   strict: bool = True, problems: list[Problem] | None = None,
@@ -262,17 +375,7 @@ def read_sprsound(root: str | os.PathLike, *, task: str = DEFAULT_TASK,
         DataError: no annotations; a bad file (strict); no items at all.
         ConfigError: an unknown task or split spec.
     """
-    if task not in TASK_CLASSES:
-        raise ConfigError(f"--task must be one of {', '.join(TASKS)} (SPRSound challenge "
-                          f"tasks), got {task!r}")
-    if split is not None:
-        spec = parse_split_spec(split)
-        if spec.kind == "random":
-            raise ConfigError(f"split {split!r}: an item-wise random split leaks patients "
-                              "between train and test; use official or patients:TRAIN")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    _check_options(task, split, val_fraction)
     root = Path(root)
     if not root.is_dir():
         raise DataError("dataset folder not found", root)
@@ -318,61 +421,15 @@ def read_sprsound(root: str | os.PathLike, *, task: str = DEFAULT_TASK,
         if doc is None:
             continue
         record_raw = doc.get("record_annotation", doc.get("recording_annotation"))
-        record_label = None
-        if record_raw is not None:
-            record_label = _RECORD_KEYS.get(_key(record_raw)) if isinstance(record_raw, str) \
-                else None
-            if record_label is None:
-                sink.report(f"unknown record_annotation {record_raw!r} (known: "
-                            f"{', '.join(RECORD_TYPES)})", path)
-                continue
-        events: list[tuple[int, float, float, str, str]] = []
-        bad = False
-        for i, ev in enumerate(doc["event_annotation"]):
-            what = f"event {i + 1}"
-            if not isinstance(ev, dict):
-                sink.report(f"{what}: expected an object with start, end and type", path)
-                bad = True
-                break
-            try:
-                start, end = _ms(ev.get("start")), _ms(ev.get("end"))
-            except ValueError:
-                sink.report(f"{what}: start and end must be milliseconds (a number or a "
-                            f"string of one), got {ev.get('start')!r}, {ev.get('end')!r}", path)
-                bad = True
-                break
-            if start < 0 or end <= start:
-                sink.report(f"{what}: need 0 <= start < end, got {ev.get('start')}.."
-                            f"{ev.get('end')} ms", path)
-                bad = True
-                break
-            raw = ev.get("type")
-            label = _EVENT_KEYS.get(_key(raw)) if isinstance(raw, str) else None
-            if label is None:
-                sink.report(f"{what}: unknown event type {raw!r} (known: "
-                            f"{', '.join(list(EVENT_TYPES)[:-1])})", path)
-                bad = True
-                break
-            events.append((i, start, end, label, raw))
-        if bad:
+        record_label = _record_label(record_raw, path, sink)
+        if record_raw is not None and record_label is None:
             continue
-        duration = sample_rate = None
-        if check_audio:
-            from rsctool.audio import audio_info
-
-            try:
-                ainfo = audio_info(wav)
-            except DataError as e:
-                sink.report_error(e)
-                continue
-            duration, sample_rate = ainfo.duration, ainfo.sample_rate
-        if duration is not None:
-            late = [e for e in events if e[1] >= duration or e[2] > duration + END_TOLERANCE_S]
-            if late:
-                i, start, end = late[0][:3]
-                sink.report(f"event {i + 1} ({start * 1000:g}-{end * 1000:g} ms) ends after "
-                            f"the end of the audio ({duration:.3f} s, {wav.name})", path)
-                continue
+        events = _events(doc, path, sink)
+        if events is None:
+            continue
+        audio_ok, duration, sample_rate = _audio_fits(wav, events, path, sink, check_audio)
+        if not audio_ok:
+            continue
         split_name = where[0] if spec.kind == "official" and where else "train"
         base: dict[str, Any] = {
             "audio": str(wav), "split": split_name, "patient": name["patient"],
@@ -383,25 +440,13 @@ def read_sprsound(root: str | os.PathLike, *, task: str = DEFAULT_TASK,
         tally[where[1] if where else "(none)"] += 1
         if not events:
             empty.append(stem)
-        if record_task:
-            if record_label is None:
-                no_record.append(stem)
-                continue
-            end = duration if duration is not None else max((e[2] for e in events),
-                                                            default=0.0)
-            if not end or end <= 0:
-                sink.report("no audio duration for the record item", path)
-                continue
-            items.append(Cycle(id=stem, start=0.0, end=end,
-                               label=record_class(record_label, task),
-                               meta={**meta, "type": record_raw}, **base))
-            continue
-        for i, start, end, label, raw in sorted(events, key=lambda e: (e[1], e[2], e[0])):
-            if duration is not None:
-                end = min(end, duration)
-            items.append(Cycle(id=f"{stem}_{i:03d}", start=start, end=end,
-                               label=event_class(label, task),
-                               meta={**meta, "type": raw}, **base))
+        if not record_task:
+            items += _event_items(stem, events, task, duration, meta, base)
+        elif record_label is None:
+            no_record.append(stem)
+        else:
+            items += _record_item(stem, record_label, task, events, duration, meta, base,
+                                  path, sink)
     if info is not None:
         info.clear()
         info.update(split=str(spec), task=task, sets=dict(sorted(tally.items())),
