@@ -162,3 +162,14 @@ def test_cross_dataset_table_stderr_json_and_csv(proj, tmp_path):
                               "icb,sprm", "--no-plots"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "cross-dataset Score" in res.output and "sprsound-to-icbhi" in res.output
+
+
+def test_scoring_the_training_recordings_under_another_name_exits_2(proj, built):
+    ok(invoke(proj, "analyze", str(built / "icb"), "--name", "icb-again", "--no-plots",
+              "--no-fbank-stats"))
+    before = proj.read_text()
+    res = invoke(proj, "eval", "--run", "c", "--dataset", "icb-again", "--split", "all",
+                 "--no-plots")
+    assert res.exit_code == 2, res.output
+    assert "train/val data of run 'c'" in res.output and "Traceback" not in res.output
+    assert proj.read_text() == before
