@@ -74,8 +74,9 @@ CONVENTIONS: list[tuple[str, str, str]] = [
     ("--runs NAME ...", "several runs (names or glob patterns such as 'cnn-*'), "
      "compared in one table", "eval"),
     ("--group NAME", "a seed group made by `train --seeds`", "eval"),
-    ("--dataset NAME", "a dataset recorded by analyze (default: the last analysed)",
-     "synth, train"),
+    ("--dataset NAME", "a dataset recorded by analyze (synth, train: default the last "
+     "analysed; eval: another dataset to score the run on, cross-dataset)",
+     "eval, synth, train"),
     ("--name NAME", "the name to record a new dataset or synthetic set under",
      "analyze, synth"),
     ("--checkpoint best\\|last", "best: selected on validation; last: the final epoch",

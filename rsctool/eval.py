@@ -14,6 +14,12 @@ gamma/beta statistics, SoftFiLM masks). A summary (``eval_<tag>_score`` ...) goe
 the run's record in the project file. `rsctool eval --runs A 'cnn*'` evaluates several
 runs and prints one comparison table. Re-evaluating an unchanged checkpoint on an
 unchanged manifest is a no-op unless ``--force``.
+
+Cross-dataset evaluation (`--dataset OTHER`): the run scored on another analysed dataset of
+the project, seen through a label map (`rsctool.data.labelmap`), with the run's classes,
+metrics and feature settings; its outputs carry ``_on_<OTHER>`` in the tag and a
+``cross_dataset`` block naming the map. Several runs or datasets make the cross-dataset
+table (rows: runs and their training sets, columns: test sets, cells: Score).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from rsctool.runs import LoadedRun, checkpoint_path, load_run, select_runs
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
 SPLITS = ("test", "val")
+#: `--split all` (cross-dataset only): every split of a dataset the run was not trained on.
+CROSS_SPLITS = (*SPLITS, "all")
 #: What `--plots` can ask for: ``standard`` (confusion, training curves, t-SNE, FiLM)
 #: and ``ghm`` (the GHM loss's bin statistics); ``all`` is both, ``none`` neither.
 PLOT_KINDS = ("standard", "ghm")
@@ -75,6 +83,12 @@ class EvalOptions:
         csv: write the comparison table to this CSV file.
         group: a seed group (`rsctool train --seeds`): evaluate every run in it and
             report mean and standard deviation over the seeds.
+        datasets: score the run(s) on these other datasets of the project (cross-dataset
+            evaluation; comma separated lists are split); a run's own dataset in the list
+            is its ordinary evaluation.
+        label_map: with `datasets`: a built-in label map name or TOML file that maps the
+            other datasets' labels onto the run's classes (a map recorded by
+            ``analyze --map`` comes first).
     """
 
     run: str | None = None
@@ -89,9 +103,14 @@ class EvalOptions:
     seed: int = 0
     force: bool = False
     csv: Path | None = None
+    datasets: list[str] = field(default_factory=list)
+    label_map: str | None = None
 
     def validate(self) -> EvalOptions:
-        if self.split not in SPLITS:
+        self.datasets = list(dict.fromkeys(
+            d.strip() for item in self.datasets for d in str(item).split(",") if d.strip()))
+        _validate_cross(self)
+        if self.split not in SPLITS and not (self.datasets and self.split in CROSS_SPLITS):
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r} "
                               "(the train split is never evaluated)")
         if self.checkpoint not in CHECKPOINTS:
@@ -131,7 +150,7 @@ class EvalOptions:
     def compare(self) -> bool:
         """Comparison mode: --runs or --group given (JSON output is then a list, or the
         group summary)."""
-        return bool(self.runs) or self.group is not None
+        return bool(self.runs) or self.group is not None or len(self.datasets) > 1
 
 
 @dataclass
@@ -144,6 +163,7 @@ class EvalResult:
     compare: bool
     csv: Path | None = None
     group: dict[str, Any] | None = None  # `group_summary`, with --group
+    cross: dict[str, Any] | None = None  # `cross_table`, with --dataset and several cells
 
 
 # --------------------------------------------------------------------------- runs
@@ -436,9 +456,12 @@ def _predict(loaded: LoadedRun, dataset: Any, batch_size: int, device: str,
 
 
 def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "cpu",
-                 progress: bool = False, log: Callable[[str], None] | None = None
-                 ) -> dict[str, Any]:
+                 progress: bool = False, log: Callable[[str], None] | None = None,
+                 other: str | None = None) -> dict[str, Any]:
     """Evaluate run `name` on ``opts.split``; write its outputs; return the metrics doc.
+
+    `other`: score the run on that dataset of the project instead (`_cross_target`); the
+    document then has a ``cross_dataset`` block and its files an ``_on_<other>`` tag.
 
     The document (also ``metrics_<tag>.json``)::
 
@@ -461,9 +484,11 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
     loaded = load_run(project, name, opts.checkpoint, device)
-    ds_name, record, cycles = _eval_cycles(project, loaded, opts)
+    cross = _cross_target(project, loaded, opts, other)
+    ds_name, record, cycles = (_eval_cycles(project, loaded, opts) if cross is None
+                               else (cross.name, cross.record, cross.cycles))
 
-    tag = opts.split if opts.checkpoint == "best" else f"{opts.split}_last"
+    tag = _eval_tag(opts, cross)
     run_dir = loaded.dir
     metrics_path = run_dir / f"metrics_{tag}.json"
     pred_path = run_dir / f"predictions_{tag}.jsonl"
@@ -475,7 +500,8 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
         "doc": DOC_VERSION, "version": __version__,
         "checkpoint": file_sha256(loaded.checkpoint), "manifest": record.get("sha256"),
         "split": opts.split, "split_hash": record.get("split_hash"),
-        "tsne_max_points": opts.tsne_max_points, "seed": opts.seed})
+        "tsne_max_points": opts.tsne_max_points, "seed": opts.seed,
+        **({"cross": cross.info} if cross is not None else {})})
     if not opts.force:
         old = _stored_doc(metrics_path, pred_path, run_dir, inputs_hash, kinds)
         if old is not None:
@@ -491,7 +517,11 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     dataset = CycleDataset(cycles, loaded.classes, loaded.clip,
                            feature_cache(project.state_dir()), enc, loaded.task)
     out = _predict(loaded, dataset, opts.batch_size, device, progress)
-    doc = _metrics_doc(loaded, ds_name, record, cycles, dataset.targets.tolist(), out, opts)
+    doc = _metrics_doc(loaded, ds_name, record if cross is None else cross.metrics_record,
+                       cycles, dataset.targets.tolist(), out, opts)
+    if cross is not None:
+        doc["dataset_format"] = record.get("format")
+        doc["cross_dataset"] = cross.info
     _write_predictions(pred_path, cycles, doc["classes"], out, loaded.task)
 
     # FiLM / SoftFiLM analysis (metadata models only).
@@ -519,6 +549,8 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     doc["seconds"] = round(time.perf_counter() - t0, 3)
     atomic_write_json(metrics_path, {**doc, "files": _run_files(doc["files"], run_dir)})
     _record_eval(project, name, tag, doc, metrics_path)
+    if cross is not None:
+        _record_cross(project, name, tag, cross)
     doc["skipped"] = False
     return doc
 
@@ -945,7 +977,7 @@ def print_eval(doc: dict[str, Any]) -> None:
         f"[bold]{doc['run']}[/bold] ({doc['model']}, {doc['checkpoint']} checkpoint, epoch "
         f"{doc['checkpoint_epoch']}) on {doc['dataset']} {doc['split']} split "
         f"'{spec}' (hash {str(doc.get('split_hash'))[:12]}): {doc['n']} cycles{note}")
-    t = Table(title="ICBHI metrics (%)", title_justify="left")
+    t = Table(title="ICBHI metrics (%)" + cross_title(doc), title_justify="left")
     for col in ("", "Sp", "Se", "Score", "accuracy"):
         t.add_column(col, justify="right" if col else "left")
     t.add_row(f"{len(doc['classes'])}-class", _pct(doc["specificity"]),
@@ -1013,6 +1045,7 @@ def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool
     dev = resolve_device(device)
     names = (group_runs(project, opts.group) if opts.group is not None
              else select_runs(project, opts.run, opts.runs))
+    _check_cross_datasets(project, opts)
     results: list[dict[str, Any]] = []
     for name, explicit in names:
         if not explicit:
@@ -1022,12 +1055,15 @@ def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool
                 warn(f"run {name!r} ({how}) has no {opts.checkpoint} checkpoint yet: "
                      "skipped")
                 continue
-        results.append(evaluate_run(project, name, opts, device=dev, progress=progress,
-                                    log=log))
+        for other in opts.datasets or [None]:
+            results.append(evaluate_run(project, name, opts, device=dev, progress=progress,
+                                        log=log, other=other))
     if not results:
         raise ConfigError(f"none of the selected runs has a {opts.checkpoint} checkpoint")
     table = [comparison_row(d) for d in results]
-    csv_path = write_csv(table, opts.csv) if opts.csv is not None else None
+    cross = cross_table(results, opts) if opts.datasets and opts.compare else None
+    csv_path = (None if opts.csv is None else write_cross_csv(cross, opts.csv)
+                if cross is not None else write_csv(table, opts.csv))
     summary = None
     if opts.group is not None:
         summary = group_summary(opts.group, results, members=len(names))
@@ -1037,7 +1073,7 @@ def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool
             for k in ("specificity", "sensitivity", "score") for stat in ("mean", "std")},
             **{f"eval_{tag}_runs": summary["n_runs"], f"eval_{tag}_split": summary["split_spec"]})
     return EvalResult(results=results, table=table, compare=opts.compare, csv=csv_path,
-                      group=summary)
+                      group=summary, cross=cross)
 
 
 def group_runs(project: Any, group: str) -> list[tuple[str, bool]]:
@@ -1126,6 +1162,260 @@ def print_group(summary: dict[str, Any]) -> None:
         f"Se {pm('sensitivity')}, Score {pm('score')} %{note}")
 
 
+# --------------------------------------------------------------------------- cross-dataset
+
+@dataclass
+class _Cross:
+    """Another dataset to score a run on (`_cross_target`).
+
+    Attributes:
+        name, record: the dataset's name and project record.
+        cycles: its cycles of the split, labels mapped onto the run's classes.
+        metrics_record: `record` with the run's own dataset format and task, so that the
+            metrics follow the run's classes (ICBHI Sp/Se/Score for an ICBHI-class run).
+        info: the ``cross_dataset`` block of the metrics document: trained_on,
+            scored_on, split, map {name, source, sha256, classes} (null: no map needed).
+    """
+
+    name: str
+    record: dict[str, Any]
+    cycles: list
+    metrics_record: dict[str, Any]
+    info: dict[str, Any]
+
+
+def _validate_cross(opts: EvalOptions) -> None:
+    """Option checks of cross-dataset evaluation (`EvalOptions.validate`)."""
+    if not opts.datasets:
+        if opts.label_map is not None:
+            raise ConfigError("--map maps another dataset's labels: give it with "
+                              "--dataset OTHER")
+        if opts.split == "all":
+            raise ConfigError("--split all needs --dataset OTHER (a run's own dataset is "
+                              "scored on its test or val split only)")
+        return
+    if opts.group is not None:
+        raise ConfigError("--dataset with --group is not supported; use --runs "
+                          "'GROUP-s*' --dataset OTHER for the cross-dataset table")
+
+
+def _check_cross_datasets(project: Any, opts: EvalOptions) -> None:
+    """Every `--dataset` is in the project (ConfigError before anything is evaluated)."""
+    known = project.section("datasets")
+    for d in opts.datasets:
+        if d not in known:
+            raise ConfigError(f"--dataset {d!r} is not in the project (known: "
+                              f"{', '.join(sorted(known)) or 'none'}); run `rsctool analyze "
+                              "DATA_DIR --name NAME` first")
+
+
+def _slug(name: str) -> str:
+    """A dataset name as a file-name part (letters, digits, ``-``, ``_``, ``.``)."""
+    import re
+
+    return re.sub(r"[^0-9A-Za-z._-]+", "-", name).strip("-.") or "dataset"
+
+
+def _eval_tag(opts: EvalOptions, cross: _Cross | None) -> str:
+    """``test``, ``test_last``, ``test_on_<other>``, ``all_on_<other>_last`` ...: the tag
+    of the output files and project-record keys, so cross-dataset results never overwrite
+    the run's own evaluation."""
+    tag = opts.split if cross is None else f"{opts.split}_on_{_slug(cross.name)}"
+    return tag if opts.checkpoint == "best" else f"{tag}_last"
+
+
+def _run_input_labels(loaded: LoadedRun) -> set[str]:
+    """The cycle labels run `loaded` can be scored on: its classes (the ICBHI classes
+    for multilabel and binary runs, whose targets are derived from them)."""
+    from rsctool.data.manifest import BINARY_CLASSES, ICBHI_CLASSES
+
+    if loaded.task == "binary":
+        return set(ICBHI_CLASSES) | set(BINARY_CLASSES)
+    if loaded.task == "multilabel":
+        return set(ICBHI_CLASSES)
+    return set(loaded.classes)
+
+
+def _cross_target(project: Any, loaded: LoadedRun, opts: EvalOptions,
+                  other: str | None) -> _Cross | None:
+    """Dataset `other` seen through the run's classes, or None for the run's own dataset
+    (or no `other`): the ordinary evaluation.
+
+    The label map is the one recorded with `other` by ``analyze --map``, else none when
+    `other`'s labels already are the run's classes, else ``opts.label_map``.
+
+    Raises:
+        ConfigError: labels the run cannot score and no map for them, a map that leaves
+            labels unmapped or gives classes the run lacks, ``--split all`` on the run's own
+            dataset, `other` sharing recordings with the run's training data, or no
+            cycles in the split.
+    """
+    from rsctool.datasets import load_dataset_cycles
+
+    own = loaded.config.dataset or loaded.record.get("dataset")
+    if other is None or other == own:
+        if opts.split == "all":
+            raise ConfigError(f"--split all: dataset {other!r} is the one run "
+                              f"{loaded.name!r} was trained on; use --split test")
+        return None
+    record = project.get("datasets", other) or {}
+    cycles = [c for c in load_dataset_cycles(project, record)
+              if opts.split == "all" or c.split == opts.split]
+    if not cycles:
+        raise ConfigError(f"--dataset {other!r} has no {opts.split} cycles")
+    cycles, map_rec = _cross_map(loaded, other, record, cycles, opts.label_map)
+    _check_no_overlap(project, loaded, own, other, cycles)
+    own_rec = project.get("datasets", own) or {} if own else {}
+    metrics_record = {**record, "format": own_rec.get("format"), "task": own_rec.get("task")}
+    info = {"trained_on": own, "scored_on": other, "split": opts.split, "map": map_rec}
+    return _Cross(other, record, cycles, metrics_record, info)
+
+
+def _cross_map(loaded: LoadedRun, other: str, record: dict[str, Any], cycles: list,
+               spec: str | None) -> tuple[list, dict[str, Any] | None]:
+    """`cycles` of dataset `other` mapped onto the run's classes, and the map's record
+    (`LabelMap.record`; None when no map was needed)."""
+    from rsctool.data.labelmap import apply_map, builtin_maps, load_map
+
+    accepted = _run_input_labels(loaded)
+    recorded = record.get("label_map")
+    map_rec: dict[str, Any] | None = None
+    if recorded:  # analyze --map: the manifest's labels are already mapped
+        if spec is not None and load_map(spec).sha256 != recorded.get("sha256"):
+            raise ConfigError(f"--map {spec}: dataset {other!r} was analysed with label map "
+                              f"{recorded.get('name')!r}, so its labels are mapped already; "
+                              "drop --map, or analyze it again with this map")
+        map_rec = {k: recorded.get(k) for k in ("name", "source", "sha256", "classes")}
+    elif spec is not None and not {c.label for c in cycles} <= accepted:
+        # (a dataset whose labels already are the run's classes is scored as it is, so
+        # one --map serves a table of mapped and unmapped test sets)
+        lm = load_map(spec)
+        res = apply_map(cycles, lm, strict=False)
+        if res.unmapped:
+            listed = ", ".join(f"{k!r} ({v})" for k, v in res.unmapped.items())
+            raise ConfigError(f"--map {spec}: label map {lm.name} has no entry for label(s) "
+                              f"{listed} of dataset {other!r}; add them to the map")
+        cycles, map_rec = res.cycles, lm.record()
+    stray = sorted({c.label for c in cycles} - accepted)
+    if stray and map_rec is not None:
+        raise ConfigError(f"--dataset {other!r}: label map {map_rec['name']} gives class(es) "
+                          f"{', '.join(map(repr, stray))} that run {loaded.name!r} does not "
+                          f"have (its classes: {', '.join(loaded.classes)})")
+    if stray:
+        raise ConfigError(f"--dataset {other!r}: label(s) {', '.join(map(repr, stray))} are "
+                          f"not classes of run {loaded.name!r} ({', '.join(loaded.classes)}) "
+                          "and unmapped; give --map NAME|FILE (built-in: "
+                          f"{', '.join(builtin_maps()) or 'none'})")
+    return cycles, map_rec
+
+
+def _check_no_overlap(project: Any, loaded: LoadedRun, own: str | None, other: str,
+                      cycles: list) -> None:
+    """ConfigError when `cycles` come from recordings the run was trained or validated
+    on (the same audio analysed under another name), so no score is training data."""
+    from rsctool.datasets import load_dataset_cycles
+    from rsctool.errors import UserError
+
+    record = project.get("datasets", own) if own else None
+    if record is None:
+        warn(f"run {loaded.name!r}: its dataset {own!r} is gone from the project, so "
+             f"whether {other!r} shares recordings with its training data is unchecked")
+        return
+    try:
+        seen = {str(Path(c.audio).resolve()) for c in load_dataset_cycles(project, record)
+                if c.split != "test"}
+    except UserError as e:
+        warn(f"run {loaded.name!r}: cannot read its dataset {own!r} ({e}); whether "
+             f"{other!r} shares recordings with its training data is unchecked")
+        return
+    shared = {c.audio for c in cycles if str(Path(c.audio).resolve()) in seen}
+    if shared:
+        raise ConfigError(f"--dataset {other!r}: {len(shared)} of its recordings (e.g. "
+                          f"{sorted(shared)[0]}) are in the train/val data of run "
+                          f"{loaded.name!r} (dataset {own!r}); scores on them would not be "
+                          "cross-dataset")
+
+
+def _record_cross(project: Any, name: str, tag: str, cross: _Cross) -> None:
+    """The map of a cross-dataset evaluation in the run's project record."""
+    m = cross.info["map"] or {}
+    project.update_record("runs", name, **{
+        f"eval_{tag}_dataset": cross.name, f"eval_{tag}_map": m.get("name", "none"),
+        f"eval_{tag}_map_sha256": m.get("sha256")})
+
+
+def cross_title(doc: dict[str, Any]) -> str:
+    """``", trained on A, scored on B all (map M sha256 1234abcd)"`` for a cross-dataset
+    document, else ``""``."""
+    x = doc.get("cross_dataset")
+    if not x:
+        return ""
+    m = x.get("map")
+    how = (f"map {m['name']} sha256 {str(m.get('sha256'))[:12]}" if m
+           else "no label map: same classes")
+    return f", trained on {x['trained_on']}, scored on {x['scored_on']} {x['split']} ({how})"
+
+
+def cross_table(docs: Sequence[dict[str, Any]], opts: EvalOptions) -> dict[str, Any]:
+    """The cross-dataset table of `docs`: one row per run (with its training set), one
+    column per test set (``opts.datasets``), cells = Score (null: not defined)::
+
+        split, checkpoint, columns [dataset], maps {dataset: map record or null},
+        rows [{run, model, trained_on, scores {dataset: score}, n {dataset: n}}]
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    maps: dict[str, Any] = {}
+    for d in docs:
+        x = d.get("cross_dataset") or {}
+        col = d["dataset"]
+        row = rows.setdefault(d["run"], {"run": d["run"], "model": d["model"],
+                                         "trained_on": x.get("trained_on", d["dataset"]),
+                                         "scores": {}, "n": {}})
+        row["scores"][col] = d["score"]
+        row["n"][col] = d["n"]
+        maps.setdefault(col, x.get("map"))
+    return {"split": opts.split, "checkpoint": opts.checkpoint, "columns": list(opts.datasets),
+            "maps": {c: maps.get(c) for c in opts.datasets}, "rows": list(rows.values())}
+
+
+def write_cross_csv(table: dict[str, Any], path: Path) -> Path:
+    """The cross-dataset table as CSV: run, model, trained_on, split, checkpoint, one
+    Score column per test set (fractions; empty = not defined) and a ``<dataset> map``
+    column naming each test set's label map (``name@sha256``, empty: none)."""
+    cols = table["columns"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "model", "trained_on", "split", "checkpoint", *cols,
+                *(f"{c} map" for c in cols)])
+    for r in table["rows"]:
+        maps = [table["maps"].get(c) for c in cols]
+        w.writerow([r["run"], r["model"], r["trained_on"], table["split"], table["checkpoint"],
+                    *("" if r["scores"].get(c) is None else r["scores"][c] for c in cols),
+                    *("" if m is None else f"{m['name']}@{m['sha256']}" for m in maps)])
+    path = Path(path)
+    try:
+        atomic_write_text(path, buf.getvalue())
+    except OSError as e:
+        raise ConfigError(f"cannot write the CSV file: {e.strerror or e}") from None
+    return path
+
+
+def print_cross(table: dict[str, Any]) -> None:
+    """The cross-dataset table on stderr (rows: runs, columns: test sets, Score in %)."""
+    from rich.table import Table
+
+    maps = "; ".join(f"{c}: {m['name']} ({str(m['sha256'])[:12]})" if m else f"{c}: no map"
+                     for c, m in table["maps"].items())
+    t = Table(title=f"cross-dataset Score (%), {table['split']} split, {table['checkpoint']} "
+                    f"checkpoint; label maps: {maps}", title_justify="left")
+    for col in ("run", "trained on", *table["columns"]):
+        t.add_column(col, justify="left" if col in ("run", "trained on") else "right")
+    for r in table["rows"]:
+        t.add_row(r["run"], r["trained_on"], *(_pct(r["scores"].get(c))
+                                               for c in table["columns"]))
+    err_console.print(t)
+
+
 # --------------------------------------------------------------------------- command
 
 #: The defaults of the command's options: `EvalOptions` is where each is written.
@@ -1147,7 +1437,8 @@ def command(
         "--group", help="A seed group (train --seeds): evaluate all its runs and report "
                         "mean and std of Sp, Se and Score over the seeds.")] = None,
     split: Annotated[str, typer.Option(
-        help="Split to evaluate: test or val.")] = _D.split,
+        help="Split to evaluate: test or val; with --dataset also all (every split of "
+             "the other dataset).")] = _D.split,
     checkpoint: Annotated[str, typer.Option(
         help="Checkpoint: best (selected on validation) or last.")] = _D.checkpoint,
     plots: Annotated[str, typer.Option(
@@ -1171,6 +1462,14 @@ def command(
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the metrics as JSON on stdout (a list with --runs; the "
                        "group summary with every seed's numbers with --group).")] = False,
+    datasets: Annotated[list[str] | None, typer.Option(
+        "--dataset", help="Score the run(s) on another analysed dataset of the project "
+                          "(cross-dataset evaluation); repeat or comma-separate for the "
+                          "cross-dataset table (rows: runs, columns: datasets).")] = None,
+    label_map: Annotated[str | None, typer.Option(
+        "--map", help="With --dataset: label map (built-in name or TOML file) from the "
+                      "other dataset's labels to the run's classes, when analyze --map "
+                      "did not record one.")] = None,
 ) -> None:
     """Evaluate trained runs on the test split: ICBHI Sp/Se/Score, confusion, plots."""
     state = get_state(ctx)
@@ -1185,19 +1484,24 @@ def command(
     opts = EvalOptions(run=run_name, runs=patterns, split=split, checkpoint=checkpoint,
                        plots="none" if no_plots else plots, ghm_epochs=epochs_list,
                        batch_size=batch_size, tsne_max_points=tsne_max_points,
-                       seed=state.seed, force=force, csv=csv_file, group=group)
+                       seed=state.seed, force=force, csv=csv_file, group=group,
+                       datasets=list(datasets or []), label_map=label_map)
     opts.validate()
     project = state.load_project(must_exist=True)
     result = run(project, opts, device=state.device, progress=not state.quiet and not json_out,
                  log=lambda msg: info(state, msg))
     if json_out:
         print_json(result.group if result.group is not None
+                   else {"cross_dataset_table": result.cross, "results": result.results}
+                   if result.cross is not None
                    else result.results if result.compare else result.results[0])
     if not state.quiet:
         if result.compare:
             print_comparison(result.table)
         else:
             print_eval(result.results[0])
+        if result.cross is not None:
+            print_cross(result.cross)
         if result.group is not None:
             print_group(result.group)
         if result.csv is not None:

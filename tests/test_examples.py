@@ -26,9 +26,10 @@ EXAMPLES = ROOT / "examples"
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.sh"))
 #: Scripts run by other tests with more checks: sweep.sh by
 #: test_sweep_ends_with_a_table_csv_and_json, demo.sh by
-#: test_demo.py::test_readme_demo_reaches_the_quality_bar (the whole demo), and
-#: folder-ranking-ghm.sh by test_ranking.py::test_example_script_runs.
-RUN_SEPARATELY = ("sweep.sh", "demo.sh", "folder-ranking-ghm.sh")
+#: test_demo.py::test_readme_demo_reaches_the_quality_bar (the whole demo),
+#: folder-ranking-ghm.sh by test_ranking.py::test_example_script_runs and
+#: cross-dataset.sh by test_cross_dataset_script_scores_sprsound_through_the_map.
+RUN_SEPARATELY = ("sweep.sh", "demo.sh", "folder-ranking-ghm.sh", "cross-dataset.sh")
 
 #: Fast-mode wall-clock budget per script (s) on the 2-core CI machine; a script that
 #: needs more should trim its fast mode.
@@ -134,6 +135,25 @@ def test_sweep_ends_with_a_table_csv_and_json(demo_data, tmp_path):
     doc = json.loads((work / "sweep.json").read_text())
     assert isinstance(doc, list) and len(doc) == 4, doc
     assert "sweep-cnn" in proc.stderr and "mean" in proc.stderr  # the per-model summary rows
+
+
+@pytest.mark.slow
+def test_cross_dataset_script_scores_sprsound_through_the_map(tmp_path):
+    from rsctool.data.labelmap import load_map
+
+    work = tmp_path / "cross"
+    work.mkdir()
+    proc = _run("cross-dataset.sh", [str(work)], {})
+    _check(proc, "cross-dataset.sh")
+    assert "Traceback" not in proc.stderr
+    (row,) = _csv_rows(work / "cross-dataset.csv")
+    assert (row["run"], row["trained_on"]) == ("icbhi-cnn", "icbhi")
+    assert 0.0 <= float(row["sprsound"]) <= 1.0 and 0.0 <= float(row["icbhi"]) <= 1.0
+    assert row["sprsound map"] == f"sprsound-to-icbhi@{load_map('sprsound-to-icbhi').sha256}"
+    stored = json.loads(next(work.glob(".rsctool/runs/icbhi-cnn/metrics_test_on_sprsound.json"))
+                        .read_text())
+    assert stored["cross_dataset"]["map"]["name"] == "sprsound-to-icbhi"
+    assert "cross-dataset Score" in proc.stderr
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@ file::
     "Normal" = "normal"
     "Fine Crackle" = "crackle"
 
-Source labels are matched exactly (case and spaces count). `classes` is optional: by
+Source labels are matched exactly, else by their normalised form (case folded, every run
+of other characters than letters and digits as one ``_``), so ``"Fine Crackle"`` also maps
+the manifest label ``fine_crackle`` that `rsctool analyze` writes for it. `classes` is optional: by
 default the ICBHI classes when every target is one, else the targets sorted. Built-in
 maps ship in ``rsctool/resources`` as ``labelmap-<name>.toml``. `apply_map` applies a
 map to manifest records; `rsctool analyze --map NAME|FILE` records the map (name and
@@ -25,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +117,18 @@ class LabelMap:
             raise ConfigError(f"not a valid TOML label map ({e})", path) from None
         return cls.from_dict(doc, source if source is not None else str(path))
 
+    def target(self, label: str) -> str | None:
+        """The target class of source `label` (exact match first, then normalised), or
+        None when the map has no entry for it."""
+        hit = self.mapping.get(label)
+        if hit is not None:
+            return hit
+        key = _normalise(label)
+        for src, dst in self.mapping.items():
+            if _normalise(src) == key:
+                return dst
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """The TOML document's shape (`from_dict` reads it back)."""
         return {"name": self.name, "description": self.description,
@@ -150,6 +165,11 @@ class MapResult:
     @property
     def dropped(self) -> int:
         return sum(self.unmapped.values())
+
+
+def _normalise(label: str) -> str:
+    """``"Wheeze & Crackle"`` -> ``"wheeze_crackle"`` (how manifests spell labels)."""
+    return re.sub(r"[^0-9a-z]+", "_", label.casefold()).strip("_")
 
 
 def _resources() -> Path:
@@ -199,7 +219,7 @@ def apply_map(cycles: Iterable[Cycle], labelmap: LabelMap, *, strict: bool = Tru
     counts: Counter[str] = Counter()
     unmapped: Counter[str] = Counter()
     for c in cycles:
-        target = labelmap.mapping.get(c.label)
+        target = labelmap.target(c.label)
         if target is None:
             unmapped[c.label] += 1
             continue
