@@ -200,7 +200,7 @@ MAX_FUNCTION_LINES = 120
 #: Typer `command` functions whose length is their option declarations: only their body
 #: (docstring to end) counts. Total lines today, for the record.
 OPTION_HEAVY_COMMANDS = {
-    "train.py:command": 188,  # 40 options; body 46 lines
+    "train.py:command": 188,  # 40 parameters (143 lines); body 45 lines
     "synth.py:command": 163,
 }
 #: Functions still over the limit (lines today); each may not grow. Splitting them is
