@@ -31,6 +31,7 @@ import typer
 from rsctool.console import get_state, info, print_json, warn
 from rsctool.data.manifest import ICBHI_CLASSES, SPLITS, Cycle
 from rsctool.errors import ConfigError, DataError
+from rsctool.features_np import AUDIOSET_MEAN, AUDIOSET_STD
 from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
 
@@ -1046,7 +1047,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"log-mel statistics of the train split ({st['clips']} clips; "
             f"{st['clip_seconds']:g} s, {st['num_mel_bins']} bins, {st['window']} window): "
             f"mean {st['mean']:.4f}, std {st['std']:.4f}  (train --norm dataset; "
-            "--norm audioset uses -4.2677 / 4.5690)")
+            f"--norm audioset uses {AUDIOSET_MEAN:.4f} / {AUDIOSET_STD:.4f})")
     clamped = report.get("cycles_clamped") or {}
     if clamped.get("count"):
         err_console.print(f"{clamped['count']} cycle(s) end past their recording (by up to "

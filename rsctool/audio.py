@@ -15,7 +15,11 @@ import numpy as np
 
 from rsctool.errors import DataError
 
+#: Hz every stage resamples to by default (AST's AudioSet front end).
 DEFAULT_SAMPLE_RATE = 16_000
+#: Seconds of audio a model sees by default (`ClipConfig.clip_seconds`, ``train
+#: --clip-seconds``): shorter cycles are padded, longer ones cropped.
+DEFAULT_CLIP_SECONDS = 8.0
 #: The audio files every stage reads (folder scans, globs): what libsndfile >= 1.1 decodes.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 #: Shortest usable audio: one 25 ms analysis frame (the fbank default frame length).
@@ -301,7 +305,8 @@ def normalize(wav: np.ndarray, mode: str = "peak", target: float = 0.95,
 
 
 def load_cycle(path: str | os.PathLike, start: float, end: float,
-               sample_rate: int = DEFAULT_SAMPLE_RATE, clip_seconds: float | None = 8.0,
+               sample_rate: int = DEFAULT_SAMPLE_RATE,
+               clip_seconds: float | None = DEFAULT_CLIP_SECONDS,
                pad_mode: str = "repeat", norm: str = "none") -> np.ndarray:
     """Read one cycle, resample, optionally normalise, and pad/crop to `clip_seconds`.
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from rsctool.audio import DEFAULT_SAMPLE_RATE
 from rsctool.errors import ConfigError, DataError
 from rsctool.utils import sha256_text
 
@@ -35,6 +36,9 @@ FEATURES_VERSION = 1
 #: Frames per FFT call: bounds the float64 work buffer (~4 MB for 512-point frames).
 _CHUNK_FRAMES = 1024
 _BAND = 16
+#: AST's AudioSet statistics of its log-mel features (the `--norm audioset` choice, and
+#: `FbankConfig`'s default normalisation).
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class FbankConfig:
             (AST's AudioSet values by default).
     """
 
-    sample_rate: int = 16000
+    sample_rate: int = DEFAULT_SAMPLE_RATE
     num_mel_bins: int = 128
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
@@ -82,8 +86,8 @@ class FbankConfig:
     snip_edges: bool = True
     use_log_fbank: bool = True
     use_power: bool = True
-    mean: float = -4.2677393
-    std: float = 4.5689974
+    mean: float = AUDIOSET_MEAN
+    std: float = AUDIOSET_STD
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

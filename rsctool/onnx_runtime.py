@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from rsctool.audio import DEFAULT_CLIP_SECONDS, DEFAULT_SAMPLE_RATE
 from rsctool.errors import ConfigError, DataError
 from rsctool.metadata_np import META_KEYS as META_INPUTS
 from rsctool.metadata_np import encode_metadata
@@ -74,8 +75,8 @@ class ModelSpec:
     classes: list[str]
     task: str = "multiclass"
     thresholds: list[float] | None = None
-    sample_rate: int = 16000
-    clip_seconds: float = 8.0
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    clip_seconds: float = DEFAULT_CLIP_SECONDS
     pad_mode: str = "repeat"
     fbank: dict[str, Any] = field(default_factory=dict)
     norm: str | None = None

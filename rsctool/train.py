@@ -13,6 +13,22 @@ are ranks; the model outputs one score and the ranking losses (``margin``,
 `rsctool train --run NAME` on a run recorded as running continues it from its last
 checkpoint; the sample order of an epoch is a pure function of (seed, epoch), so the
 resumed run sees exactly the batches the uninterrupted one would have.
+
+Options are resolved once, by `resolve_train_options`, from these sources, later ones
+winning (the model and loss configs merge key by key, `merge_options`):
+
+1. the `TrainOptions` defaults (``--task ranking`` defaults to ``--model cnn``);
+2. ``--like RUN``: the options the run (or seed group) was started with;
+3. the global ``--seed`` when given;
+4. ``--config FILE``: a TOML file (a ``[train]`` table or top-level keys);
+5. ``--set KEY=VALUE`` (``model.KEY`` / ``loss.KEY`` for the model and loss configs);
+6. the train options given on the command line.
+
+Then `TrainOptions.resolve` fills the model family's defaults and validates. A run is
+built in one pass before it is recorded (`build_parts`: data, then model, then loss and
+optimiser; a bad option fails with the project file untouched), then its name is claimed
+and a `Trainer` is made from the parts, the name, folder, group and trackers; `fit` runs
+the loop (epoch, validation, model selection, checkpoints).
 """
 
 from __future__ import annotations
@@ -31,11 +47,13 @@ from typing import Annotated, Any
 
 import typer
 
+from rsctool.audio import DEFAULT_CLIP_SECONDS, DEFAULT_SAMPLE_RATE
 from rsctool.console import StepProgress, get_state, info, print_json
 from rsctool.datasets import load_dataset_cycles, pick_dataset
 from rsctool.devices import resolve_device
 from rsctool.distributed import sync_project
 from rsctool.errors import ConfigError
+from rsctool.features_np import AUDIOSET_MEAN, AUDIOSET_STD, FbankConfig
 from rsctool.inference import loader_generator, predict, predictions
 from rsctool.locks import hold_record, releasing
 from rsctool.signals import Interrupted
@@ -87,12 +105,12 @@ class TrainOptions:
     # and how a missing number is encoded: mask (0 + mask) or median (train median)
     metadata: list[str] | None = None
     metadata_impute: str = "mask"
-    clip_seconds: float = 8.0
+    clip_seconds: float = DEFAULT_CLIP_SECONDS
     # repeat (fades on every copy) | repeat-fadeout (the papers' code: one linear fade-out
     # at the clip end) | zero
     pad_mode: str = "repeat"
-    sample_rate: int = 16000
-    num_mel_bins: int = 128
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    num_mel_bins: int = FbankConfig.num_mel_bins
     window: str | None = None
     norm: str = "audioset"
     patience: int = 0
@@ -146,7 +164,7 @@ class TrainOptions:
         if o.task == "multilabel" and o.loss == "ce":
             o.loss = "bce"
         if isinstance(o.class_order, str):  # `class_order = "a,b"` in a config file or --set
-            o.class_order = [p.strip() for p in o.class_order.split(",") if p.strip()]
+            o.class_order = comma_list(o.class_order)
         if o.task == "ranking":
             o.loss = {"ce": "margin", "ghm": "ghm-ranking"}.get(o.loss, o.loss)
             if o.loss not in RANKING_LOSSES:
@@ -211,9 +229,9 @@ class TrainOptions:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
-        if isinstance(o.synthetic, str):  # `synthetic = "a,b"` in a config file or --set
-            o.synthetic = [p.strip() for p in o.synthetic.split(",") if p.strip()]
-        o.synthetic = list(o.synthetic or [])
+        # `synthetic = "a,b"` in a config file or --set
+        o.synthetic = comma_list(o.synthetic) if isinstance(o.synthetic, str) else list(
+            o.synthetic or [])
         if o.synthetic_ratio is not None and not o.synthetic_ratio > 0:
             raise ConfigError(f"--synthetic-ratio must be > 0, got {o.synthetic_ratio}")
         if o.max_synthetic_per_class is not None and o.max_synthetic_per_class < 0:
@@ -230,6 +248,45 @@ class TrainOptions:
         if not 0.0 <= o.ma_beta < 1.0:
             raise ConfigError(f"ma_beta must be in [0, 1), got {o.ma_beta}")
         return o
+
+
+#: TrainOptions fields that are tables: merged key by key across option sources.
+CONFIG_TABLES = ("model_cfg", "loss_cfg")
+
+
+def merge_options(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Option dicts merged, later layers winning; the model and loss configs
+    (`CONFIG_TABLES`) are merged key by key (``--set model.dropout=0.1`` over a
+    ``--like`` run's model config keeps its other keys)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            out[key] = ({**out.get(key, {}), **value} if key in CONFIG_TABLES and key in out
+                        else value)
+    return out
+
+
+def _known_options(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` without the keys that are no TrainOptions field."""
+    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    return {k: v for k, v in values.items() if k in fields}
+
+
+def options_from(values: dict[str, Any]) -> TrainOptions:
+    """Resolved `TrainOptions` from merged option values (ConfigError for unknown keys
+    or invalid values)."""
+    try:
+        opts = TrainOptions(**values)
+    except TypeError as e:
+        raise ConfigError(f"invalid train options: {e}") from None
+    return opts.resolve()
+
+
+def comma_list(values: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` or ``["a,b", "c"]`` as ``["a", "b", "c"]`` (names given on the command
+    line, in a config file or with --set)."""
+    items = [values] if isinstance(values, str) else list(values or [])
+    return [p.strip() for v in items for p in str(v).split(",") if p.strip()]
 
 
 @dataclass
@@ -268,13 +325,14 @@ def normalization(norm: str, clip: Any, record: dict[str, Any], train_cycles: Se
                   ) -> dict[str, Any]:
     """The normalisation of a run: ``{"norm", "mean", "std", "source", ...}``.
 
-    ``audioset``: AST's AudioSet pretraining statistics (-4.2677393 / 4.5689974).
+    ``audioset``: AST's AudioSet pretraining statistics (`AUDIOSET_MEAN` /
+    `AUDIOSET_STD` of `rsctool.features_np`).
     ``dataset``: the log-mel statistics of the training split for this feature
     configuration, as recorded in the dataset record (by `analyze`, or by an earlier run);
     when none are recorded they are computed now (``source = "train"``, ``new = True``:
     `run` then records them, so the next run, e.g. the next seed, reuses them).
     """
-    from rsctool.data.dataset import AUDIOSET_MEAN, AUDIOSET_STD, fbank_statistics
+    from rsctool.data.dataset import fbank_statistics
 
     if norm != "dataset":
         return {"norm": "audioset", "mean": AUDIOSET_MEAN, "std": AUDIOSET_STD,
@@ -337,164 +395,280 @@ def is_improvement(select: float | None, loss: float, best_select: float | None,
 
 # --------------------------------------------------------------------------- the trainer
 
-class Trainer:
-    """One training run. Built from resolved options; `fit()` does the work."""
+@dataclass
+class TrainData:
+    """The data part of a run, read in one pass (`load_train_data`): the dataset record,
+    the classes the model predicts, the train/val splits (real cycles plus the synthetic
+    ones, training split only), the normalisation and feature configuration; then the
+    datasets and the sampler's weights (`TrainData.make_sets`, once the model says
+    whether it reads metadata). The test split is never loaded."""
 
-    def __init__(self, project: Any, opts: TrainOptions, run_name: str, run_dir: Path,
-                 device: str, progress: bool = False, log: Callable[[str], None] | None = None,
-                 dist: Any = None):
-        import torch
+    name: str
+    record: dict[str, Any]
+    classes: list[str]
+    train_cycles: list[Any]
+    val_cycles: list[Any]
+    #: {norm, mean, std, source, ...}: stored in the run config, checkpoints and export
+    normalization: dict[str, Any]
+    clip: Any
+    meta_encoder: Any
+    synthetic: Any
+    cache: Any
+    train_set: Any = None
+    val_set: Any = None
+    sample_weights: Any = None
 
-        from rsctool.data.dataset import (
-            CycleDataset,
-            class_balanced_weights,
-            clip_config,
-            feature_cache,
-        )
-        from rsctool.distributed import Dist
-        from rsctool.losses import build_loss, sensitivity_pos_weight
-        from rsctool.models import create_model
-        from rsctool.models.metadata import MetadataEncoder
+    def make_sets(self, opts: TrainOptions, encoder: Any) -> None:
+        """The datasets (`encoder`: the metadata encoder when the model reads metadata,
+        else None) and the class-balanced sampling weights (``--balanced``)."""
+        from rsctool.data.dataset import CycleDataset, class_balanced_weights
 
-        self.project, self.opts, self.run_name, self.dir = project, opts, run_name, run_dir
-        # this process's share of a data-parallel run (rsctool.distributed); one process
-        # is the same code path with world 1
-        self.dist = dist if dist is not None else Dist(device=device)
-        self.device = device = self.dist.device if dist is not None else device
-        self.progress = progress
-        self.log = log or (lambda msg: None)
-        self.dataset_name, record = pick_dataset(project, opts.dataset)
-        cycles = load_dataset_cycles(project, record)
-        self.classes = list(record.get("classes") or sorted({c.label for c in cycles}))
-        dataset_classes = list(self.classes)
-        if opts.task == "binary":
-            from rsctool.data.manifest import BINARY_CLASSES
-
-            # normal vs abnormal (ICBHI's 2-class task): every non-normal label is abnormal
-            if "normal" not in self.classes or len(self.classes) < 2:
-                raise ConfigError(f"--task binary (normal vs abnormal) needs a dataset with a "
-                                  f"'normal' class and others; {self.dataset_name!r} has "
-                                  f"{', '.join(self.classes)}")
-            self.classes = list(BINARY_CLASSES)
-        if opts.task == "ranking":
-            from rsctool.metrics import class_rank_order
-
-            # class index = rank: the targets are the rank keys of the ranking losses
-            self.classes = class_rank_order(self.classes, opts.class_order)
-            if len(self.classes) < 2:
-                raise ConfigError(f"--task ranking needs at least 2 classes, dataset "
-                                  f"{self.dataset_name!r} has {len(self.classes)}")
-        # The test split is never loaded by training: selection uses val only.
-        self.train_cycles = [c for c in cycles if c.split == "train"]
-        self.val_cycles = [c for c in cycles if c.split == "val"]
-        if not self.train_cycles:
-            raise ConfigError(f"dataset {self.dataset_name!r} has no train cycles")
-        if not self.val_cycles:
-            self.log("warning: no validation split (analyze --val-fraction 0): the last "
-                     "epoch is kept as best and no early stopping happens")
-        cache = feature_cache(project.state_dir())
-        clip = clip_config(opts)
-        self.dataset_record = record
-        # {norm, mean, std, source, ...}: stored in the run config, checkpoints and export
-        self.normalization = normalization(opts.norm, clip, record, self.train_cycles, cache,
-                                           self.log)
-        self.clip = clip.with_norm(self.normalization["mean"], self.normalization["std"])
-        self.meta_encoder = MetadataEncoder.fit(self.train_cycles, fields=opts.metadata,
-                                                impute=opts.metadata_impute)
-        # Synthetic cycles join the training split only (never val/test), after the
-        # normalisation statistics and metadata vocabularies were fitted on real cycles.
-        from rsctool.data.synthetic import mix_synthetic
-
-        self.synthetic = mix_synthetic(project, opts, self.train_cycles, dataset_classes,
-                                       self.log)
-        self.train_cycles = self.train_cycles + self.synthetic.cycles
-        num_outputs = 2 if opts.task == "multilabel" else len(self.classes)
-        model_kwargs = dict(opts.model_cfg)
-        if opts.size is not None:
-            model_kwargs["size"] = opts.size
-        if opts.pretrained is not None:
-            model_kwargs["pretrained"] = opts.pretrained
-        self.model = create_model(opts.model, num_classes=num_outputs,
-                                  input_tdim=self.clip.frames,
-                                  input_fdim=self.clip.fbank.num_mel_bins,
-                                  meta_spec=self.meta_encoder.spec(), **model_kwargs)
-        self.model.to(device)
-        if any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules()):
-            # oneDNN/cuDNN convolutions run ~2x faster on NHWC than on NCHW tensors
-            # (measured on CPU: docs/benchmarks.md); values are unchanged.
-            self.model.to(memory_format=torch.channels_last)
-        enc = self.meta_encoder if getattr(self.model, "needs_metadata", False) else None
-        self.train_set = CycleDataset(self.train_cycles, self.classes, self.clip, cache, enc,
-                                      opts.task)
-        self.val_set = CycleDataset(self.val_cycles, self.classes, self.clip, cache, enc,
-                                    opts.task) if self.val_cycles else None
+        self.train_set = CycleDataset(self.train_cycles, self.classes, self.clip, self.cache,
+                                      encoder, opts.task)
+        self.val_set = CycleDataset(self.val_cycles, self.classes, self.clip, self.cache,
+                                    encoder, opts.task) if self.val_cycles else None
         self.sample_weights = (class_balanced_weights(self.train_set.targets,
                                                       len(self.classes))
                                if opts.balanced else None)
-        loss_kwargs = dict(opts.loss_cfg)
-        if opts.task == "multilabel":
-            loss_kwargs.setdefault("pos_weight", sensitivity_pos_weight(
-                self.train_set.multilabel, opts.sensitivity_bias))
-        elif opts.task == "binary" and opts.sensitivity_bias is not None:
-            # seed 001's binary BCE pos_weight as the abnormal class's CE weight
-            abnormal = (self.train_set.targets == self.classes.index("abnormal"))
-            loss_kwargs.setdefault("class_weights", [1.0, *sensitivity_pos_weight(
-                abnormal[:, None], opts.sensitivity_bias)])
-        self.loss_fn = build_loss(opts.loss, num_classes=num_outputs,
-                                  task=("multiclass" if opts.task in ("ranking", "binary")
-                                        else opts.task),
-                                  **loss_kwargs).to(device)
-        #: the GHM histogram of the epoch in progress (summed over its steps) and one
-        #: summary per finished epoch (``ghm_stats.json``), for GHM losses only
-        self.ghm_acc: dict[str, Any] | None = None
-        self.ghm_stats: list[dict[str, Any]] = []
-        self.adversary = None
-        if opts.adversarial:
-            from rsctool.adversarial import AdversarialObjective
 
-            self.adversary = AdversarialObjective.for_model(
-                self.model, weight=opts.adv_weight, hidden=opts.adv_hidden,
-                schedule=opts.adv_schedule, loss_weight=opts.adv_loss_weight).to(device)
-        # Training forwards go through these (DistributedDataParallel with several
-        # processes, the modules themselves in one); state dicts come from the modules.
-        self.train_model = self.dist.prepare(
-            self.model, find_unused=self.dist.distributed and _has_unused_parameters(
-                self.model, self.train_set, device))
-        self.train_adversary = (self.dist.prepare(self.adversary)
-                                if self.adversary is not None else None)
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad]
-            + (list(self.adversary.parameters()) if self.adversary is not None else []),
-            lr=opts.lr, weight_decay=opts.weight_decay)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / opts.batch_size)
-        self.total_steps = self.steps_per_epoch * opts.epochs
-        if opts.max_steps is not None:
-            self.total_steps = min(self.total_steps, opts.max_steps)
-        self.warmup_steps = int(round(opts.warmup_epochs * self.steps_per_epoch))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_with_warmup(s, self.total_steps, self.warmup_steps))
-        self.use_amp = opts.amp and self.dist.device_type == "cuda"
-        # bf16 where the GPU has it (Ampere and later): fp32's range, so no loss scaling;
-        # fp16 with a GradScaler otherwise.
-        self.amp_dtype = (torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported()
-                          else torch.float16)
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+
+def task_classes(task: str, classes: list[str], class_order: list[str] | None,
+                 dataset: str) -> list[str]:
+    """The classes a `task` run predicts from the dataset's `classes`: binary's
+    normal/abnormal, ranking's classes in rank order (class index = rank), else as is."""
+    if task == "binary":
+        from rsctool.data.manifest import BINARY_CLASSES
+
+        # normal vs abnormal (ICBHI's 2-class task): every non-normal label is abnormal
+        if "normal" not in classes or len(classes) < 2:
+            raise ConfigError(f"--task binary (normal vs abnormal) needs a dataset with a "
+                              f"'normal' class and others; {dataset!r} has "
+                              f"{', '.join(classes)}")
+        return list(BINARY_CLASSES)
+    if task == "ranking":
+        from rsctool.metrics import class_rank_order
+
+        # class index = rank: the targets are the rank keys of the ranking losses
+        ranked = class_rank_order(classes, class_order)
+        if len(ranked) < 2:
+            raise ConfigError(f"--task ranking needs at least 2 classes, dataset "
+                              f"{dataset!r} has {len(ranked)}")
+        return ranked
+    return list(classes)
+
+
+def load_train_data(project: Any, opts: TrainOptions, log: Callable[[str], None]
+                    ) -> TrainData:
+    """The dataset, splits, normalisation and synthetic cycles of a run (no datasets yet:
+    `TrainData.make_sets`)."""
+    from rsctool.data.dataset import clip_config, feature_cache
+    from rsctool.data.synthetic import mix_synthetic
+    from rsctool.models.metadata import MetadataEncoder
+
+    name, record = pick_dataset(project, opts.dataset)
+    cycles = load_dataset_cycles(project, record)
+    dataset_classes = list(record.get("classes") or sorted({c.label for c in cycles}))
+    classes = task_classes(opts.task, dataset_classes, opts.class_order, name)
+    # The test split is never loaded by training: selection uses val only.
+    train_cycles = [c for c in cycles if c.split == "train"]
+    val_cycles = [c for c in cycles if c.split == "val"]
+    if not train_cycles:
+        raise ConfigError(f"dataset {name!r} has no train cycles")
+    if not val_cycles:
+        log("warning: no validation split (analyze --val-fraction 0): the last "
+            "epoch is kept as best and no early stopping happens")
+    cache = feature_cache(project.state_dir())
+    clip = clip_config(opts)
+    norm = normalization(opts.norm, clip, record, train_cycles, cache, log)
+    meta_encoder = MetadataEncoder.fit(train_cycles, fields=opts.metadata,
+                                       impute=opts.metadata_impute)
+    # Synthetic cycles join the training split only (never val/test), after the
+    # normalisation statistics and metadata vocabularies were fitted on real cycles.
+    synthetic = mix_synthetic(project, opts, train_cycles, dataset_classes, log)
+    return TrainData(name=name, record=record, classes=classes,
+                     train_cycles=train_cycles + synthetic.cycles, val_cycles=val_cycles,
+                     normalization=norm, clip=clip.with_norm(norm["mean"], norm["std"]),
+                     meta_encoder=meta_encoder, synthetic=synthetic, cache=cache)
+
+
+def num_outputs(opts: TrainOptions, classes: list[str]) -> int:
+    """The model's outputs: 2 sigmoids (crackle, wheeze) for multilabel, else one per
+    class (ranking models give one score whatever this is)."""
+    return 2 if opts.task == "multilabel" else len(classes)
+
+
+def build_model(opts: TrainOptions, data: TrainData, device: str) -> Any:
+    """The model of a run on `device` (``--model``, ``--size``, ``--pretrained`` and
+    ``model.KEY`` options; input ``(T, F)`` from the clip)."""
+    import torch
+
+    from rsctool.models import create_model
+
+    model_kwargs = dict(opts.model_cfg)
+    if opts.size is not None:
+        model_kwargs["size"] = opts.size
+    if opts.pretrained is not None:
+        model_kwargs["pretrained"] = opts.pretrained
+    model = create_model(opts.model, num_classes=num_outputs(opts, data.classes),
+                         input_tdim=data.clip.frames, input_fdim=data.clip.fbank.num_mel_bins,
+                         meta_spec=data.meta_encoder.spec(), **model_kwargs)
+    model.to(device)
+    if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        # oneDNN/cuDNN convolutions run ~2x faster on NHWC than on NCHW tensors
+        # (measured on CPU: docs/benchmarks.md); values are unchanged.
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+@dataclass
+class Optimisation:
+    """What a run optimises and how: the loss (and the adversary with ``--adversarial``),
+    the training forwards (DistributedDataParallel with several processes, the modules
+    themselves in one; state dicts come from the modules), AdamW with the warm-up +
+    cosine schedule over `total_steps`, and mixed precision."""
+
+    loss_fn: Any
+    adversary: Any
+    train_model: Any
+    train_adversary: Any
+    optimizer: Any
+    scheduler: Any
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    use_amp: bool
+    amp_dtype: Any
+    scaler: Any
+
+
+def build_optimisation(opts: TrainOptions, data: TrainData, model: Any, dist: Any
+                       ) -> Optimisation:
+    """Loss, adversary, distribution, optimiser, schedule and AMP of a run whose
+    datasets are made (`TrainData.make_sets`)."""
+    import torch
+
+    from rsctool.losses import build_loss, sensitivity_pos_weight
+
+    device = dist.device
+    loss_kwargs = dict(opts.loss_cfg)
+    if opts.task == "multilabel":
+        loss_kwargs.setdefault("pos_weight", sensitivity_pos_weight(
+            data.train_set.multilabel, opts.sensitivity_bias))
+    elif opts.task == "binary" and opts.sensitivity_bias is not None:
+        # seed 001's binary BCE pos_weight as the abnormal class's CE weight
+        abnormal = (data.train_set.targets == data.classes.index("abnormal"))
+        loss_kwargs.setdefault("class_weights", [1.0, *sensitivity_pos_weight(
+            abnormal[:, None], opts.sensitivity_bias)])
+    loss_fn = build_loss(opts.loss, num_classes=num_outputs(opts, data.classes),
+                         task=("multiclass" if opts.task in ("ranking", "binary")
+                               else opts.task), **loss_kwargs).to(device)
+    adversary = None
+    if opts.adversarial:
+        from rsctool.adversarial import AdversarialObjective
+
+        adversary = AdversarialObjective.for_model(
+            model, weight=opts.adv_weight, hidden=opts.adv_hidden,
+            schedule=opts.adv_schedule, loss_weight=opts.adv_loss_weight).to(device)
+    train_model = dist.prepare(model, find_unused=dist.distributed and _has_unused_parameters(
+        model, data.train_set, device))
+    train_adversary = dist.prepare(adversary) if adversary is not None else None
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad]
+        + (list(adversary.parameters()) if adversary is not None else []),
+        lr=opts.lr, weight_decay=opts.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train_set) / opts.batch_size)
+    total_steps = steps_per_epoch * opts.epochs
+    if opts.max_steps is not None:
+        total_steps = min(total_steps, opts.max_steps)
+    warmup_steps = int(round(opts.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup_steps))
+    use_amp = opts.amp and dist.device_type == "cuda"
+    # bf16 where the GPU has it (Ampere and later): fp32's range, so no loss scaling;
+    # fp16 with a GradScaler otherwise.
+    amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported()
+                 else torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return Optimisation(loss_fn, adversary, train_model, train_adversary, optimizer, scheduler,
+                        steps_per_epoch, total_steps, warmup_steps, use_amp, amp_dtype, scaler)
+
+
+@dataclass
+class TrainParts:
+    """Everything a `Trainer` trains with, built before the run has a name (so a bad
+    option fails before the project file is touched): the processes, data, model and
+    optimisation."""
+
+    dist: Any
+    data: TrainData
+    model: Any
+    optim: Optimisation
+
+
+def build_parts(project: Any, opts: TrainOptions, device: str,
+                log: Callable[[str], None] | None = None, dist: Any = None) -> TrainParts:
+    """Data, model, then loss and optimiser of a run with resolved `opts` (in this order:
+    the model's initialisation draws from the seeded RNG). `dist`: this process's share
+    of a data-parallel run (`rsctool.distributed`); one process is the same code path
+    with world 1."""
+    from rsctool.distributed import Dist
+
+    dist = dist if dist is not None else Dist(device=device)
+    data = load_train_data(project, opts, log or (lambda msg: None))
+    model = build_model(opts, data, dist.device)
+    data.make_sets(opts, data.meta_encoder if getattr(model, "needs_metadata", False)
+                   else None)
+    return TrainParts(dist, data, model, build_optimisation(opts, data, model, dist))
+
+
+class Trainer:
+    """One training run, built completely from its parts (`build_parts`) and its name,
+    folder, seed group and trackers; `fit()` does the work."""
+
+    def __init__(self, project: Any, opts: TrainOptions, parts: TrainParts, *, run_name: str,
+                 run_dir: Path, group: str | None = None, trackers: Sequence[Any] = (),
+                 progress: bool = False, log: Callable[[str], None] | None = None):
+        from rsctool.environment import collect
+
+        data, optim = parts.data, parts.optim
+        self.project, self.opts, self.run_name, self.dir = project, opts, run_name, run_dir
+        self.group = group  # the seed sweep (`run_group`) the run belongs to
+        self.trackers = list(trackers)  # rsctool.tracking (``--log``)
+        self.dist, self.device = parts.dist, parts.dist.device
+        self.progress = progress
+        self.log = log or (lambda msg: None)
+        # data
+        self.dataset_name, self.dataset_record = data.name, data.record
+        self.classes = data.classes
+        self.train_cycles, self.val_cycles = data.train_cycles, data.val_cycles
+        self.normalization, self.clip = data.normalization, data.clip
+        self.meta_encoder, self.synthetic = data.meta_encoder, data.synthetic
+        self.train_set, self.val_set = data.train_set, data.val_set
+        self.sample_weights = data.sample_weights
+        # model, loss, optimiser
+        self.model = parts.model
+        self.loss_fn, self.adversary = optim.loss_fn, optim.adversary
+        self.train_model, self.train_adversary = optim.train_model, optim.train_adversary
+        self.optimizer, self.scheduler = optim.optimizer, optim.scheduler
+        self.steps_per_epoch, self.total_steps = optim.steps_per_epoch, optim.total_steps
+        self.warmup_steps = optim.warmup_steps
+        self.use_amp, self.amp_dtype, self.scaler = optim.use_amp, optim.amp_dtype, optim.scaler
+        # the loop's state (what a checkpoint holds)
         self.step = 0
         self.epoch = 0
         self.best_select: float | None = None
         self.best_epoch: int | None = None
         self.best_val_loss: float | None = None
-        self.trackers: list[Any] = []  # rsctool.tracking (``--log``), set by run()
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self.thresholds: list[float] | None = None
-        from rsctool.environment import collect
-
+        #: the GHM histogram of the epoch in progress (summed over its steps) and one
+        #: summary per finished epoch (``ghm_stats.json``), for GHM losses only
+        self.ghm_acc: dict[str, Any] | None = None
+        self.ghm_stats: list[dict[str, Any]] = []
         # where the run started (a resume keeps it and records its own as `resumed_in`)
         self.environment: dict[str, Any] = collect(self.dist.device_type)
         self.resumed_in: list[dict[str, Any]] = []
-        self.group: str | None = None  # set by run() for a member of a seed sweep
 
     # ----- state -----------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
@@ -647,19 +821,13 @@ class Trainer:
             num_workers=self.opts.num_workers, pin_memory=self.dist.device_type == "cuda",
             persistent_workers=False, generator=loader_generator(self.opts.seed, self.epoch))
 
-    def train_epoch(self, on_step: Callable[[], None] | None = None) -> dict[str, float]:
-        """One epoch (or what is left of it). ``--batch-size`` is the global batch: each
-        optimizer step sees the same samples whatever the number of processes and
-        accumulation steps (`micro_batches` splits it), and the per-sample mean loss of
-        the global batch, so the gradient is the one-process gradient."""
-        import torch
-
-        from rsctool.data.dataset import epoch_order, mixup, spec_augment
+    def _epoch_plan(self) -> list[tuple[list[int], float, bool]]:
+        """This process's micro-batches ``(indices, factor, sync)`` for what is left of the
+        epoch: the epoch's order is a pure function of (seed, epoch), so a resumed run
+        skips exactly the batches it has done."""
+        from rsctool.data.dataset import epoch_order
 
         opts, dist = self.opts, self.dist
-        self.model.train()
-        if self.adversary is not None:
-            self.adversary.train()
         order = epoch_order(len(self.train_set), self.epoch, opts.seed, self.sample_weights)
         done_in_epoch = self.step - self.epoch * self.steps_per_epoch
         order_list = order[done_in_epoch * opts.batch_size:].tolist()
@@ -667,14 +835,103 @@ class Trainer:
         for k in range(0, len(order_list), opts.batch_size):
             plan += micro_batches(order_list[k:k + opts.batch_size], opts.batch_size,
                                   dist.world, opts.grad_accum, dist.rank)
-        # with several processes each GHM loss sees (and its statistics count) only its
-        # own process's share of the batch
-        ghm = getattr(self.loss_fn, "ghm", None)
-        if ghm is not None and (self.ghm_acc is None
-                                or self.ghm_acc.get("epoch") != self.epoch + 1):
+        return plan
+
+    def _start_ghm_epoch(self, ghm: Any) -> None:
+        """Open the epoch's GHM histogram (kept when resuming inside the epoch)."""
+        if self.ghm_acc is None or self.ghm_acc.get("epoch") != self.epoch + 1:
             self.ghm_acc = {"epoch": self.epoch + 1, "steps": 0, "n": 0,
                             "counts": [0] * ghm.bins, "weight_sums": [0.0] * ghm.bins,
                             "g_sum": 0.0, "density": None, "bin_weights": None}
+
+    def _forward_backward(self, batch: dict[str, Any], factor: float, sync: bool,
+                          first: bool) -> tuple[Any, int]:
+        """One micro-batch: augment, forward, loss, backward (gradients add up until the
+        step). Returns the loss and the batch size."""
+        import torch
+
+        from rsctool.data.dataset import mixup, spec_augment
+
+        opts = self.opts
+        b = self._to_device(batch)
+        x, y = b["x"], b["y"]
+        if opts.specaugment:
+            x = spec_augment(x, n_masks=opts.specaug_masks, freq_width=opts.specaug_freq_width,
+                             time_width=opts.specaug_time_width, fill=opts.specaug_fill)
+        if opts.mixup > 0:
+            x, y = mixup(x, y, len(self.classes), opts.mixup)
+        # accumulation micro-steps skip the gradient all-reduce; the last one syncs
+        sync_ctx = (contextlib.nullcontext() if sync
+                    else self.dist.no_sync(self.train_model, self.train_adversary))
+        with sync_ctx:
+            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.use_amp):
+                out = self.train_model(x, b.get("meta"))
+                loss = self.loss_fn(out, y)
+                if self.adversary is not None:  # domain CE through gradient reversal
+                    loss = loss + self.train_adversary(out, b["domain"],
+                                                       self.step / max(1, self.total_steps))
+            if first:
+                self.optimizer.zero_grad(set_to_none=True)
+            # this micro-batch's share of the global batch mean (DDP averages over
+            # processes); exactly the loss itself in one process without accumulation
+            scaled = loss if factor == 1.0 else loss * factor
+            self.scaler.scale(scaled).backward()
+        return loss, len(x)
+
+    def _optimizer_step(self, loss: Any, on_step: Callable[[], None] | None) -> None:
+        """The optimizer and LR-schedule step after a global batch; checkpoint every
+        ``checkpoint_every`` steps; progress."""
+        import torch
+
+        opts = self.opts
+        before = None
+        if opts.ma_beta > 0:  # the weights before this step, for the moving average
+            before = [p.detach().clone() for g in self.optimizer.param_groups
+                      for p in g["params"]]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if before is not None:
+            with torch.no_grad():
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                for p, q in zip(params, before, strict=True):
+                    p.lerp_(q, opts.ma_beta)
+        with warnings.catch_warnings():
+            # The schedule is a pure function of the step count; when the GradScaler
+            # skips an overflowing fp16 step, torch warns that the scheduler stepped
+            # first, which is intended here.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
+                                    UserWarning)
+            self.scheduler.step()
+        self.step += 1
+        if on_step is not None:
+            on_step()
+        if opts.checkpoint_every and self.step % opts.checkpoint_every == 0:
+            self.save("last.safetensors")
+        loss_value = float(loss.detach())
+        self._bar.update(loss=loss_value, epoch=self.epoch + 1)
+        speed = getattr(self, "_speed", None)
+        if speed is not None:
+            # the global batch of this step (an epoch's last one may be short)
+            k = self.step - 1 - self.epoch * self.steps_per_epoch
+            speed.step(self.step, self.epoch + 1, loss_value,
+                       max(0, min(opts.batch_size, len(self.train_set) - k * opts.batch_size)))
+
+    def train_epoch(self, on_step: Callable[[], None] | None = None) -> dict[str, float]:
+        """One epoch (or what is left of it). ``--batch-size`` is the global batch: each
+        optimizer step sees the same samples whatever the number of processes and
+        accumulation steps (`micro_batches` splits it), and the per-sample mean loss of
+        the global batch, so the gradient is the one-process gradient."""
+        import torch
+
+        self.model.train()
+        if self.adversary is not None:
+            self.adversary.train()
+        plan = self._epoch_plan()
+        # with several processes each GHM loss sees (and its statistics count) only its
+        # own process's share of the batch
+        ghm = getattr(self.loss_fn, "ghm", None)
+        if ghm is not None:
+            self._start_ghm_epoch(ghm)
         total_loss, n_seen, t0 = 0.0, 0, time.perf_counter()
         set_progress = getattr(self.model, "set_progress", None)
         first = True  # the next micro-batch starts an optimizer step
@@ -685,75 +942,21 @@ class Trainer:
                 break
             if first and set_progress is not None:
                 set_progress(self.step / max(1, self.total_steps))
-            b = self._to_device(batch)
-            x, y = b["x"], b["y"]
-            if opts.specaugment:
-                x = spec_augment(x, n_masks=opts.specaug_masks,
-                                 freq_width=opts.specaug_freq_width,
-                                 time_width=opts.specaug_time_width, fill=opts.specaug_fill)
-            if opts.mixup > 0:
-                x, y = mixup(x, y, len(self.classes), opts.mixup)
             if ghm is not None:
                 ghm.last_stats = None  # a ranking batch without pairs leaves it None
-            # accumulation micro-steps skip the gradient all-reduce; the last one syncs
-            sync_ctx = (contextlib.nullcontext() if sync
-                        else dist.no_sync(self.train_model, self.train_adversary))
-            with sync_ctx:
-                with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.use_amp):
-                    out = self.train_model(x, b.get("meta"))
-                    loss = self.loss_fn(out, y)
-                    if self.adversary is not None:  # domain CE through gradient reversal
-                        loss = loss + self.train_adversary(out, b["domain"],
-                                                           self.step / max(1, self.total_steps))
-                if first:
-                    self.optimizer.zero_grad(set_to_none=True)
-                # this micro-batch's share of the global batch mean (DDP averages over
-                # processes); exactly the loss itself in one process without accumulation
-                scaled = loss if factor == 1.0 else loss * factor
-                self.scaler.scale(scaled).backward()
+            loss, n = self._forward_backward(batch, factor, sync, first)
             first = False
             if factor > 0:
-                total_loss += float(loss.detach()) * len(x)
-                n_seen += len(x)
+                total_loss += float(loss.detach()) * n
+                n_seen += n
                 if ghm is not None and ghm.last_stats is not None:
                     _accumulate_ghm(self.ghm_acc, ghm.last_stats)
-            if not sync:
-                continue
-            first = True
-            before = None
-            if opts.ma_beta > 0:  # the weights before this step, for the moving average
-                before = [p.detach().clone() for g in self.optimizer.param_groups
-                          for p in g["params"]]
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if before is not None:
-                with torch.no_grad():
-                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                    for p, q in zip(params, before, strict=True):
-                        p.lerp_(q, opts.ma_beta)
-            with warnings.catch_warnings():
-                # The schedule is a pure function of the step count; when the GradScaler
-                # skips an overflowing fp16 step, torch warns that the scheduler stepped
-                # first, which is intended here.
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
-                                        UserWarning)
-                self.scheduler.step()
-            self.step += 1
-            if on_step is not None:
-                on_step()
-            if opts.checkpoint_every and self.step % opts.checkpoint_every == 0:
-                self.save("last.safetensors")
-            loss_value = float(loss.detach())
-            self._bar.update(loss=loss_value, epoch=self.epoch + 1)
-            speed = getattr(self, "_speed", None)
-            if speed is not None:
-                # the global batch of this step (an epoch's last one may be short)
-                k = self.step - 1 - self.epoch * self.steps_per_epoch
-                speed.step(self.step, self.epoch + 1, loss_value,
-                           max(0, min(opts.batch_size, len(self.train_set) - k * opts.batch_size)))
+            if sync:
+                first = True
+                self._optimizer_step(loss, on_step)
         dt = time.perf_counter() - t0
         # over all processes (the count of contributing processes proves how many ran)
-        total_loss, n_all, processes = dist.all_sum([total_loss, n_seen, 1.0])
+        total_loss, n_all, processes = self.dist.all_sum([total_loss, n_seen, 1.0])
         return {"train_loss": total_loss / max(1.0, n_all),
                 "samples_per_s": n_all / dt if dt > 0 else 0.0,
                 "processes": int(round(processes)),
@@ -809,62 +1012,17 @@ class Trainer:
         return m
 
     def fit(self) -> TrainResult:
+        """Train up to ``epochs`` (or ``max_steps``): each epoch is trained, validated,
+        logged and checkpointed (``best`` when validation improved, ``last`` always);
+        early stopping after ``patience`` epochs without improvement."""
         opts = self.opts
         start_step = self.step
         self._bar = StepProgress(self.progress, "train", self.total_steps, self.step)
         self._speed = self._progress_lines()
         try:
             while self.epoch < opts.epochs and self.step < self.total_steps:
-                t0 = time.perf_counter()
-                if self._speed is not None:
-                    self._speed.resume()
-                stats = self.train_epoch()
-                if self._speed is not None:
-                    self._speed.pause()  # validation and checkpoints are no training steps
-                row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
-                                       "lr": self.optimizer.param_groups[0]["lr"], **stats}
-                epoch_complete = self.step % self.steps_per_epoch == 0 or \
-                    self.step >= self.total_steps
-                improved = False
-                if self.ghm_acc is not None and epoch_complete:
-                    self._finish_ghm_epoch()
-                if self.val_set is not None:
-                    m = self.validate()
-                    row.update(val_loss=m["loss"], val_score=m["score"], val_sp=m["sp"],
-                               val_se=m["se"], val_accuracy=m["accuracy"],
-                               val_select=m["select"])
-                    if self.opts.task == "ranking":
-                        row.update(val_pairwise_accuracy=m["pairwise_accuracy"],
-                                   val_spearman=m["spearman"])
-                    improved = is_improvement(m["select"], m["loss"], self.best_select,
-                                              self.best_val_loss)
-                else:
-                    improved = True
-                    if self.opts.task == "ranking":
-                        self._train_thresholds()
-                row["seconds"] = time.perf_counter() - t0
-                # every process takes the main process's row and decision (they agree on
-                # the metrics already; this also makes the history identical everywhere)
-                row, improved = self.dist.broadcast((row, improved))
-                self.history.append(row)
-                for tracker in self.trackers:
-                    tracker.log(row, step=row["epoch"])
-                if epoch_complete:
-                    self.epoch += 1
-                if improved:
-                    self.best_select = row.get("val_select")
-                    self.best_val_loss = row.get("val_loss")
-                    self.best_epoch = row["epoch"]
-                    self.bad_epochs = 0
-                    self.save("best.safetensors", full=False)
-                else:
-                    self.bad_epochs += 1
-                self.save("last.safetensors")
-                if self.dist.is_main:
-                    self._write_history()
-                    self.project.update_record("runs", self.run_name, epoch=self.epoch,
-                                               step=self.step, best_score=self.best_select,
-                                               best_epoch=self.best_epoch)
+                row, improved, epoch_complete = self._train_and_validate()
+                self._end_epoch(row, improved, epoch_complete)
                 self.log(_epoch_line(row))
                 if opts.patience and self.bad_epochs >= opts.patience:
                     self.log(f"early stopping: no validation improvement in {opts.patience} "
@@ -875,6 +1033,64 @@ class Trainer:
         return TrainResult(self.run_name, self.dir, self.dir / "best.safetensors",
                            self.best_select, self.epoch, self.step,
                            resumed=start_step > 0, history=self.history)
+
+    def _train_and_validate(self) -> tuple[dict[str, Any], bool, bool]:
+        """One epoch (or what is left of it) and its validation: the history row, whether
+        it improved on the best, and whether the epoch is complete (not cut by
+        ``max_steps``)."""
+        t0 = time.perf_counter()
+        if self._speed is not None:
+            self._speed.resume()
+        stats = self.train_epoch()
+        if self._speed is not None:
+            self._speed.pause()  # validation and checkpoints are no training steps
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
+                               "lr": self.optimizer.param_groups[0]["lr"], **stats}
+        epoch_complete = (self.step % self.steps_per_epoch == 0
+                          or self.step >= self.total_steps)
+        if self.ghm_acc is not None and epoch_complete:
+            self._finish_ghm_epoch()
+        if self.val_set is not None:
+            m = self.validate()
+            row.update(val_loss=m["loss"], val_score=m["score"], val_sp=m["sp"],
+                       val_se=m["se"], val_accuracy=m["accuracy"], val_select=m["select"])
+            if self.opts.task == "ranking":
+                row.update(val_pairwise_accuracy=m["pairwise_accuracy"],
+                           val_spearman=m["spearman"])
+            improved = is_improvement(m["select"], m["loss"], self.best_select,
+                                      self.best_val_loss)
+        else:
+            improved = True
+            if self.opts.task == "ranking":
+                self._train_thresholds()
+        row["seconds"] = time.perf_counter() - t0
+        # every process takes the main process's row and decision (they agree on the
+        # metrics already; this also makes the history identical everywhere)
+        row, improved = self.dist.broadcast((row, improved))
+        return row, improved, epoch_complete
+
+    def _end_epoch(self, row: dict[str, Any], improved: bool, epoch_complete: bool) -> None:
+        """Record the epoch: history and trackers, model selection (``best``), the
+        ``last`` checkpoint, ``history.csv`` and the project record."""
+        self.history.append(row)
+        for tracker in self.trackers:
+            tracker.log(row, step=row["epoch"])
+        if epoch_complete:
+            self.epoch += 1
+        if improved:
+            self.best_select = row.get("val_select")
+            self.best_val_loss = row.get("val_loss")
+            self.best_epoch = row["epoch"]
+            self.bad_epochs = 0
+            self.save("best.safetensors", full=False)
+        else:
+            self.bad_epochs += 1
+        self.save("last.safetensors")
+        if self.dist.is_main:
+            self._write_history()
+            self.project.update_record("runs", self.run_name, epoch=self.epoch,
+                                       step=self.step, best_score=self.best_select,
+                                       best_epoch=self.best_epoch)
 
     def _progress_lines(self) -> Any:
         """The speed/ETA reporter of `fit` (None in the processes that do not log):
@@ -1100,21 +1316,13 @@ def _option_diffs(recorded: dict[str, Any], explicit: dict[str, Any],
                   ignore: tuple[str, ...] = ("run",)) -> list[str]:
     """``["lr 0.001 -> 0.5", ...]``: the options in `explicit` that differ from the
     `recorded` ones after both are resolved (empty when they cannot be compared)."""
-    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    base = _known_options(recorded)
+    given = {k: v for k, v in _known_options(explicit).items() if k not in ignore}
     try:
-        base = TrainOptions(**{k: v for k, v in recorded.items() if k in fields})
-    except TypeError:
-        return []
-    given = {k: v for k, v in explicit.items() if k in fields and k not in ignore}
-    for key in ("model_cfg", "loss_cfg"):
-        if key in given:
-            given[key] = {**getattr(base, key), **given[key]}
-    try:
-        wanted = dataclasses.replace(base, **given).resolve()
-        before = asdict(base.resolve())
+        before = asdict(TrainOptions(**base).resolve())
+        after = asdict(TrainOptions(**merge_options(base, given)).resolve())
     except (TypeError, ConfigError):
         return []  # invalid values are reported by the normal path
-    after = asdict(wanted)
     return [f"{k} {before[k]!r} -> {after[k]!r}" for k in sorted(given)
             if before.get(k) != after.get(k)]
 
@@ -1227,7 +1435,6 @@ def _record_stats(project: Any, dataset: str, norm: dict[str, Any]) -> None:
     project.update(apply)
 
 
-@releasing  # the run's lock (one writer per run), however `run` ends
 def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: bool = False,
         force: bool = False, log: Callable[[str], None] | None = None,
         trackers: Sequence[str] = (), explicit: dict[str, Any] | None = None,
@@ -1267,12 +1474,45 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     share of each global batch (`rsctool.distributed`); only the main process writes the
     project file, checkpoints, history and logs, and the others follow its decisions
     (the run name; `sync_project` after its writes).
+
+    `opts` are resolved here (`TrainOptions.resolve`); the command line resolves them
+    once (`resolve_train_options`) and calls `run_resolved`.
     """
+    return run_resolved(project, opts.resolve(), device=device, progress=progress,
+                        force=force, log=log, trackers=trackers, explicit=explicit,
+                        group=group, like=like, reserve=reserve, new=new, extend=extend)
+
+
+@dataclass
+class _Start:
+    """How `run_resolved` starts a run: its options (an existing run's own when it
+    resumes), and for an existing run its name, folder, group, ``like`` origin,
+    extensions and last checkpoint; `skipped` when it is done already."""
+
+    opts: TrainOptions
+    group: str | None
+    like: str | None
+    name: str | None = None
+    run_dir: Path = field(default_factory=Path)
+    extended: list[dict[str, Any]] = field(default_factory=list)
+    extension: dict[str, Any] | None = None
+    resume_from: Path | None = None
+    skipped: TrainResult | None = None
+
+
+@releasing  # the run's lock (one writer per run), however `run` ends
+def run_resolved(project: Any, opts: TrainOptions, *, device: str = "auto",
+                 progress: bool = False, force: bool = False,
+                 log: Callable[[str], None] | None = None, trackers: Sequence[str] = (),
+                 explicit: dict[str, Any] | None = None, group: str | None = None,
+                 like: str | None = None,
+                 reserve: Callable[[], tuple[str, str]] | None = None, new: bool = False,
+                 extend: bool = False) -> TrainResult:
+    """`run` with options resolved already (`TrainOptions.resolve`)."""
     from rsctool.distributed import setup
     from rsctool.tracking import make_trackers
 
     log = log or (lambda msg: None)
-    opts = opts.resolve()
     tracker_objs = make_trackers(trackers)  # fail before any work if one is missing
     dev = resolve_device(device)
     dist = setup(dev)
@@ -1281,6 +1521,59 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     dist.barrier()  # every process has read the project before the main one writes it
     if opts.run is not None:  # fail fast, before the model is built
         hold_record(project, "runs", opts.run, dist)
+    start = _plan_start(project, opts, log, explicit=explicit, group=group, like=like,
+                        reserve=reserve, new=new, extend=extend, force=force)
+    if start.skipped is not None:
+        return start.skipped
+    opts = start.opts
+    check_batch_split(opts.batch_size, dist.world, opts.grad_accum)
+    _seed_everything(opts.seed, opts.deterministic)
+    # Build everything (dataset, model, loss) before touching the project file, so a bad
+    # option fails with the project byte-identical.
+    parts = build_parts(project, opts, dev, log, dist)
+    if dist.rank > 0:
+        # the model was initialised alike everywhere; augmentation streams differ
+        import torch
+
+        torch.manual_seed(rank_seed(opts.seed, dist.rank))
+    opts.dataset = parts.data.name  # resolved: "the last analysed" is no config
+    name, group, run_dir = start.name, start.group, start.run_dir
+    if name is None:
+        name, group = _claim_run(project, opts, dist, reserve=reserve, like=start.like,
+                                 new=new, group=group)
+        opts.run = name
+        run_dir = project.record_dir("runs", name, None)
+    hold_record(project, "runs", name, dist)  # one writer per run (held already if named)
+    trainer = Trainer(project, opts, parts, run_name=name, run_dir=run_dir, group=group,
+                      trackers=tracker_objs, progress=progress, log=log)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if start.resume_from is not None:
+        _resume(trainer, start, log)
+    if dist.distributed:
+        log(f"{dist.world} processes ({dist.backend}), global batch {opts.batch_size} = "
+            f"{dist.world} x {opts.grad_accum} accumulation step(s) x "
+            f"{opts.batch_size // (dist.world * opts.grad_accum)}")
+    config = trainer.run_config()
+    if start.extended:
+        config["extended"] = start.extended
+    if not dist.is_main:
+        result = trainer.fit()
+        sync_project(project, dist)
+        return result
+    _record_start(project, trainer, config, device=dev, like=start.like,
+                  resumed=start.resume_from is not None, extended=start.extended)
+    result = _fit_recorded(project, trainer, config)
+    sync_project(project, dist)
+    return result
+
+
+def _plan_start(project: Any, opts: TrainOptions, log: Callable[[str], None], *,
+                explicit: dict[str, Any] | None, group: str | None, like: str | None,
+                reserve: Callable[[], tuple[str, str]] | None, new: bool, extend: bool,
+                force: bool) -> _Start:
+    """Which run `opts` mean (a new one, or a recorded one to skip, resume or extend)
+    and with which options; ConfigError when the request cannot be met."""
     runs = project.section("runs")
     _check_new_extend(opts, runs, new=new, extend=extend, force=force)
     if opts.run is None and not new and group is None and reserve is None:
@@ -1290,107 +1583,94 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
             if runs[found].get("status") != "done":  # a finished one says "already done"
                 log(f"same options as run {found!r}: continuing it (--new starts another "
                     "run)")
-    resume_from: Path | None = None
+    start = _Start(opts, group=group, like=like)
+    if opts.run is None or opts.run not in runs:
+        return start
+    rec = runs[opts.run]
+    name = start.name = opts.run
+    run_dir = start.run_dir = project.record_dir("runs", name, rec)
+    last = run_dir / "last.safetensors"
+    if group is not None and rec.get("group") != group:
+        raise ConfigError(f"run {name!r} exists and is not part of seed group {group!r}; "
+                          "use another --run name for the group")
+    start.group = group or rec.get("group")
+    start.like = like or rec.get("like")
+    start.extended = [dict(e) for e in rec.get("extended") or []]
+    if explicit and not force:
+        _check_same_options(name, run_dir, explicit,
+                            ignore=("run", *EXTENDABLE) if extend else ("run",))
+    if rec.get("status") == "done" and not force and not extend:
+        start.skipped = TrainResult(name, run_dir, project.abs(rec["best"]) if rec.get("best")
+                                    else None, rec.get("best_score"), int(rec.get("epoch", 0)),
+                                    int(rec.get("step", 0)), skipped=True)
+    elif (rec.get("status") != "done" or extend) and last.exists() and not force:
+        # Resume with the options the run was started with.
+        from rsctool.checkpoint import load_checkpoint
+
+        recorded = TrainOptions(**load_checkpoint(last).state["config"]["options"])
+        if extend:
+            recorded, start.extension = _extended_options(name, recorded, opts, explicit)
+        start.opts, start.resume_from = recorded, last
+    elif extend:
+        raise ConfigError(f"--extend: run {name!r} has no last checkpoint ({last}) to "
+                          "continue from; train it again without --extend")
+    return start
+
+
+def _claim_run(project: Any, opts: TrainOptions, dist: Any, *,
+               reserve: Callable[[], tuple[str, str]] | None, like: str | None, new: bool,
+               group: str | None) -> tuple[str, str | None]:
+    """The name (and group) of a new run, claimed in the project file by the main
+    process and broadcast to the others."""
     name: str | None = None
-    extended: list[dict[str, Any]] = []
-    extension: dict[str, Any] | None = None
-    if opts.run is not None and opts.run in runs:
-        rec = runs[opts.run]
-        name = opts.run
-        run_dir = project.record_dir("runs", name, rec)
-        last = run_dir / "last.safetensors"
-        if group is not None and rec.get("group") != group:
-            raise ConfigError(f"run {name!r} exists and is not part of seed group {group!r}; "
-                              "use another --run name for the group")
-        group = group or rec.get("group")
-        like = like or rec.get("like")
-        extended = [dict(e) for e in rec.get("extended") or []]
-        if explicit and not force:
-            _check_same_options(name, run_dir, explicit,
-                                ignore=("run", *EXTENDABLE) if extend else ("run",))
-        if rec.get("status") == "done" and not force and not extend:
-            return TrainResult(name, run_dir, project.abs(rec["best"]) if rec.get("best")
-                               else None, rec.get("best_score"), int(rec.get("epoch", 0)),
-                               int(rec.get("step", 0)), skipped=True)
-        if (rec.get("status") != "done" or extend) and last.exists() and not force:
-            # Resume with the options the run was started with.
-            from rsctool.checkpoint import load_checkpoint
-
-            recorded = TrainOptions(**load_checkpoint(last).state["config"]["options"])
-            if extend:
-                recorded, extension = _extended_options(name, recorded, opts, explicit)
-            opts = recorded
-            resume_from = last
-        elif extend:
-            raise ConfigError(f"--extend: run {name!r} has no last checkpoint ({last}) to "
-                              "continue from; train it again without --extend")
-    check_batch_split(opts.batch_size, dist.world, opts.grad_accum)
-    _seed_everything(opts.seed, opts.deterministic)
-    # Build everything (dataset, model, loss) before touching the project file, so a bad
-    # option fails with the project byte-identical.
-    trainer = Trainer(project, opts, name or "(new)", Path(), dev, progress=progress, log=log,
-                      dist=dist)
-    if dist.rank > 0:
-        # the model was initialised alike everywhere; augmentation streams differ
-        import torch
-
-        torch.manual_seed(rank_seed(opts.seed, dist.rank))
-    opts.dataset = trainer.dataset_name  # resolved: "the last analysed" is no config
-    if name is None:
-        if dist.is_main:
-            if reserve is not None:
-                name, group = reserve()
-            else:
-                # the identity goes in with the name, so a run killed before its first
-                # record update is still found again by the same command
-                # ... and an identical unnamed command that claimed it meanwhile (its
-                # lookup ran while this one built its model) is refused, not repeated
-                unnamed = opts.run is None and not new
-                name = project.reserve_name("runs", opts.run or opts.model,
-                                            {"model": opts.model, "status": "running",
-                                             "dataset": opts.dataset,
-                                             "params_hash": run_hash(opts),
-                                             **({"like": like} if like else {})},
-                                            same=same_run(project, opts, like) if unnamed
-                                            else None)
-        name, group = dist.broadcast((name, group))
-        opts.run = name
-        run_dir = project.record_dir("runs", name, None)
-    hold_record(project, "runs", name, dist)  # one writer per run (held already if named)
-    trainer.run_name, trainer.dir = name, run_dir
-    trainer.group = group
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    if resume_from is not None:
-        trainer.restore(resume_from)
-        if extension is not None:
-            if trainer.step >= trainer.total_steps:
-                raise ConfigError(f"--extend: run {name!r} already made {trainer.step} "
-                                  f"steps, and {opts.epochs} epochs"
-                                  + (f" with --max-steps {opts.max_steps}"
-                                     if opts.max_steps is not None else "")
-                                  + f" are {trainer.total_steps}: ask for more")
-            # patience counts from the extension: "train 20 more epochs" trains them
-            # unless validation stops improving in the new ones
-            trainer.bad_epochs = 0
-            extended.append({**extension, "epoch": trainer.epoch, "step": trainer.step})
-            log(f"extending run {name!r} from {extension['from']} to {extension['to']} "
-                f"epochs (history kept; the cosine schedule is recomputed for the new total)")
-        log(f"resuming run {name!r} at epoch {trainer.epoch + 1}, step {trainer.step}")
-    if dist.distributed:
-        log(f"{dist.world} processes ({dist.backend}), global batch {opts.batch_size} = "
-            f"{dist.world} x {opts.grad_accum} accumulation step(s) x "
-            f"{opts.batch_size // (dist.world * opts.grad_accum)}")
-    config = trainer.run_config()
-    if extended:
-        config["extended"] = extended
-    if not dist.is_main:
-        result = trainer.fit()
-        sync_project(project, dist)
-        return result
+        if reserve is not None:
+            name, group = reserve()
+        else:
+            # the identity goes in with the name, so a run killed before its first
+            # record update is still found again by the same command
+            # ... and an identical unnamed command that claimed it meanwhile (its
+            # lookup ran while this one built its model) is refused, not repeated
+            unnamed = opts.run is None and not new
+            name = project.reserve_name("runs", opts.run or opts.model,
+                                        {"model": opts.model, "status": "running",
+                                         "dataset": opts.dataset,
+                                         "params_hash": run_hash(opts),
+                                         **({"like": like} if like else {})},
+                                        same=same_run(project, opts, like) if unnamed
+                                        else None)
+    return dist.broadcast((name, group))
+
+
+def _resume(trainer: Trainer, start: _Start, log: Callable[[str], None]) -> None:
+    """Restore `trainer` from the run's last checkpoint (and extend it)."""
+    name, opts, extension = trainer.run_name, trainer.opts, start.extension
+    assert start.resume_from is not None
+    trainer.restore(start.resume_from)
+    if extension is not None:
+        if trainer.step >= trainer.total_steps:
+            raise ConfigError(f"--extend: run {name!r} already made {trainer.step} "
+                              f"steps, and {opts.epochs} epochs"
+                              + (f" with --max-steps {opts.max_steps}"
+                                 if opts.max_steps is not None else "")
+                              + f" are {trainer.total_steps}: ask for more")
+        # patience counts from the extension: "train 20 more epochs" trains them
+        # unless validation stops improving in the new ones
+        trainer.bad_epochs = 0
+        start.extended.append({**extension, "epoch": trainer.epoch, "step": trainer.step})
+        log(f"extending run {name!r} from {extension['from']} to {extension['to']} "
+            f"epochs (history kept; the cosine schedule is recomputed for the new total)")
+    log(f"resuming run {name!r} at epoch {trainer.epoch + 1}, step {trainer.step}")
+
+
+def _record_start(project: Any, trainer: Trainer, config: dict[str, Any], *, device: str,
+                  like: str | None, resumed: bool, extended: list[dict[str, Any]]) -> None:
+    """Main process: write the run's ``config.json`` and synthetic ids, and record it as
+    running in the project file (with provenance and new normalisation statistics)."""
+    name, run_dir, opts, group = trainer.run_name, trainer.dir, trainer.opts, trainer.group
     # seed group and --like source, for provenance (docs/reproducing.md); a resume
     # without --like keeps what the first start recorded.
-    old_config = _read_config(run_dir) if resume_from is not None else {}
+    old_config = _read_config(run_dir) if resumed else {}
     for key, value in (("group", group), ("like", like)):
         value = value if value is not None else old_config.get(key)
         if value is not None:
@@ -1398,7 +1678,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     atomic_write_json(run_dir / "config.json", config)
     ids_file = trainer.synthetic.write(run_dir)  # exactly which synthetic cycles it uses
     prov = config
-    if like and resume_from is None:
+    if like and not resumed:
         from rsctool.console import warn
 
         for line in like_differences(_like_config(project, like), config):
@@ -1407,13 +1687,13 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
         "runs", name, model=opts.model, dataset=trainer.dataset_name, status="running",
         dir=project.rel(run_dir), last=project.rel(run_dir / "last.safetensors"),
         best=project.rel(run_dir / "best.safetensors"), task=opts.task,
-        classes=trainer.classes, device=dev, seed=opts.seed,
+        classes=trainer.classes, device=device, seed=opts.seed,
         params_hash=run_hash(opts),
         dataset_sha256=prov["data"]["manifest_sha256"],
         split_hash=prov["split"]["hash"], split=prov["split"]["spec"],
         official_split=prov["split"]["official"], norm=trainer.normalization["norm"],
         norm_mean=trainer.normalization["mean"], norm_std=trainer.normalization["std"],
-        deterministic=opts.deterministic, processes=dist.world,
+        deterministic=opts.deterministic, processes=trainer.dist.world,
         environment=_compact_env(trainer.environment, trainer.resumed_in),
         **{k: v for k, v in (("group", group), ("like", like)) if v is not None},
         **({"extended": extended} if extended else {}))
@@ -1425,8 +1705,13 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
                               synthetic_counts=trainer.synthetic.counts,
                               synthetic_sha256=trainer.synthetic.sha256,
                               synthetic_ids=project.rel(ids_file), adversarial=opts.adversarial)
-    trainer.trackers = tracker_objs
-    for tracker in tracker_objs:
+
+
+def _fit_recorded(project: Any, trainer: Trainer, config: dict[str, Any]) -> TrainResult:
+    """Main process: `trainer.fit()` with the trackers started and finished, the run
+    recorded as interrupted (with a last checkpoint) or done, and ``summary.json``."""
+    name, run_dir, dist = trainer.run_name, trainer.dir, trainer.dist
+    for tracker in trainer.trackers:
         tracker.start(name, config["options"], run_dir)
     status = "failed"
     try:
@@ -1444,7 +1729,7 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
                                   step=trainer.step)
         raise
     finally:
-        for tracker in tracker_objs:
+        for tracker in trainer.trackers:
             with contextlib.suppress(Exception):
                 tracker.finish(status)
     project.update_record("runs", name, status="done", epoch=result.epochs_done,
@@ -1452,7 +1737,6 @@ def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: boo
     atomic_write_json(run_dir / "summary.json", {
         "run": name, "best_score": result.best_score, "best_epoch": trainer.best_epoch,
         "epochs": result.epochs_done, "steps": result.steps, "history": result.history})
-    sync_project(project, dist)
     return result
 
 
@@ -1605,12 +1889,58 @@ def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
     one run), unless `force`. `rsctool eval --group GROUP` reports mean and standard
     deviation over the seeds. Without a name, the group recorded with the same options
     (`find_same_group`) is that group, unless `new`.
+
+    `opts` are resolved here; the command line calls `run_group_resolved`.
     """
+    return run_group_resolved(project, opts.resolve(), seeds, device=device,
+                              progress=progress, force=force, log=log, trackers=trackers,
+                              explicit=explicit, like=like, new=new)
+
+
+def run_group_resolved(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
+                       device: str = "auto", progress: bool = False, force: bool = False,
+                       log: Callable[[str], None] | None = None, trackers: Sequence[str] = (),
+                       explicit: dict[str, Any] | None = None, like: str | None = None,
+                       new: bool = False) -> GroupResult:
+    """`run_group` with options resolved already (`TrainOptions.resolve`)."""
+    from rsctool.distributed import setup
+
     log = log or (lambda msg: None)
-    opts = opts.resolve()
     seed_list = check_seeds(seeds)
     explicit = dict(explicit or {})
-    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    group, opts = _plan_group(project, opts, explicit, like=like, new=new, force=force,
+                              log=log)
+    claims = _GroupClaims(project, opts, seed_list, like, group)
+    results: list[TrainResult] = []
+    for i, seed in enumerate(seed_list):
+        g = claims.group
+        m_opts = dataclasses.replace(opts, seed=seed, run=member_name(g, seed) if g else None,
+                                     model_cfg=dict(opts.model_cfg),
+                                     loss_cfg=dict(opts.loss_cfg))
+        log(f"seed {seed} ({i + 1} of {len(seed_list)})"
+            + (f": run {member_name(g, seed)!r}" if g else ""))
+        res = run_resolved(project, m_opts, device=device, progress=progress, force=force,
+                           log=log, trackers=trackers,
+                           explicit={**explicit, "seed": seed} if explicit else None,
+                           group=g, like=like, reserve=claims.claimer(seed))
+        if claims.group is None:
+            claims.group = (project.get("runs", res.run) or {}).get("group") or g
+        results.append(res)
+    group = claims.group
+    assert group is not None
+    dist = setup(resolve_device(device))
+    if dist.is_main:
+        _finish_group(project, group)
+    sync_project(project, dist)
+    return GroupResult(group, seed_list, results)
+
+
+def _plan_group(project: Any, opts: TrainOptions, explicit: dict[str, Any], *,
+                like: str | None, new: bool, force: bool, log: Callable[[str], None]
+                ) -> tuple[str | None, TrainOptions]:
+    """The seed group `opts` mean (None: a new one, named when its first run starts) and
+    its options: an existing group's recorded ones under the `explicit` ones, which must
+    not differ (ConfigError), unless `force`."""
     group = opts.run
     if new and group is not None and project.get("groups", group) is not None:
         raise ConfigError(f"--new: seed group {group!r} exists; give a new --run name or "
@@ -1620,80 +1950,63 @@ def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
         if group is not None:
             log(f"same options as seed group {group!r}: continuing it (--new starts "
                 "another group)")
-    if group is not None:
-        project.unique_name("groups", group)  # ProjectError for a name that cannot be one
-        grec = project.get("groups", group)
-        if grec is not None and not force:
-            recorded = _group_options(project, grec)
-            if recorded is not None:
-                diffs = _option_diffs(recorded, explicit, ignore=("run", "seed"))
-                if diffs:
-                    raise ConfigError(
-                        f"seed group {group!r} exists with other options "
-                        f"({'; '.join(diffs)}): use a new --run name, or --force to retrain "
-                        "its runs from scratch")
-                given = {k: v for k, v in explicit.items() if k in fields}
-                for key in ("model_cfg", "loss_cfg"):
-                    if key in given:
-                        given[key] = {**recorded.get(key, {}), **given[key]}
-                opts = TrainOptions(**{**{k: v for k, v in recorded.items() if k in fields},
-                                       **given, "run": group}).resolve()
-    dataset = pick_dataset(project, opts.dataset)[0]
-    gh = _group_hash(opts, dataset)
-    state: dict[str, Any] = {"group": group}
+    if group is None:
+        return None, opts
+    project.unique_name("groups", group)  # ProjectError for a name that cannot be one
+    grec = project.get("groups", group)
+    recorded = _group_options(project, grec) if grec is not None and not force else None
+    if recorded is None:
+        return group, opts
+    diffs = _option_diffs(recorded, explicit, ignore=("run", "seed"))
+    if diffs:
+        raise ConfigError(f"seed group {group!r} exists with other options "
+                          f"({'; '.join(diffs)}): use a new --run name, or --force to retrain "
+                          "its runs from scratch")
+    return group, options_from(merge_options(_known_options(recorded), explicit,
+                                             {"run": group}))
 
-    def claimer(seed: int) -> Callable[[], tuple[str, str]]:
+
+class _GroupClaims:
+    """How the runs of a seed sweep claim their names: the group's (the model name plus a
+    counter for a new one) and the member's, in one project-file update."""
+
+    def __init__(self, project: Any, opts: TrainOptions, seeds: list[int], like: str | None,
+                 group: str | None):
+        self.project, self.opts, self.seeds, self.like = project, opts, seeds, like
+        self.group = group
+        self.dataset = pick_dataset(project, opts.dataset)[0]
+        self.params_hash = _group_hash(opts, self.dataset)
+
+    def claimer(self, seed: int) -> Callable[[], tuple[str, str]]:
         def claim() -> tuple[str, str]:
-            def apply(doc: dict) -> tuple[str, str]:
-                groups = doc.setdefault("groups", {})
-                runs = doc.setdefault("runs", {})
-                g = state["group"]
-                if g is None:  # a new group: the model name plus a counter
-                    g, n = opts.model, 1
-                    while g in groups or any(member_name(g, s) in runs for s in seed_list):
-                        g, n = f"{opts.model}-{n}", n + 1
-                rname = member_name(g, seed)
-                if rname in runs and runs[rname].get("group") != g:
-                    raise ConfigError(f"run {rname!r} exists and is not part of seed group "
-                                      f"{g!r}; use another --run name for the group")
-                grec = groups.setdefault(g, {})
-                done = set(grec.get("seeds") or [])
-                all_seeds = sorted(done | {seed})
-                grec.update(model=opts.model, dataset=dataset, status="running",
-                            params_hash=gh, seeds=all_seeds,
-                            runs=[member_name(g, s) for s in all_seeds])
-                if like is not None:
-                    grec["like"] = like
-                runs[rname] = {"model": opts.model, "status": "running", "group": g,
-                               "seed": seed}
-                return rname, g
-
-            rname, g = project.update(apply)
-            state["group"] = g
+            rname, g = self.project.update(lambda doc: self._apply(doc, seed))
+            self.group = g
             return rname, g
         return claim
 
-    results: list[TrainResult] = []
-    for i, seed in enumerate(seed_list):
-        g = state["group"]
-        m_opts = dataclasses.replace(opts, seed=seed, run=member_name(g, seed) if g else None)
-        log(f"seed {seed} ({i + 1} of {len(seed_list)})"
-            + (f": run {member_name(g, seed)!r}" if g else ""))
-        res = run(project, m_opts, device=device, progress=progress, force=force, log=log,
-                  trackers=trackers, explicit={**explicit, "seed": seed} if explicit else None,
-                  group=g, like=like, reserve=claimer(seed))
-        if state["group"] is None:
-            state["group"] = (project.get("runs", res.run) or {}).get("group") or g
-        results.append(res)
-    group = state["group"]
-    assert group is not None
-    from rsctool.distributed import setup
-
-    dist = setup(resolve_device(device))
-    if dist.is_main:
-        _finish_group(project, group)
-    sync_project(project, dist)
-    return GroupResult(group, seed_list, results)
+    def _apply(self, doc: dict, seed: int) -> tuple[str, str]:
+        opts = self.opts
+        groups = doc.setdefault("groups", {})
+        runs = doc.setdefault("runs", {})
+        g = self.group
+        if g is None:  # a new group: the model name plus a counter
+            g, n = opts.model, 1
+            while g in groups or any(member_name(g, s) in runs for s in self.seeds):
+                g, n = f"{opts.model}-{n}", n + 1
+        rname = member_name(g, seed)
+        if rname in runs and runs[rname].get("group") != g:
+            raise ConfigError(f"run {rname!r} exists and is not part of seed group "
+                              f"{g!r}; use another --run name for the group")
+        grec = groups.setdefault(g, {})
+        done = set(grec.get("seeds") or [])
+        all_seeds = sorted(done | {seed})
+        grec.update(model=opts.model, dataset=self.dataset, status="running",
+                    params_hash=self.params_hash, seeds=all_seeds,
+                    runs=[member_name(g, s) for s in all_seeds])
+        if self.like is not None:
+            grec["like"] = self.like
+        runs[rname] = {"model": opts.model, "status": "running", "group": g, "seed": seed}
+        return rname, g
 
 
 def _finish_group(project: Any, group: str) -> None:
@@ -1795,10 +2108,11 @@ def like_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[st
 
 # --------------------------------------------------------------------------- command
 
-def _parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``--set key=value``: ``model.KEY`` and ``loss.KEY`` go to the model/loss config,
-    anything else must be a TrainOptions field. Values are parsed as JSON when they can
-    be (numbers, true/false, lists), else kept as strings; never evaluated as code."""
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``--set key=value``: ``model.KEY`` and ``loss.KEY`` go to the model/loss config
+    (``model_cfg``/``loss_cfg``), anything else must be a TrainOptions field. Values are
+    parsed as JSON when they can be (numbers, true/false, lists), else kept as strings;
+    never evaluated as code."""
     model_cfg: dict[str, Any] = {}
     loss_cfg: dict[str, Any] = {}
     top: dict[str, Any] = {}
@@ -1820,7 +2134,7 @@ def _parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[
         else:
             raise ConfigError(f"--set {key}: unknown option (use model.KEY, loss.KEY or one "
                               f"of {', '.join(sorted(fields))})")
-    return model_cfg, loss_cfg, top
+    return {**top, "model_cfg": model_cfg, "loss_cfg": loss_cfg}
 
 
 def _load_config_file(path: Path | None) -> dict[str, Any]:
@@ -1840,6 +2154,94 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown train option(s) {unknown}")
     return doc
+
+
+def resolve_train_options(project: Any, given: dict[str, Any], *, like: str | None = None,
+                          config: Path | None = None, sets: Sequence[str] = (),
+                          seed: int = 0, seed_given: bool = False
+                          ) -> tuple[TrainOptions, dict[str, Any], list[int] | None]:
+    """Train's options from all their sources, resolved once (`TrainOptions.resolve`).
+
+    Later sources win (the model/loss configs merge key by key, `merge_options`):
+    the `TrainOptions` defaults (``--task ranking`` defaults to ``--model cnn``; the seed
+    to the global ``--seed``'s default) < the run or group named by `like` (``--like``)
+    < the global ``--seed`` when given (`seed_given`) < the `config` TOML
+    (``--config``) < `sets` (``--set KEY=VALUE``) < `given`, the train options given on
+    the command line (those not None; ``model_cfg``/``loss_cfg`` for ``--ghm-*``).
+
+    Returns the resolved options; the explicit ones (every source but the defaults: what
+    an existing run or group must agree with, `run`'s `explicit`); and the seeds of a
+    ``--like`` seed group (None for a run).
+    """
+    like_values, like_seeds = options_like(project, like) if like is not None else ({}, None)
+    like_values.pop("run", None)
+    explicit = merge_options(like_values, {"seed": seed} if seed_given else {},
+                             _load_config_file(config), _parse_sets(sets), given)
+    if given.get("loss_cfg") and explicit.get("loss") not in ("ghm", "ghm-ranking"):
+        raise ConfigError("--ghm-bins, --ghm-alpha and --ghm-momentum need --loss ghm")
+    for key in CONFIG_TABLES:
+        explicit.setdefault(key, {})
+    values = dict(explicit)
+    if values.get("task") == "ranking" and "model" not in values:
+        values["model"] = "cnn"  # the default model (ast) has no score output
+    values.setdefault("seed", seed)
+    return options_from(values), explicit, like_seeds
+
+
+def _group_seeds(seeds: list[str] | None, extra: list[str], like_seeds: list[int] | None,
+                 seed_given: bool) -> list[int] | None:
+    """The seeds of a seed sweep (``--seeds``, else a ``--like`` group's), or None for
+    one run."""
+    if seeds is not None:
+        if seed_given:
+            raise ConfigError("give either the global --seed N (one run) or train --seeds "
+                              "(a group of runs), not both")
+        return parse_seeds([*seeds, *extra])
+    if like_seeds is not None and not seed_given:
+        return like_seeds  # --like GROUP: the group's seeds
+    return None
+
+
+def _given_seed(ctx: Any) -> bool:
+    """Whether the global ``--seed`` was given (not its default)."""
+    source = ctx.parent.get_parameter_source("seed") if ctx.parent else None
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _report_group(state: Any, group: GroupResult, json_out: bool) -> None:
+    """The summary of a seed sweep: JSON on stdout (``--json``), a line on stderr."""
+    docs = [_result_doc(r) for r in group.results]
+    if json_out:
+        print_json({"group": group.group, "seeds": group.seeds, "runs": docs,
+                    "skipped": all(d["skipped"] for d in docs)})
+    if all(d["skipped"] for d in docs):
+        info(state, f"already done: seed group {group.group!r} (seeds "
+                    f"{', '.join(map(str, group.seeds))}) with these options; nothing to "
+                    "do (--new starts another group, --force retrains it)")
+    scores = [r.best_score for r in group.results if r.best_score is not None]
+    spread = ""
+    if len(scores) > 1:
+        import statistics
+
+        spread = (f"; best validation score {statistics.fmean(scores):.4f} +- "
+                  f"{statistics.stdev(scores):.4f} over {len(scores)} seeds")
+    info(state, f"group {group.group!r}: runs {', '.join(r.run for r in group.results)}"
+                f"{spread} (rsctool eval --group {group.group})")
+
+
+def _report_run(state: Any, result: TrainResult, task: str, json_out: bool) -> None:
+    """The summary of a run: JSON on stdout (``--json``), a line on stderr."""
+    if json_out:
+        print_json(_result_doc(result))
+    if result.skipped:
+        info(state, f"already done: run {result.run!r} ({result.epochs_done} epochs) with "
+                    "these options; nothing to do (--new starts another run, --force "
+                    f"retrains it, --run {result.run} --epochs N --extend trains it longer)")
+    else:
+        score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
+        what = " (pairwise accuracy)" if task == "ranking" else ""
+        info(state, f"run {result.run!r}: best validation score{what} {score}; "
+                    f"checkpoints in {result.dir}")
 
 
 def command(
@@ -1912,7 +2314,8 @@ def command(
         "--balanced/--no-balanced", help="Class-balanced sampling.",
         rich_help_panel="Data")] = None,
     norm: Annotated[str | None, typer.Option(
-        help="Feature normalisation: audioset (AST pretraining values -4.27/4.57) or "
+        help=f"Feature normalisation: audioset (AST pretraining values {AUDIOSET_MEAN:.2f}/"
+             f"{AUDIOSET_STD:.2f}) or "
              "dataset (the train split's statistics, recorded by analyze).",
         rich_help_panel="Data")] = None,
     patience: Annotated[int | None, typer.Option(
@@ -1933,9 +2336,11 @@ def command(
              "--batch-size stays the global batch.", min=1, rich_help_panel="Distributed")] = None,
     clip_seconds: Annotated[float | None, typer.Option(
         help="Cycle length the model sees, s: shorter cycles are padded by repetition, "
-             "longer ones cropped (default 8).", rich_help_panel="Data")] = None,
+             f"longer ones cropped (default {DEFAULT_CLIP_SECONDS:g}).",
+        rich_help_panel="Data")] = None,
     num_mel_bins: Annotated[int | None, typer.Option(
-        help="Mel bins of the fbank features (default 128).", rich_help_panel="Data")] = None,
+        help=f"Mel bins of the fbank features (default {FbankConfig.num_mel_bins}).",
+        rich_help_panel="Data")] = None,
     specaugment: Annotated[bool | None, typer.Option(
         "--specaugment/--no-specaugment", help="SpecAugment time/frequency masks "
         "(default on).", rich_help_panel="Data")] = None,
@@ -1986,136 +2391,59 @@ def command(
     """Train a classifier on the dataset registered by `rsctool analyze` (resumable)."""
     state = get_state(ctx)
     project = state.load_project(must_exist=True)
-    like_values: dict[str, Any] = {}
-    like_seeds: list[int] | None = None
-    if like is not None:
-        like_values, like_seeds = options_like(project, like)
-        like_values.pop("run", None)
-    values: dict[str, Any] = _load_config_file(config)
-    model_cfg, loss_cfg, top = _parse_sets(set_ or [])
-    values.update(top)
-    cli = {"model": model, "size": size, "dataset": dataset, "run": run_name,
-           "epochs": epochs, "batch_size": batch_size, "lr": lr, "task": task, "loss": loss,
-           "balanced": balanced, "norm": norm, "patience": patience, "max_steps": max_steps,
-           "grad_accum": grad_accum,
-           "clip_seconds": clip_seconds, "num_mel_bins": num_mel_bins,
-           "specaugment": specaugment}
-    values.update({k: v for k, v in cli.items() if v is not None})
-    if pretrained is not None:
-        values["pretrained"] = pretrained  # "none" (random init) is the builder's to read
-    values["model_cfg"] = {**values.get("model_cfg", {}), **model_cfg}
-    ghm_cfg = {k: v for k, v in (("bins", ghm_bins), ("alpha", ghm_alpha),
-                                 ("momentum", ghm_momentum)) if v is not None}
-    if ghm_cfg:
-        if values.get("loss", (like_values or {}).get("loss")) not in ("ghm", "ghm-ranking"):
-            raise ConfigError("--ghm-bins, --ghm-alpha and --ghm-momentum need --loss ghm")
-        loss_cfg = {**loss_cfg, **ghm_cfg}
-    if class_order is not None:
-        values["class_order"] = [c.strip() for c in class_order.split(",") if c.strip()]
-    values["loss_cfg"] = {**values.get("loss_cfg", {}), **loss_cfg}
     extra_synthetic, extra_seeds = _split_extras(more_synthetic or [], bool(synthetic),
                                                  seeds is not None)
-    names = [p.strip() for v in (synthetic or []) + extra_synthetic
-             for p in v.split(",") if p.strip()]
-    syn = {"synthetic": names or None, "synthetic_ratio": synthetic_ratio,
-           "max_synthetic_per_class": max_synthetic_per_class, "adversarial": adversarial,
-           "adv_weight": adv_weight}
-    values.update({k: v for k, v in syn.items() if v is not None})
-    if deterministic is not None:
-        values["deterministic"] = deterministic
-    if like_values:  # the recorded options, under everything given now
-        for key in ("model_cfg", "loss_cfg"):
-            values[key] = {**like_values.get(key, {}), **values.get(key, {})}
-        values = {**like_values, **values}
-    explicit = dict(values)
-    if values.get("task") == "ranking" and "model" not in values:
-        values["model"] = "cnn"  # the default model (ast) has no score output
-    seed_source = ctx.parent.get_parameter_source("seed") if ctx.parent else None
-    seed_given = seed_source is not None and seed_source.name not in ("DEFAULT", "DEFAULT_MAP")
-    if seed_given and "seed" not in top and "seed" not in _load_config_file(config):
-        values["seed"] = state.seed  # the global --seed beats the seed of a --like run
-    values["seed"] = values.get("seed", state.seed)
-    if seed_given:
-        explicit["seed"] = values["seed"]
-    seed_list: list[int] | None = None
-    if seeds is not None:
-        if seed_given:
-            raise ConfigError("give either the global --seed N (one run) or train --seeds "
-                              "(a group of runs), not both")
-        seed_list = parse_seeds([*seeds, *extra_seeds])
-    elif like_seeds is not None and not seed_given:
-        seed_list = like_seeds  # --like GROUP: the group's seeds
-    try:
-        opts = TrainOptions(**values)
-    except TypeError as e:
-        raise ConfigError(f"invalid train options: {e}") from None
+    ghm_cfg = {k: v for k, v in (("bins", ghm_bins), ("alpha", ghm_alpha),
+                                 ("momentum", ghm_momentum)) if v is not None}
+    # the options given here; "none" (random init) for --pretrained is the builder's to read
+    given = {k: v for k, v in {
+        "model": model, "size": size, "pretrained": pretrained, "dataset": dataset,
+        "run": run_name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "task": task,
+        "loss": loss, "balanced": balanced, "norm": norm, "patience": patience,
+        "max_steps": max_steps, "grad_accum": grad_accum, "clip_seconds": clip_seconds,
+        "num_mel_bins": num_mel_bins, "specaugment": specaugment,
+        "class_order": None if class_order is None else comma_list(class_order),
+        "loss_cfg": ghm_cfg or None,
+        "synthetic": comma_list([*(synthetic or []), *extra_synthetic]) or None,
+        "synthetic_ratio": synthetic_ratio, "max_synthetic_per_class": max_synthetic_per_class,
+        "adversarial": adversarial, "adv_weight": adv_weight, "deterministic": deterministic,
+    }.items() if v is not None}
+    seed_given = _given_seed(ctx)
+    opts, explicit, like_seeds = resolve_train_options(
+        project, given, like=like, config=config, sets=set_ or [], seed=state.seed,
+        seed_given=seed_given)
+    seed_list = _group_seeds(seeds, extra_seeds, like_seeds, seed_given)
     if extend and seed_list is not None:
         raise ConfigError("--extend continues one run (--run NAME), not a seed group")
     if extend and "epochs" not in explicit and "max_steps" not in explicit:
         raise ConfigError("--extend needs the new total: --epochs N (more than the run's)")
     if processes is not None:
         _launch_processes(processes, opts)  # returns only when this process should train
-    lines: list[str] = []
-
-    def log(msg: str) -> None:
-        lines.append(msg)
-        info(state, msg)
+    from rsctool.distributed import env_rank
 
     kwargs: dict[str, Any] = {
         "device": state.device, "progress": not state.quiet and not json_out, "force": force,
-        "log": log, "trackers": log_to or (), "explicit": explicit, "like": like, "new": new}
+        "log": lambda msg: info(state, msg), "trackers": log_to or (), "explicit": explicit,
+        "like": like, "new": new}
     if seed_list is not None:
-        group = run_group(project, opts, seed_list, **kwargs)
-        from rsctool.distributed import env_rank
-
-        if env_rank() != 0:
-            return  # the main process reports
-        docs = [_result_doc(r) for r in group.results]
-        if json_out:
-            print_json({"group": group.group, "seeds": group.seeds, "runs": docs,
-                        "skipped": all(d["skipped"] for d in docs)})
-        if all(d["skipped"] for d in docs):
-            info(state, f"already done: seed group {group.group!r} (seeds "
-                        f"{', '.join(map(str, group.seeds))}) with these options; nothing to "
-                        "do (--new starts another group, --force retrains it)")
-        scores = [r.best_score for r in group.results if r.best_score is not None]
-        spread = ""
-        if len(scores) > 1:
-            import statistics
-
-            spread = (f"; best validation score {statistics.fmean(scores):.4f} +- "
-                      f"{statistics.stdev(scores):.4f} over {len(scores)} seeds")
-        info(state, f"group {group.group!r}: runs {', '.join(r.run for r in group.results)}"
-                    f"{spread} (rsctool eval --group {group.group})")
+        group = run_group_resolved(project, opts, seed_list, **kwargs)
+        if env_rank() == 0:  # the main process reports
+            _report_group(state, group, json_out)
         return
-    result = run(project, opts, extend=extend, **kwargs)
-    from rsctool.distributed import env_rank
-
-    if env_rank() != 0:
-        return  # the main process reports
-    doc = _result_doc(result)
-    if json_out:
-        print_json(doc)
-    if result.skipped:
-        info(state, f"already done: run {result.run!r} ({result.epochs_done} epochs) with "
-                    "these options; nothing to do (--new starts another run, --force "
-                    f"retrains it, --run {result.run} --epochs N --extend trains it longer)")
-    else:
-        score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
-        what = " (pairwise accuracy)" if opts.task == "ranking" else ""
-        info(state, f"run {result.run!r}: best validation score{what} {score}; "
-                    f"checkpoints in {result.dir}")
+    result = run_resolved(project, opts, extend=extend, **kwargs)
+    if env_rank() == 0:
+        _report_run(state, result, opts.task, json_out)
 
 
 def _launch_processes(processes: int, opts: TrainOptions) -> None:
     """``train --processes N``: start N processes running this same command (torch's
     elastic launcher, as torchrun does) and exit with their exit code. Returns (without
-    launching) for N = 1, and inside a process a launcher started with N processes."""
+    launching) for N = 1, and inside a process a launcher started with N processes.
+    `opts`: resolved."""
     from rsctool.distributed import launch_here, launched_world_size
 
     if launched_world_size() == 1 and processes > 1:
-        resolved = opts.resolve()
-        check_batch_split(resolved.batch_size, processes, resolved.grad_accum)
+        check_batch_split(opts.batch_size, processes, opts.grad_accum)
     launch_here(processes)
 
 

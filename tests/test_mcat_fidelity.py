@@ -255,18 +255,17 @@ def test_export_and_predict_honour_a_non_default_field_list_and_medians(tmp_path
 
 
 def test_binary_task_weights_the_abnormal_class_by_the_sensitivity_bias(project):
-    from rsctool.train import Trainer, TrainOptions
+    from rsctool.train import TrainOptions, build_parts
 
     base = {"model": "cnn", "size": "tiny", "clip_seconds": 2.0, "task": "binary"}
-    trainer = Trainer(project, TrainOptions(**base, sensitivity_bias=1.5).resolve(), "b",
-                      Path(), "cpu")
-    y = trainer.train_set.targets
-    abnormal = int((y == trainer.classes.index("abnormal")).sum())
+    parts = build_parts(project, TrainOptions(**base, sensitivity_bias=1.5).resolve(), "cpu")
+    y = parts.data.train_set.targets
+    abnormal = int((y == parts.data.classes.index("abnormal")).sum())
     want = [1.0, (len(y) - abnormal) / abnormal * 1.5]
-    assert trainer.loss_fn.class_weights.tolist() == pytest.approx(want)
+    assert parts.optim.loss_fn.class_weights.tolist() == pytest.approx(want)
     # without the option the 2-class CE stays unweighted
-    plain = Trainer(project, TrainOptions(**base).resolve(), "p", Path(), "cpu")
-    assert plain.loss_fn.class_weights is None
+    plain = build_parts(project, TrainOptions(**base).resolve(), "cpu")
+    assert plain.optim.loss_fn.class_weights is None
 
 
 @pytest.mark.parametrize(("sets", "needle"), (

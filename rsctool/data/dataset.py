@@ -20,14 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsctool.audio import PAD_MODES, load_cycle
+from rsctool.audio import DEFAULT_CLIP_SECONDS, DEFAULT_SAMPLE_RATE, PAD_MODES, load_cycle
 from rsctool.data.cache import FeatureCache
 from rsctool.data.manifest import BINARY_CLASSES, Cycle, binary_label
 from rsctool.errors import ConfigError
 from rsctool.features import FbankConfig, fbank, num_frames
-
-#: AST's AudioSet statistics (the `--norm audioset` choice).
-AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 
 
 @dataclass(frozen=True)
@@ -41,8 +38,8 @@ class ClipConfig:
         fbank: the filter-bank options (its `mean`/`std` are the normalisation).
     """
 
-    sample_rate: int = 16000
-    clip_seconds: float = 8.0
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    clip_seconds: float = DEFAULT_CLIP_SECONDS
     pad_mode: str = "repeat"
     fbank: FbankConfig = field(default_factory=FbankConfig)
 
