@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -122,11 +123,16 @@ def test_paper_protocol_reports_the_test_selected_epoch_as_optimistic(project, t
 
 
 def test_paper_protocol_multilabel_test_tuned_thresholds(project):
-    _train(project, run="ml", epochs=2, keep_epochs=True, task="multilabel")
+    res = _train(project, run="ml", epochs=2, keep_epochs=True, task="multilabel")
+    scores = _test_scores(project, "ml", "multilabel")
+    # a file left over from an earlier, longer training of the same run name
+    shutil.copy(res.dir / "epochs" / "epoch-001.safetensors",
+                res.dir / "epochs" / "epoch-007.safetensors")
     r = invoke(project, "eval", "--run", "ml", "--json", "--protocol", "paper", "--no-plots")
     assert r.exit_code == 0, r.output
     pp = json.loads(r.stdout)["paper_protocol"]
-    scores = _test_scores(project, "ml", "multilabel")
+    assert [e["epoch"] for e in pp["epochs"]] == [1, 2]
+    assert "epoch-007" in r.output and "skipped" in r.output, r.output
     assert pp["score"] == pytest.approx(max(s["score"] for s in scores.values()), abs=1e-9)
     tt = pp["test_tuned_thresholds"]
     assert tt["selected_on"] == "test" and tt["optimistic"] is True
