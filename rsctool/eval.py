@@ -1069,7 +1069,7 @@ def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
         cols += ["pairs", "Spearman"]
         keys += ("pairwise_accuracy", "spearman")
     if any(PAPER_COLUMNS[0] in r for r in rows):  # --protocol paper
-        cols += ["Score test-selected (optimistic)"]
+        cols += ["test-sel. Score*"]  # footnote below: the header must stay narrow
         keys += ("paper_test_selected_optimistic_score",)
     for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
@@ -1091,6 +1091,10 @@ def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
                   *where, str(rs[0]["n"]), *(m for m, _ in stats), style="bold")
         t.add_row("std", model, *where, "", *(sd for _, sd in stats))
     err_console.print(t)
+    if any(PAPER_COLUMNS[0] in r for r in rows):
+        err_console.print("* --protocol paper: the epoch with the best Score on the TEST split, "
+                          "as the seed papers select it: test-selected, optimistic (not a "
+                          "held-out estimate)")
     unofficial = sorted({r["split_spec"] for r in rows if r["split_spec"] != "official"})
     if unofficial:
         err_console.print(f"note: split(s) {', '.join(unofficial)} are not the official ICBHI "

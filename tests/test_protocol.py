@@ -120,6 +120,9 @@ def test_paper_protocol_reports_the_test_selected_epoch_as_optimistic(project, t
     assert t.exit_code == 0, t.output
     assert "test-selected epoch (optimistic)" in t.output
     assert "validation-selected (honest)" in t.output
+    cmp = invoke(project, "eval", "--runs", "kept", "--protocol", "paper", "--no-plots")
+    assert cmp.exit_code == 0, cmp.output
+    assert "test-selected" in cmp.output and "optimistic" in cmp.output, cmp.output
 
 
 def test_paper_protocol_multilabel_test_tuned_thresholds(project):
