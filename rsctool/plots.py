@@ -406,3 +406,26 @@ def ghm_summary_plot(stats: Sequence[dict[str, Any]], path: Path, *, title: str 
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def paper_protocol_plot(pp: dict[str, Any], path: Path, title: str = "") -> Path:
+    """Test Score per kept epoch (`rsctool.eval.paper_protocol`), the test-selected
+    epoch marked as optimistic and the validation-selected one as honest."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rows = [r for r in pp["epochs"] if r.get("score") is not None]
+    ax.plot([r["epoch"] for r in rows], [100 * r["score"] for r in rows], "o-",
+            label="test Score per epoch")
+    if pp.get("score") is not None:
+        ax.plot([pp["epoch"]], [100 * pp["score"]], "r*", markersize=14,
+                label=f"test-selected, epoch {pp['epoch']} (optimistic)")
+    val = pp.get("validation_selected")
+    if val and val.get("score") is not None:
+        ax.plot([val["epoch"]], [100 * val["score"]], "gs", markersize=9,
+                label=f"validation-selected, epoch {val['epoch']} (honest)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test Score (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "paper protocol: test-selected epoch (optimistic)", fontsize=9)
+    return _save(fig, path)
+

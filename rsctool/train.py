@@ -138,6 +138,11 @@ class TrainOptions:
     # after each optimizer step, weights <- ma_beta x before + (1 - ma_beta) x after (the
     # ICBHI AST papers' code's `--ma_update --ma_beta 0.5`); 0: off
     ma_beta: float = 0.0
+    # keep every epoch's weights as epochs/epoch-NNN.safetensors (one weights-only
+    # checkpoint per epoch, each the size of best.safetensors) so that `rsctool eval
+    # --protocol paper` can report the seeds' test-selected epoch; training never reads
+    # the test split either way
+    keep_epochs: bool = False
 
     def resolve(self) -> TrainOptions:
         """Fill family defaults and validate; returns a new object."""
@@ -1086,6 +1091,8 @@ class Trainer:
         else:
             self.bad_epochs += 1
         self.save("last.safetensors")
+        if self.opts.keep_epochs:  # weights only, for `eval --protocol paper`
+            self.save(f"epochs/epoch-{row['epoch']:03d}.safetensors", full=False)
         if self.dist.is_main:
             self._write_history()
             self.project.update_record("runs", self.run_name, epoch=self.epoch,

@@ -195,15 +195,13 @@ def test_real_icbhi_metadata_counts(icbhi_meta, tmp_path_factory):
 
     data = synthesize_icbhi_audio(icbhi_meta, tmp_path_factory.mktemp("icbhi") / "db")
     project = Project.load(tmp_path_factory.mktemp("proj") / "rsctool.toml")
-    t0 = time.perf_counter()
+    # its time (target < 60 s on 2 cores) is benchmarks/bench_analyze.py's "cold" row
     res = run(project, AnalyzeOptions(data_dir=data, val_fraction=0.0, plots=False))
-    first = time.perf_counter() - t0
     rep = res.report
     assert (rep["recordings"], rep["patients"], rep["cycles"]) == (920, 126, 6898)
     assert rep["splits"]["train"] == {"normal": 2063, "crackle": 1215, "wheeze": 501, "both": 363}
     assert rep["splits"]["test"] == {"normal": 1579, "crackle": 649, "wheeze": 385, "both": 143}
     assert set(rep["devices"]) == {"AKGC417L", "LittC2SE", "Litt3200", "Meditron"}
-    assert first < 60  # the budget for the full metadata on 2 cores
 
 
 def test_concurrent_analyze_invocations_lose_nothing(demo_dir, tmp_path):

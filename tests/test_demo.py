@@ -78,8 +78,8 @@ def _hashes(root: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- format
 
 
-def test_default_size_time_and_summary(demo):
-    summary, elapsed = demo
+def test_default_size_and_summary(demo):
+    summary, _ = demo
     root = summary.root
     assert summary.patients == 24
     assert summary.recordings == 48
@@ -89,8 +89,7 @@ def test_default_size_time_and_summary(demo):
     size = sum(p.stat().st_size for p in files)
     assert size == summary.bytes
     assert size < 40e6
-    # about 2 s on a laptop core; the bound leaves room for slow CI machines
-    assert elapsed < 10.0, f"default demo took {elapsed:.1f} s of CPU time"
+    # its time is a benchmark (benchmarks/bench_demo.py), not a unit-test assert
     cycles = _read_cycles(root)
     assert len(cycles) == summary.cycles
     split = _read_split(root)
