@@ -18,6 +18,19 @@ the model as trained (AST: fused scaled-dot-product attention). Rows:
   the torch backend. The run is a 1-step cnn (base) on a 2-patient demo dataset, exported
   with ``rsctool export`` (timed too).
 
+With ``--precision`` (the rows of `rsctool predict --precision`; other rows skipped
+unless also asked for):
+
+* per clip, torch fp32 vs bf16 (``torch.autocast("cpu", torch.bfloat16)``, what
+  ``--precision bf16`` runs) at batch 1 (median of `--repeats` calls) and at batch 16
+  (best of `--batch16-repeats` calls), for `--precision-models` (``MODEL:SIZE``;
+  default cnn:small ast:tiny ast:small), with the max abs probability difference;
+* end to end, ``rsctool predict`` of one 3-minute recording (`--recording-seconds`) with
+  ``--backend torch``: fp32 vs bf16, ``--hop`` half a window vs a whole window, and
+  ``--batch-size`` 1 vs 16, for the runs of `--e2e-models` (1-step runs, 8 s clips;
+  AST with random initialisation). Baseline: fp32, half-window hop, batch 16 (the
+  defaults before `--precision`).
+
 torch and onnxruntime get the same number of threads (`--threads`, default all cores).
 Ratios are against the named baseline measured in the same run; on a shared machine
 absolute times vary by tens of percent between runs.
@@ -188,6 +201,117 @@ def bench_cli(tmp: Path, repeats: int) -> list[dict]:
     return out
 
 
+def _build(spec: str):
+    import torch
+
+    from rsctool.models import create_model
+
+    name, size = spec.split(":")
+    kw = {"pretrained": None} if name == "ast" else {}
+    torch.manual_seed(0)
+    return create_model(name, size=size, input_tdim=T, input_fdim=F, num_classes=4,
+                        **kw).eval()
+
+
+def bench_precision(specs: list[str], repeats: int, batch16_repeats: int) -> list[dict]:
+    """Per-clip ms of torch fp32 vs bf16 autocast at batch 1 and 16, per `specs`."""
+    import torch
+
+    from rsctool.devices import cpu_bf16_fast, inference_precision
+
+    print(f"  bf16 units (AMX/AVX512-BF16): {cpu_bf16_fast()}", flush=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for spec in specs:
+        model = _build(spec)
+        x1 = torch.from_numpy((0.5 * rng.standard_normal((1, T, F))).astype(np.float32))
+        x16 = torch.from_numpy((0.5 * rng.standard_normal((16, T, F))).astype(np.float32))
+
+        def call(x, prec, m=model):
+            def f():
+                with torch.inference_mode(), inference_precision(prec, "cpu"):
+                    return m(x)["logits"].float()
+            return f
+
+        p32 = torch.softmax(call(x16, "fp32")(), -1)
+        p16 = torch.softmax(call(x16, "bf16")(), -1)
+        diff = float((p32 - p16).abs().max())
+        agree = float((p32.argmax(-1) == p16.argmax(-1)).float().mean())
+        lat = _interleaved({p: call(x1, p) for p in ("fp32", "bf16")}, repeats, warmup=True)
+        big = _interleaved({p: call(x16, p) for p in ("fp32", "bf16")},
+                           max(1, batch16_repeats), warmup=False)
+        for p in ("fp32", "bf16"):
+            r = {"model": spec, "precision": p,
+                 "b1_ms": 1000 * statistics.median(lat[p]),
+                 "b16_ms": 1000 * min(big[p]) / 16, "max_prob_diff": diff, "agree": agree}
+            rows.append(r)
+            print(f"  {spec:10s} {p}: batch 1 {r['b1_ms']:8.1f} ms/clip, batch 16 "
+                  f"{r['b16_ms']:8.1f} ms/clip", flush=True)
+    return rows
+
+
+def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int) -> list[dict]:
+    """`rsctool predict` wall time of one recording, torch backend, per run/precision/hop."""
+    from rsctool.analyze import AnalyzeOptions
+    from rsctool.analyze import run as analyze
+    from rsctool.audio import write_audio
+    from rsctool.data.demo import make_demo_dataset
+    from rsctool.project import Project
+    from rsctool.train import TrainOptions
+    from rsctool.train import run as train
+
+    root = tmp / "e2e"
+    make_demo_dataset(root / "data", patients=2, seed=0)
+    project = Project.load(root / "rsctool.toml")
+    analyze(project, AnalyzeOptions(data_dir=root / "data", name="demo", plots=False))
+    for spec in specs:
+        name, size = spec.split(":")
+        train(project, TrainOptions(
+            model=name, size=size, max_steps=1, epochs=1, batch_size=2, clip_seconds=8.0,
+            run=spec.replace(":", "-"), pretrained="none" if name == "ast" else None),
+            device="cpu")
+    wav = root / "rec.wav"
+    write_audio(wav, 0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000)),
+                16000)
+    configs = [("fp32", 4.0, 16), ("bf16", 4.0, 16), ("fp32", 8.0, 16), ("bf16", 8.0, 16),
+               ("fp32", 4.0, 1), ("bf16", 4.0, 1)]
+    rows = []
+    for spec in specs:
+        run = spec.replace(":", "-")
+        fns = {c: _cli_runner(["-q", "predict", "rec.wav", "--run", run, "--backend", "torch",
+                               "--precision", c[0], "--hop", str(c[1]), "--batch-size",
+                               str(c[2]), "--format", "json"], root) for c in configs}
+        times = _interleaved(fns, repeats, warmup=False)
+        for c in configs:
+            rows.append({"model": spec, "precision": c[0], "hop": c[1], "batch": c[2],
+                         "seconds": statistics.median(times[c])})
+            print(f"  {spec:10s} {c[0]} hop {c[1]:g} s batch {c[2]:2d}: "
+                  f"{rows[-1]['seconds']:.2f} s", flush=True)
+    return rows
+
+
+def print_precision(prec: list[dict], e2e: list[dict], seconds: float) -> None:
+    if prec:
+        print("\n| model | precision | batch 1 (ms/clip) | vs fp32 | batch 16 (ms/clip) | "
+              "vs fp32 | per clip, batch 16 vs 1 | max abs prob diff | same label |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in prec:
+            b = next(x for x in prec if x["model"] == r["model"] and x["precision"] == "fp32")
+            print(f"| {r['model']} | {r['precision']} | {r['b1_ms']:.1f} | "
+                  f"{b['b1_ms'] / r['b1_ms']:.2f}x | {r['b16_ms']:.1f} | "
+                  f"{b['b16_ms'] / r['b16_ms']:.2f}x | {r['b1_ms'] / r['b16_ms']:.2f}x | "
+                  f"{r['max_prob_diff']:.1e} | {100 * r['agree']:.0f} % |")
+    if e2e:
+        print(f"\n| `rsctool predict` {seconds:g} s recording, torch | precision | hop (s) "
+              "| batch | seconds | vs fp32, hop 4, batch 16 |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in e2e:
+            b = next(x for x in e2e if x["model"] == r["model"] and x["precision"] == "fp32"
+                     and x["hop"] == 4.0 and x["batch"] == 16)
+            print(f"| {r['model']} | {r['precision']} | {r['hop']:g} | {r['batch']} | "
+                  f"{r['seconds']:.2f} | {b['seconds'] / r['seconds']:.2f}x |")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["ast", "cnn"])
@@ -197,7 +321,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch32-repeats", type=int, default=2,
                     help="timed batch-32 calls (best of)")
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI start-up rows")
+    ap.add_argument("--precision", action="store_true",
+                    help="the fp32 vs bf16 and end-to-end recording rows (other rows only "
+                         "with --models / --cli)")
+    ap.add_argument("--cli", action="store_true", help="with --precision: also the CLI rows")
+    ap.add_argument("--precision-models", nargs="*",
+                    default=["cnn:small", "ast:tiny", "ast:small"])
+    ap.add_argument("--e2e-models", nargs="*", default=["cnn:small", "ast:tiny"])
+    ap.add_argument("--recording-seconds", type=float, default=180.0)
+    ap.add_argument("--batch16-repeats", type=int, default=3)
     args = ap.parse_args(argv)
+    if args.precision:
+        given = argv if argv is not None else sys.argv[1:]
+        if "--models" not in given:
+            args.models = []
+        args.no_cli = not args.cli
 
     import onnxruntime
     import torch
@@ -213,10 +351,16 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench_model(name, tmp, args.threads, args.repeats,
                                 args.batch32_repeats)
         cli = [] if args.no_cli else bench_cli(tmp, args.repeats)
+        prec, e2e = [], []
+        if args.precision:
+            prec = bench_precision(args.precision_models, args.repeats, args.batch16_repeats)
+            e2e = bench_recording(tmp, args.e2e_models, args.recording_seconds,
+                                  max(1, args.repeats // 2))
 
-    print("\n| model | backend | batch 1 latency (ms) | vs torch | batch 32 (clips/s) "
-          "| vs torch | vs onnx fp32 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    if rows:
+        print("\n| model | backend | batch 1 latency (ms) | vs torch | batch 32 (clips/s) "
+              "| vs torch | vs onnx fp32 |")
+        print("|---|---|---:|---:|---:|---:|---:|")
     for name in args.models:
         rs = {r["backend"]: r for r in rows if r["model"] == name}
         base, f32 = rs["torch eager"], rs["onnxruntime fp32"]
@@ -233,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\n| command | seconds | vs torch backend |\n|---|---:|---:|")
         for r in cli:
             print(f"| `{r['what']}` | {r['seconds']:.2f} | {base / r['seconds']:.2f}x |")
+    print_precision(prec, e2e, args.recording_seconds)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     summary = []
     for name in args.models:
         rs = {r["backend"]: r for r in rows if r["model"] == name}

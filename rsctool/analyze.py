@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -34,6 +34,9 @@ from rsctool.errors import ConfigError, DataError
 from rsctool.features_np import AUDIOSET_MEAN, AUDIOSET_STD
 from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
+
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
 FORMATS = ("auto", "icbhi", "folder", "sprsound", "events")
 #: Bump when the analysis itself changes, so old records are not reused as up to date.
@@ -593,7 +596,7 @@ def _summary(x: np.ndarray) -> dict[str, float | None]:
 # --------------------------------------------------------------------------- run
 
 @releasing  # the dataset's lock (one writer per name), however `run` ends
-def run(project: Any, opts: AnalyzeOptions, *, progress: bool = False,
+def run(project: Project, opts: AnalyzeOptions, *, progress: bool = False,
         log: Any = None) -> AnalyzeResult:
     """Analyze `opts.data_dir` and register it in `project` (a `rsctool.project.Project`)."""
     from rsctool.data.splits import split_hash as compute_split_hash
@@ -834,7 +837,7 @@ def _write_report(report: dict[str, Any], cycles: list[Cycle], report_dir: Path,
     return plots
 
 
-def _dataset_record(project: Any, report: dict[str, Any], opts: AnalyzeOptions, *, fmt: str,
+def _dataset_record(project: Project, report: dict[str, Any], opts: AnalyzeOptions, *, fmt: str,
                     root: Path, found_from: Path | None, s_hash: str, labelmap: Any,
                     manifest_path: Path, sha: str, cycles: list[Cycle], report_path: Path,
                     plots: list[str], problems: list, p_hash: str,
@@ -872,7 +875,7 @@ def _dataset_record(project: Any, report: dict[str, Any], opts: AnalyzeOptions, 
     }
 
 
-def _rel_split_file(project: Any, label: str) -> str:
+def _rel_split_file(project: Project, label: str) -> str:
     """A split file as recorded: ``builtin:...`` as is, a path relative to the project."""
     return label if label.startswith("builtin:") else project.rel(label)
 

@@ -3,12 +3,15 @@ verified manifest (the cycles `rsctool analyze` wrote)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rsctool.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
-def pick_dataset(project: Any, name: str | None) -> tuple[str, dict[str, Any]]:
+
+def pick_dataset(project: Project, name: str | None) -> tuple[str, dict[str, Any]]:
     """The dataset record to train on: `name`, else the only (or last) one analysed."""
     datasets = project.section("datasets")
     if name is not None:
@@ -24,7 +27,7 @@ def pick_dataset(project: Any, name: str | None) -> tuple[str, dict[str, Any]]:
     return name, datasets[name]
 
 
-def load_dataset_cycles(project: Any, record: dict[str, Any]) -> list:
+def load_dataset_cycles(project: Project, record: dict[str, Any]) -> list:
     """Read and verify the manifest of a dataset record (sha256 must match)."""
     from rsctool.data.manifest import file_sha256, read_manifest
 

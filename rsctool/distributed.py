@@ -23,9 +23,12 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rsctool.errors import ConfigError, ExitStatus
+
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
 #: Environment variables a launcher sets for each process it starts.
 _WORLD_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -185,7 +188,7 @@ def shard_range(n: int, rank: int, world: int) -> range:
     return range(start, start + base + (1 if rank < extra else 0))
 
 
-def sync_project(project: Any, dist: Any) -> None:
+def sync_project(project: Project, dist: Any) -> None:
     """After the main process wrote the project file: the others wait for it and re-read
     the file, so their next reads see what it wrote."""
     if not dist.distributed:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -43,6 +43,9 @@ from rsctool.console import err_console, get_state, info, print_json, warn
 from rsctool.errors import ConfigError, DataError
 from rsctool.runs import LoadedRun, checkpoint_path, load_run, rebuild_model, select_runs
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
+
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
 SPLITS = ("test", "val")
 #: `--split all` (cross-dataset only): every split of a dataset the run was not trained on.
@@ -88,6 +91,11 @@ class EvalOptions:
         tsne_max_points: t-SNE on at most this many cycles (a seeded subsample above).
         seed: seeds the t-SNE subsample and initialisation.
         force: re-evaluate even when stored metrics match the checkpoint and manifest.
+        precision: compute precision of the model: ``auto`` (bf16 where the CPU has bf16
+            units or the GPU supports it), ``fp32`` or ``bf16``
+            (`rsctool.devices.resolve_precision`). In bf16 the first `parity_cycles`
+            cycles are also predicted in fp32 and the difference is recorded.
+        parity_cycles: cycles compared between bf16 and fp32 (bf16 only).
         csv: write the comparison table to this CSV file.
         group: a seed group (`rsctool train --seeds`): evaluate every run in it and
             report mean and standard deviation over the seeds.
@@ -118,8 +126,14 @@ class EvalOptions:
     datasets: list[str] = field(default_factory=list)
     label_map: str | None = None
     protocol: str = "honest"
+    precision: str = "auto"
+    parity_cycles: int = 64
 
     def validate(self) -> EvalOptions:
+        from rsctool.devices import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         self.datasets = list(dict.fromkeys(
             d.strip() for item in self.datasets for d in str(item).split(",") if d.strip()))
         _validate_cross(self)
@@ -474,7 +488,62 @@ def _predict(loaded: LoadedRun, dataset: Any, batch_size: int, device: str,
             "embedding": torch.cat(embs).numpy()}
 
 
-def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "cpu",
+def precision_parity(loaded: LoadedRun, dataset: Any, out: dict[str, Any], batch_size: int,
+                     device: str, cycles: int) -> dict[str, Any]:
+    """How far reduced-precision predictions `out` (of `_predict` on `dataset`) are from
+    fp32 ones, on the first `cycles` cycles (as `export --quantize` reports its accuracy
+    change): ``{n, probs_max_abs, label_agreement}`` (max abs difference of the class
+    probabilities, or of the scores of a ranking run; fraction of equal labels)."""
+    import torch
+
+    n = min(len(dataset), max(0, cycles))
+    if n == 0:
+        return {"n": 0, "probs_max_abs": None, "label_agreement": None}
+    ref = _predict(loaded, torch.utils.data.Subset(dataset, list(range(n))), batch_size,
+                   device, False)
+    diff = np.abs(ref["probs"] - out["probs"][:n])
+    same = np.asarray(ref["pred"]) == np.asarray(out["pred"][:n])
+    return {"n": n, "probs_max_abs": float(diff.max()), "label_agreement": float(same.mean())}
+
+
+def _inputs_hash(loaded: LoadedRun, record: dict[str, Any], opts: EvalOptions,
+                 kinds: Sequence[str], precision: str, cross: Any, kept: list) -> str:
+    """What stored metrics must have been computed from to be up to date: checkpoint,
+    manifest and split, options that change the result, precision, cross target, kept
+    epochs. Keys appear only where they differ from before they existed, so stored
+    results of older versions stay valid."""
+    from rsctool.data.manifest import file_sha256
+
+    return params_hash({
+        **({"ghm_epochs": list(opts.ghm_epochs)} if "ghm" in kinds and opts.ghm_epochs
+           else {}),
+        "doc": DOC_VERSION, "version": __version__,
+        "checkpoint": file_sha256(loaded.checkpoint), "manifest": record.get("sha256"),
+        "split": opts.split, "split_hash": record.get("split_hash"),
+        "tsne_max_points": opts.tsne_max_points, "seed": opts.seed,
+        # bf16 results differ slightly from fp32 ones; fp32 keeps the hashes of before
+        **({"precision": precision} if precision != "fp32" else {}),
+        **({"cross": cross.info} if cross is not None else {}),
+        # only with --protocol paper, so stored honest results stay valid
+        **({"protocol": "paper", "kept": [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                          for _, p in kept]} if kept else {})})
+
+
+def _predict_in_precision(loaded: LoadedRun, dataset: Any, opts: EvalOptions, precision: str,
+                          device: str, progress: bool
+                          ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`_predict` in `precision` (resolved ``fp32``/``bf16``), and in bf16 its
+    `precision_parity` against fp32 on the first ``opts.parity_cycles`` cycles (else None)."""
+    from rsctool.devices import inference_precision
+
+    with inference_precision(precision, device):
+        out = _predict(loaded, dataset, opts.batch_size, device, progress)
+    parity = (precision_parity(loaded, dataset, out, opts.batch_size, device,
+                               opts.parity_cycles) if precision != "fp32" else None)
+    return out, parity
+
+
+def evaluate_run(project: Project, name: str, opts: EvalOptions, *, device: str = "cpu",
                  progress: bool = False, log: Callable[[str], None] | None = None,
                  other: str | None = None) -> dict[str, Any]:
     """Evaluate run `name` on ``opts.split``; write its outputs; return the metrics doc.
@@ -498,10 +567,11 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     Ratios with an empty denominator are null (e.g. Se on a split without abnormal cycles).
     """
     from rsctool.data.dataset import CycleDataset, feature_cache
-    from rsctool.data.manifest import file_sha256
+    from rsctool.devices import resolve_precision
 
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
+    precision = resolve_precision(opts.precision, device)
     loaded = load_run(project, name, opts.checkpoint, device)
     kept = kept_epochs(loaded.dir) if opts.protocol == "paper" else []
     if opts.protocol == "paper" and not kept:
@@ -518,17 +588,7 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     pred_path = run_dir / f"predictions_{tag}.jsonl"
     plot_dir = run_dir / "plots"
     kinds, ghm_stats = _ghm_plot_kinds(loaded, opts)
-    inputs_hash = params_hash({
-        **({"ghm_epochs": list(opts.ghm_epochs)} if "ghm" in kinds and opts.ghm_epochs
-           else {}),
-        "doc": DOC_VERSION, "version": __version__,
-        "checkpoint": file_sha256(loaded.checkpoint), "manifest": record.get("sha256"),
-        "split": opts.split, "split_hash": record.get("split_hash"),
-        "tsne_max_points": opts.tsne_max_points, "seed": opts.seed,
-        **({"cross": cross.info} if cross is not None else {}),
-        # only with --protocol paper, so stored honest results stay valid
-        **({"protocol": "paper", "kept": [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                                          for _, p in kept]} if kept else {})})
+    inputs_hash = _inputs_hash(loaded, record, opts, kinds, precision, cross, kept)
     if not opts.force:
         old = _stored_doc(metrics_path, pred_path, run_dir, inputs_hash, kinds)
         if old is not None:
@@ -543,9 +603,10 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
                         loaded.checkpoint)
     dataset = CycleDataset(cycles, loaded.classes, loaded.clip,
                            feature_cache(project.state_dir()), enc, loaded.task)
-    out = _predict(loaded, dataset, opts.batch_size, device, progress)
+    out, parity = _predict_in_precision(loaded, dataset, opts, precision, device, progress)
     doc = _metrics_doc(loaded, ds_name, record if cross is None else cross.metrics_record,
                        cycles, dataset.targets.tolist(), out, opts)
+    doc["precision"], doc["precision_parity"] = precision, parity
     if cross is not None:
         doc["dataset_format"] = record.get("format")
         doc["cross_dataset"] = cross.info
@@ -593,7 +654,7 @@ def evaluate_run(project: Any, name: str, opts: EvalOptions, *, device: str = "c
     return doc
 
 
-def _eval_cycles(project: Any, loaded: LoadedRun, opts: EvalOptions
+def _eval_cycles(project: Project, loaded: LoadedRun, opts: EvalOptions
                  ) -> tuple[str, dict[str, Any], list]:
     """The run's dataset name and project record, and its cycles of ``opts.split``.
 
@@ -797,7 +858,7 @@ def _selection_key(row: dict[str, Any]) -> float:
     return -math.inf if v is None else float(v)
 
 
-def paper_protocol(project: Any, loaded: LoadedRun, dataset: Any,
+def paper_protocol(project: Project, loaded: LoadedRun, dataset: Any,
                    kept: Sequence[tuple[int, Path]], batch_size: int, device: str
                    ) -> dict[str, Any]:
     """The seeds' protocol, for comparison with published tables: every kept epoch is
@@ -889,7 +950,7 @@ def paper_protocol(project: Any, loaded: LoadedRun, dataset: Any,
     return doc
 
 
-def _record_eval(project: Any, name: str, tag: str, doc: dict[str, Any],
+def _record_eval(project: Project, name: str, tag: str, doc: dict[str, Any],
                  metrics_path: Path) -> None:
     """The summary of `doc` in run `name`'s project record (``eval_<tag>_score`` ...)."""
     two = doc["two_class"]
@@ -1155,6 +1216,12 @@ def print_eval(doc: dict[str, Any]) -> None:
         t.add_row("2-class (normal vs abnormal)", _pct(two["specificity"]),
                   _pct(two["sensitivity"]), _pct(two["score"]), "")
     err_console.print(t)
+    par = doc.get("precision_parity")
+    if par and par.get("n"):
+        err_console.print(
+            f"  {doc.get('precision')} vs fp32 on the first {par['n']} {doc['split']} cycles: "
+            f"max abs probability difference {par['probs_max_abs']:.2e}, same label on "
+            f"{100 * par['label_agreement']:.1f} %")
     pp = doc.get("paper_protocol")
     if pp:
         _print_paper_protocol(pp)
@@ -1230,7 +1297,7 @@ def _print_paper_protocol(pp: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- run
 
-def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool = False,
+def run(project: Project, opts: EvalOptions, *, device: str = "auto", progress: bool = False,
         log: Callable[[str], None] | None = None) -> EvalResult:
     """Evaluate the selected run(s); see `evaluate_run` for what each writes."""
     from rsctool.devices import resolve_device
@@ -1270,7 +1337,7 @@ def run(project: Any, opts: EvalOptions, *, device: str = "auto", progress: bool
                       group=summary, cross=cross)
 
 
-def group_runs(project: Any, group: str) -> list[tuple[str, bool]]:
+def group_runs(project: Project, group: str) -> list[tuple[str, bool]]:
     """The runs of seed group `group` (`rsctool train --seeds`), each marked as not
     named exactly (a member without a checkpoint yet is skipped with a warning)."""
     rec = project.get("groups", group)
@@ -1393,7 +1460,7 @@ def _validate_cross(opts: EvalOptions) -> None:
                           "'GROUP-s*' --dataset OTHER for the cross-dataset table")
 
 
-def _check_cross_datasets(project: Any, opts: EvalOptions) -> None:
+def _check_cross_datasets(project: Project, opts: EvalOptions) -> None:
     """Every `--dataset` is in the project (ConfigError before anything is evaluated)."""
     known = project.section("datasets")
     for d in opts.datasets:
@@ -1430,7 +1497,7 @@ def _run_input_labels(loaded: LoadedRun) -> set[str]:
     return set(loaded.classes)
 
 
-def _cross_target(project: Any, loaded: LoadedRun, opts: EvalOptions,
+def _cross_target(project: Project, loaded: LoadedRun, opts: EvalOptions,
                   other: str | None) -> _Cross | None:
     """Dataset `other` seen through the run's classes, or None for the run's own dataset
     (or no `other`): the ordinary evaluation.
@@ -1503,7 +1570,7 @@ def _cross_map(loaded: LoadedRun, other: str, record: dict[str, Any], cycles: li
     return cycles, map_rec
 
 
-def _check_no_overlap(project: Any, loaded: LoadedRun, own: str | None, other: str,
+def _check_no_overlap(project: Project, loaded: LoadedRun, own: str | None, other: str,
                       cycles: list) -> None:
     """ConfigError when `cycles` come from recordings the run was trained or validated
     on (the same audio analysed under another name), so no score is training data."""
@@ -1530,7 +1597,7 @@ def _check_no_overlap(project: Any, loaded: LoadedRun, own: str | None, other: s
                           "cross-dataset")
 
 
-def _record_cross(project: Any, name: str, tag: str, cross: _Cross) -> None:
+def _record_cross(project: Project, name: str, tag: str, cross: _Cross) -> None:
     """The map of a cross-dataset evaluation in the run's project record."""
     m = cross.info["map"] or {}
     project.update_record("runs", name, **{
@@ -1648,6 +1715,10 @@ def command(
         "--csv", help="Write the comparison table (one row per run) to this CSV file.")]
     = None,
     batch_size: Annotated[int, typer.Option(help="Inference batch size.")] = _D.batch_size,
+    precision: Annotated[str, typer.Option(
+        help="Compute precision: auto (bf16 where the CPU has bf16 units, AMX/AVX512-BF16, "
+             "or the GPU supports it; else fp32), fp32 or bf16. In bf16 the first 64 "
+             "cycles are also run in fp32 and the difference is reported.")] = _D.precision,
     tsne_max_points: Annotated[int, typer.Option(
         help="t-SNE on at most this many cycles (seeded subsample above).")]
     = _D.tsne_max_points,
@@ -1686,7 +1757,7 @@ def command(
                        batch_size=batch_size, tsne_max_points=tsne_max_points,
                        seed=state.seed, force=force, csv=csv_file, group=group,
                        datasets=list(datasets or []), label_map=label_map,
-                       protocol=protocol)
+                       protocol=protocol, precision=precision)
     opts.validate()
     project = state.load_project(must_exist=True)
     result = run(project, opts, device=state.device, progress=not state.quiet and not json_out,

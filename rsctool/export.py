@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -45,6 +45,9 @@ from rsctool.console import err_console, get_state, info, print_json, warn
 from rsctool.errors import ConfigError, DataError, UserError
 from rsctool.runs import export_name
 from rsctool.utils import file_mode, mkstemp_for, params_hash
+
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
 QUANTIZE = ("none", "int8")
 OPSETS = range(14, 21)
@@ -249,7 +252,7 @@ def _pick(cycles: list, n: int, seed: int = 0) -> list:
     return [cycles[i] for i in idx]
 
 
-def check_inputs(project: Any, loaded: Any, n: int, with_features: bool,
+def check_inputs(project: Project, loaded: Any, n: int, with_features: bool,
                  log: Callable[[str], None]) -> CheckInputs:
     """Up to `n` validation cycles of the run's dataset, fed as in training.
 
@@ -378,7 +381,7 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _up_to_date(project: Any, name: str, inputs_hash: str) -> dict[str, Any] | None:
+def _up_to_date(project: Project, name: str, inputs_hash: str) -> dict[str, Any] | None:
     from rsctool.data.manifest import file_sha256
 
     rec = project.get("exports", name)
@@ -390,7 +393,7 @@ def _up_to_date(project: Any, name: str, inputs_hash: str) -> dict[str, Any] | N
     return rec
 
 
-def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None = None
+def run(project: Project, opts: ExportOptions, *, log: Callable[[str], None] | None = None
         ) -> dict[str, Any]:
     """Export a run; returns the document recorded in ``[exports.NAME]`` (plus ``name``,
     ``skipped``).
@@ -496,7 +499,7 @@ def run(project: Any, opts: ExportOptions, *, log: Callable[[str], None] | None 
     return {"name": ename, **doc, "skipped": False}
 
 
-def _load(project: Any, opts: ExportOptions) -> tuple[str, Any]:
+def _load(project: Project, opts: ExportOptions) -> tuple[str, Any]:
     """The run to export (`opts.run`, else the last) and its loaded checkpoint (a
     `rsctool.runs.LoadedRun`, on the CPU)."""
     from rsctool.runs import load_run, select_runs

@@ -29,9 +29,12 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rsctool.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
 __all__ = ["Held", "hold", "hold_record", "lock_file", "releasing", "scope", "writer"]
 
@@ -155,7 +158,7 @@ def hold(lock_dir: Path, kind: str, key: str, *, what: str, hint: str,
     return held
 
 
-def hold_record(project: Any, section: str, name: str, dist: Any = None) -> None:
+def hold_record(project: Project, section: str, name: str, dist: Any = None) -> None:
     """Take the lock of record `name` of `section` (``runs``, ``synthetic``,
     ``datasets``) of `project`, released by the innermost `scope`.
 
@@ -179,7 +182,7 @@ def hold_record(project: Any, section: str, name: str, dist: Any = None) -> None
             raise ConfigError(problem)
 
 
-def writer(project: Any, section: str, name: str) -> dict[str, Any] | None:
+def writer(project: Project, section: str, name: str) -> dict[str, Any] | None:
     """Who is writing record `name` of `section` now: the holder's ``{pid, host, since}``
     (``{}`` when unknown), or None when no process holds its lock (the process that
     recorded it ``running`` is gone). Writes nothing when the lock is free and its file

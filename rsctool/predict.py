@@ -51,10 +51,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rsctool.console import err_console, get_state, warn, write_stdout
+from rsctool.devices import PRECISIONS
 from rsctool.errors import ConfigError, DataError, UserError
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from rsctool.project import Project
 
 # numpy is imported where it is used: `rsctool predict --help` then starts ~0.1 s faster.
 
@@ -90,9 +93,14 @@ class PredictOptions:
         keep_going: report a bad file and continue with the others.
         strict: a file that is too short, truncated, silent or clipping is an error
             (default: a warning).
-        batch_size: cycles/windows per model call.
+        batch_size: cycles/windows per model call (None: `default_batch_size` of the
+            backend: 1 for an AST-family ONNX model on the CPU, 16 otherwise).
         threads: onnxruntime intra-op threads (None: one per core).
         block_seconds: audio read per block when streaming windows.
+        precision: torch backend compute precision, ``auto`` (bf16 where the CPU has bf16
+            units or the GPU supports it), ``fp32`` or ``bf16``
+            (`rsctool.devices.resolve_precision`); the ONNX backend runs in its exported
+            precision.
     """
 
     inputs: list[str] = field(default_factory=list)
@@ -109,9 +117,10 @@ class PredictOptions:
     out: Path | None = None
     keep_going: bool = False
     strict: bool = False
-    batch_size: int = 16
+    batch_size: int | None = None
     threads: int | None = None
     block_seconds: float = 30.0
+    precision: str = "auto"
 
     def validate(self) -> PredictOptions:
         if not self.inputs:
@@ -131,8 +140,10 @@ class PredictOptions:
             v = getattr(self, key)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"--{key} must be a positive number of seconds, got {v}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.format is None:
@@ -156,11 +167,17 @@ class OnnxBackend:
 
     name = "onnx"
 
+    #: The ONNX graph runs in the precision it was exported in (`--precision` is torch's).
+    precision = None
+
     def __init__(self, path: Path, threads: int | None = None, device: str = "auto"):
         from rsctool.devices import onnx_providers
         from rsctool.onnx_runtime import OnnxModel
 
-        self.model = OnnxModel(path, threads, onnx_providers(device))
+        providers = onnx_providers(device)
+        #: ``cuda`` when onnxruntime is asked for its CUDA provider, else ``cpu``.
+        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+        self.model = OnnxModel(path, threads, providers)
         self.spec = self.model.spec
         self.source = str(path)
 
@@ -178,12 +195,15 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, project: Any, run: str, checkpoint: str, device: str):
-        from rsctool.devices import resolve_device
+    def __init__(self, project: Project, run: str, checkpoint: str, device: str,
+                 precision: str = "auto"):
+        from rsctool.devices import resolve_device, resolve_precision
         from rsctool.onnx_runtime import ModelSpec
         from rsctool.runs import load_run
 
         self.device = resolve_device(device)
+        #: ``fp32`` or ``bf16`` (autocast; the weights stay fp32).
+        self.precision = resolve_precision(precision, self.device)
         self.loaded = load_run(project, run, checkpoint, self.device)
         if self.loaded.config.needs_metadata and self.loaded.encoder is None:
             raise DataError("checkpoint of a metadata model lacks its metadata encoder",
@@ -196,6 +216,7 @@ class TorchBackend:
         import numpy as np
         import torch
 
+        from rsctool.devices import inference_precision
         from rsctool.features import fbank, normalize_fbank
 
         cfg = self.fbank_cfg
@@ -205,8 +226,21 @@ class TorchBackend:
         if self.spec.needs_metadata:
             enc = {k: v.to(self.device)
                    for k, v in self.loaded.encoder.encode_values(list(meta)).items()}
-        with torch.no_grad():
+        # The filter bank stays fp32 (outside autocast): only the model runs in bf16.
+        with torch.no_grad(), inference_precision(self.precision, self.device):
             return self.loaded.model(x, enc)["logits"].float().cpu().numpy()
+
+
+def default_batch_size(backend: Any) -> int:
+    """Cycles/windows per model call when ``--batch-size`` is not given: 1 for an
+    AST-family model (a transformer with an ``attention`` setting) in onnxruntime on the
+    CPU, where one clip alone costs less than its share of a batch; 16 otherwise (torch,
+    above all in bf16, is several times cheaper per clip in batches). Measured in
+    docs/benchmarks.md ("Prediction: bf16, batch size and hop")."""
+    ast_like = "attention" in (backend.spec.model_config or {})
+    if backend.name == "onnx" and ast_like and backend.device == "cpu":
+        return 1
+    return 16
 
 
 def _file_signature(path: Path) -> tuple[int, int]:
@@ -214,7 +248,7 @@ def _file_signature(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def find_export(project: Any, run: str, checkpoint: str) -> tuple[Path | None, str | None]:
+def find_export(project: Project, run: str, checkpoint: str) -> tuple[Path | None, str | None]:
     """The run's usable ONNX export: ``(path, None)``, or ``(None, why not)``.
 
     Prefers the plain fp32 export, then the waveform and int8 variants. An export whose
@@ -261,7 +295,7 @@ def open_backend(opts: PredictOptions, state: Any) -> Any:
             raise ConfigError(f"--backend onnx: {why}")
         if why and "older" in why:
             warn(f"{why}; using the torch backend")
-    return TorchBackend(project, name, opts.checkpoint, state.device)
+    return TorchBackend(project, name, opts.checkpoint, state.device, opts.precision)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -638,7 +672,7 @@ class Predictor:
             mode = "windows"
         records: list[dict[str, Any]] = []
         where = str(path)
-        for batch in _batched(items, opts.batch_size):
+        for batch in _batched(items, opts.batch_size or default_batch_size(self.backend)):
             wav = np.stack([it.wav for it in batch])
             meta = [{**meta_values, "duration": it.end - it.start, "id": where}
                     for it in batch]
@@ -804,7 +838,8 @@ def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None
     Returns the result document::
 
         model        {source, backend, model, run, classes, task, thresholds,
-                      sample_rate, clip_seconds, needs_metadata}
+                      sample_rate, clip_seconds, needs_metadata, precision (torch:
+                      fp32|bf16; onnx: null), batch_size}
         predictions  [{file, type (cycle|window), index, start, end (s), label,
                        probabilities {class: p}, sigmoid (multilabel),
                        annotated (cycles), warning (audio check text or None)}]
@@ -823,6 +858,11 @@ def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None
     sources = parse_meta_args(opts.meta)
     if opts.meta and not spec.needs_metadata:
         log(f"note: model {spec.model!r} does not use metadata; --meta is ignored")
+    if opts.precision != "auto" and backend.name == "onnx":
+        log(f"note: --precision {opts.precision} applies to the torch backend; the ONNX "
+            "model runs in its exported precision (--backend torch to use it)")
+    if opts.batch_size is None:
+        opts.batch_size = default_batch_size(backend)
     inputs = expand_inputs(opts.inputs)
     if opts.annotations is not None:
         if not opts.annotations.exists():
@@ -835,7 +875,8 @@ def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None
         "model": {"source": backend.source, "backend": backend.name, "model": spec.model,
                   "run": spec.run, "classes": list(spec.classes), "task": spec.task,
                   "thresholds": spec.thresholds, "sample_rate": spec.sample_rate,
-                  "clip_seconds": spec.clip_seconds, "needs_metadata": spec.needs_metadata},
+                  "clip_seconds": spec.clip_seconds, "needs_metadata": spec.needs_metadata,
+                  "precision": backend.precision, "batch_size": opts.batch_size},
         "predictions": [], "recordings": [], "errors": []}
     for given, path, error in inputs:
         try:
@@ -914,10 +955,16 @@ def command(
         "--strict", help="Audio that is too short for one analysis frame, truncated, "
                          "silent or clipping is an error (exit 2 naming the file) instead "
                          "of a warning.")] = _D.strict,
-    batch_size: Annotated[int, typer.Option(help="Cycles/windows per model call.")]
+    batch_size: Annotated[int | None, typer.Option(
+        help="Cycles/windows per model call (default: 1 for an AST-family ONNX model on "
+             "the CPU, 16 otherwise; see docs/benchmarks.md).", show_default=False)]
     = _D.batch_size,
     threads: Annotated[int | None, typer.Option(
         help="onnxruntime threads (default: one per core).")] = None,
+    precision: Annotated[str, typer.Option(
+        help="Torch backend compute precision: auto (bf16 where the CPU has bf16 units, "
+             "AMX/AVX512-BF16, or the GPU supports it; else fp32), fp32 or bf16.")]
+    = _D.precision,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print the records as one JSON document on stdout (the same as "
                        "--format json; not with --out).")] = False,
@@ -946,7 +993,7 @@ def command(
                           checkpoint=checkpoint, mode=mode, annotations=annotations,
                           window=window, hop=hop, meta=meta_items, format=fmt, out=out,
                           keep_going=keep_going, strict=strict, batch_size=batch_size,
-                          threads=threads).validate()
+                          threads=threads, precision=precision).validate()
     be = open_backend(opts, state)
     doc = run(opts, be, log=lambda msg: None if state.quiet else err_console.print(msg))
     if opts.format != "table":

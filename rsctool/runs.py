@@ -8,13 +8,16 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rsctool.errors import ConfigError, DataError
 from rsctool.runconfig import RunConfig
 
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
-def select_runs(project: Any, run: str | None, patterns: Sequence[str]
+
+def select_runs(project: Project, run: str | None, patterns: Sequence[str]
                 ) -> list[tuple[str, bool]]:
     """Run names to evaluate, in project order, each with whether it was named exactly.
 
@@ -60,7 +63,7 @@ def select_runs(project: Any, run: str | None, patterns: Sequence[str]
     return [(n, chosen[n]) for n in known if n in chosen]
 
 
-def checkpoint_path(project: Any, name: str, record: dict[str, Any], which: str) -> Path:
+def checkpoint_path(project: Project, name: str, record: dict[str, Any], which: str) -> Path:
     """The `which` (best|last) checkpoint file of run `name` (it may not exist)."""
     if record.get(which):
         return project.abs(record[which])
@@ -106,7 +109,7 @@ class LoadedRun:
     thresholds: list[float] | None
 
 
-def load_run(project: Any, name: str, which: str = "best", device: str = "cpu") -> LoadedRun:
+def load_run(project: Project, name: str, which: str = "best", device: str = "cpu") -> LoadedRun:
     """Rebuild run `name`'s model from its `which` checkpoint, in eval mode on `device`.
 
     Raises:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from rsctool.console import err_console, get_state, print_json
+
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
 # Fields worth a column per section; everything else is in --json.
 _COLUMNS = {
@@ -23,7 +26,7 @@ _COLUMNS = {
 _LOCKED = ("runs", "synthetic")
 
 
-def status(project: Any) -> dict:
+def status(project: Project) -> dict:
     """The project document as a plain dict (with the file path), with honest states:
     see `honest`."""
     doc = dict(project.data)
@@ -37,7 +40,7 @@ def status(project: Any) -> dict:
     return {"project": str(project.path), "exists": project.exists(), **doc}
 
 
-def honest(project: Any, section: str, name: str, rec: dict[str, Any]) -> dict[str, Any]:
+def honest(project: Project, section: str, name: str, rec: dict[str, Any]) -> dict[str, Any]:
     """Record `rec` as `status` shows it: a ``running`` record whose lock no process holds
     (killed by SIGKILL, the machine went down) is ``interrupted`` with ``status_detail =
     "process gone"`` (the same command resumes it); a live one gains ``writer``
@@ -61,7 +64,7 @@ def _honest_group(grec: dict[str, Any], runs: dict[str, dict]) -> dict[str, Any]
     return {**grec, "status": "interrupted", "status_detail": "process gone"}
 
 
-def run_status(project: Any, name: str) -> dict[str, Any]:
+def run_status(project: Project, name: str) -> dict[str, Any]:
     """Everything recorded about run `name`: its project record and its ``config.json``
     (the full resolved options, model config, data manifest hash, split definition and
     hash, normalisation, synthetic cycles, environment: package versions, device, git

@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -65,6 +65,9 @@ from rsctool.eta import (
 from rsctool.generators import BACKENDS
 from rsctool.locks import hold_record, releasing
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
+
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
 #: Patient field of synthetic file names, per class (ICBHI patient ids are 101-226).
 CLASS_CODES: dict[str, int] = {"normal": 900, "crackle": 901, "wheeze": 902, "both": 903}
@@ -267,7 +270,7 @@ def _flags(label: str) -> tuple[int, int]:
     return int(label in ("crackle", "both")), int(label in ("wheeze", "both"))
 
 
-def _dataset(project: Any, name: str | None, required: bool) -> tuple[str | None, dict | None,
+def _dataset(project: Project, name: str | None, required: bool) -> tuple[str | None, dict | None,
                                                                        list[Cycle]]:
     """The dataset record and its cycles, or (None, None, []) when optional and absent."""
     from rsctool.datasets import load_dataset_cycles, pick_dataset
@@ -278,7 +281,7 @@ def _dataset(project: Any, name: str | None, required: bool) -> tuple[str | None
     return ds_name, record, load_dataset_cycles(project, record)
 
 
-def _plan_counts(project: Any, ds_name: str, record: dict) -> dict[str, int]:
+def _plan_counts(project: Project, ds_name: str, record: dict) -> dict[str, int]:
     """The synthesis plan of the analyze report of dataset `ds_name`."""
     path = project.abs(record["report"]) if record.get("report") else None
     if path is None or not path.exists():
@@ -291,7 +294,7 @@ def _plan_counts(project: Any, ds_name: str, record: dict) -> dict[str, int]:
     return {str(k): int(v) for k, v in plan.items()}
 
 
-def _resolve_counts(opts: SynthOptions, project: Any, ds_name: str | None,
+def _resolve_counts(opts: SynthOptions, project: Project, ds_name: str | None,
                     record: dict | None) -> dict[str, int]:
     """``{class: samples}`` to reach, in class order."""
     if opts.balance:
@@ -308,7 +311,7 @@ def _resolve_counts(opts: SynthOptions, project: Any, ds_name: str | None,
     return dict.fromkeys(classes, opts.n or DEFAULT_N)
 
 
-def _default_filter_run(project: Any) -> str:
+def _default_filter_run(project: Project) -> str:
     runs = project.section("runs")
     done = [n for n, r in runs.items() if r.get("status") == "done"]
     if not done:
@@ -327,7 +330,7 @@ class QualityFilter:
     sigmoids into the four class probabilities.
     """
 
-    def __init__(self, project: Any, run: str, min_confidence: float, device: str):
+    def __init__(self, project: Project, run: str, min_confidence: float, device: str):
         from rsctool.data.manifest import file_sha256
         from rsctool.runs import load_run
 
@@ -376,7 +379,7 @@ class QualityFilter:
 
 # --------------------------------------------------------------------------- vocoder
 
-def ensure_vocoder(project: Any, opts: SynthOptions, ds_name: str, record: dict,
+def ensure_vocoder(project: Project, opts: SynthOptions, ds_name: str, record: dict,
                    train_cycles: Sequence[Cycle], device: str, progress: bool,
                    log: Callable[[str], None]) -> tuple[str, Path]:
     """The DiffWave vocoder of `ds_name`: trained now (or resumed, or extended to more
@@ -547,7 +550,7 @@ def _summary(name: str, opts: SynthOptions, backend_info: dict[str, Any],
 
 # --------------------------------------------------------------------------- run
 
-def _find_set(project: Any, opts: SynthOptions, gen_hash: str) -> tuple[str | None,
+def _find_set(project: Project, opts: SynthOptions, gen_hash: str) -> tuple[str | None,
                                                                         dict | None]:
     sets = project.section("synthetic")
     if opts.new and opts.name is not None and opts.name in sets:
@@ -564,7 +567,7 @@ def _find_set(project: Any, opts: SynthOptions, gen_hash: str) -> tuple[str | No
 
 
 @releasing  # the set's lock (one writer per set), however `run` ends
-def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: bool = False,
+def run(project: Project, opts: SynthOptions, *, device: str = "auto", progress: bool = False,
         log: Callable[[str], None] | None = None) -> SynthResult:
     """Generate (or resume, extend, or skip) a synthetic set and record it in the project.
 
@@ -633,7 +636,7 @@ def run(project: Any, opts: SynthOptions, *, device: str = "auto", progress: boo
                      dev=dev, progress=progress, log=log)
 
 
-def _check_before_loading(project: Any, opts: SynthOptions, counts: dict[str, int],
+def _check_before_loading(project: Project, opts: SynthOptions, counts: dict[str, int],
                           ds_name: str | None, ds_record: dict | None,
                           cycles: Sequence[Cycle], text: bool) -> None:
     """The checks that need no model: the output folder, the classes the dataset has, and
@@ -684,7 +687,7 @@ def _text_backend(opts: SynthOptions, counts: dict[str, int], dev: str,
     return backend, prompts, seconds
 
 
-def _diffwave_backend(project: Any, opts: SynthOptions, counts: dict[str, int], ds_name: str,
+def _diffwave_backend(project: Project, opts: SynthOptions, counts: dict[str, int], ds_name: str,
                       ds_record: dict, cycles: Sequence[Cycle], dev: str, dist: Any,
                       progress: bool, log: Callable[[str], None],
                       extra: dict[str, Any]) -> tuple[Any, float | None]:
@@ -734,7 +737,7 @@ def _gen_params(opts: SynthOptions, counts: dict[str, int], described: dict[str,
     }
 
 
-def _finished_set(project: Any, opts: SynthOptions, counts: dict[str, int],
+def _finished_set(project: Project, opts: SynthOptions, counts: dict[str, int],
                   name: str | None, rec: dict | None, gen_hash: str) -> SynthResult | None:
     """The skipped result when set `name` is done with these options and counts; None when
     there is work to do. ConfigError when the set was made with other options or holds
@@ -769,7 +772,7 @@ def _finished_set(project: Any, opts: SynthOptions, counts: dict[str, int],
     return None
 
 
-def _claim_set(project: Any, opts: SynthOptions, dist: Any, *, name: str | None,
+def _claim_set(project: Project, opts: SynthOptions, dist: Any, *, name: str | None,
                rec: dict | None, gen_hash: str, described: dict[str, Any],
                ds_name: str | None, counts: dict[str, int], dev: str,
                extra: dict[str, Any], qf: Any) -> tuple[str, Path]:
@@ -810,7 +813,7 @@ def _claim_set(project: Any, opts: SynthOptions, dist: Any, *, name: str | None,
     return name, out
 
 
-def _generate(project: Any, opts: SynthOptions, *, name: str, out: Path,
+def _generate(project: Project, opts: SynthOptions, *, name: str, out: Path,
               counts: dict[str, int], backend: Any, described: dict[str, Any],
               prompts: Any, qf: Any, cycles: Sequence[Cycle], seconds: Any,
               batch_size: int, extra: dict[str, Any], gen_hash: str, dev: str,
@@ -911,7 +914,7 @@ def _sample_bytes(cycle: Cycle) -> int:
     return size
 
 
-def upfront_estimate(project: Any, opts: SynthOptions, counts: dict[str, int],
+def upfront_estimate(project: Project, opts: SynthOptions, counts: dict[str, int],
                      cycles: Sequence[Cycle], text: bool) -> SynthEstimate:
     """The disk a job needs, from the clip length (``--seconds``; 8 s for text to audio;
     the mean real train cycle, at most ``--max-seconds``, for diffwave), the rate and the
@@ -936,7 +939,7 @@ def measured_estimate(meter: RateMeter, left: int, out: Path, where: str) -> Syn
                          free=free_bytes(out), where=where, seconds=meter.eta(left))
 
 
-def _finish_set(project: Any, opts: SynthOptions, *, name: str, out: Path,
+def _finish_set(project: Project, opts: SynthOptions, *, name: str, out: Path,
                 counts: dict[str, int], cycles: list[Cycle], rejected: Counter,
                 described: dict[str, Any], prompts: Any, extra: dict[str, Any],
                 gen_hash: str, dev: str, qf: Any, made: int) -> SynthResult:
@@ -980,7 +983,7 @@ def _read_part(path: Path) -> list[Cycle]:
     return out
 
 
-def _generate_sharded(project: Any, opts: SynthOptions, dist: Any, *, name: str, out: Path,
+def _generate_sharded(project: Project, opts: SynthOptions, dist: Any, *, name: str, out: Path,
                       counts: dict[str, int], backend: Any, described: dict[str, Any],
                       prompts: Any, qf: Any, cycles: Sequence[Cycle], seconds: Any,
                       batch_size: int, extra: dict[str, Any], gen_hash: str, dev: str,

@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -58,6 +58,9 @@ from rsctool.inference import loader_generator, predict, predictions
 from rsctool.locks import hold_record, releasing
 from rsctool.signals import Interrupted
 from rsctool.utils import atomic_write_json, atomic_write_text, params_hash
+
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
 TASKS = ("multiclass", "multilabel", "binary", "ranking")
 #: Loss names of the ranking task (``--loss ghm`` means ``ghm-ranking`` there).
@@ -119,6 +122,9 @@ class TrainOptions:
     grad_accum: int = 1
     num_workers: int = 0
     amp: bool = True
+    # autocast precision (`train_precision`): auto = CUDA's amp (bf16, else fp16 with loss
+    # scaling) and fp32 on the CPU; fp32; bf16 (also on a CPU). Weights stay fp32.
+    precision: str = "auto"
     seed: int = 0
     deterministic: bool = False
     model_cfg: dict[str, Any] = field(default_factory=dict)
@@ -166,6 +172,10 @@ class TrainOptions:
             raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {o.task!r}")
         if o.norm not in NORMS:
             raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {o.norm!r}")
+        from rsctool.devices import PRECISIONS
+
+        if o.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {o.precision!r}")
         if o.task == "multilabel" and o.loss == "ce":
             o.loss = "bce"
         if isinstance(o.class_order, str):  # `class_order = "a,b"` in a config file or --set
@@ -462,7 +472,7 @@ def task_classes(task: str, classes: list[str], class_order: list[str] | None,
     return list(classes)
 
 
-def load_train_data(project: Any, opts: TrainOptions, log: Callable[[str], None]
+def load_train_data(project: Project, opts: TrainOptions, log: Callable[[str], None]
                     ) -> TrainData:
     """The dataset, splits, normalisation and synthetic cycles of a run (no datasets yet:
     `TrainData.make_sets`)."""
@@ -544,6 +554,25 @@ class Optimisation:
     use_amp: bool
     amp_dtype: Any
     scaler: Any
+    precision: str
+
+
+def train_precision(opts: TrainOptions, device_type: str) -> str:
+    """The autocast precision of a run on `device_type` (``cpu``/``cuda``): ``fp32``,
+    ``bf16`` or ``fp16``. ``--precision auto`` keeps what training always did: on CUDA
+    mixed precision unless ``amp=false`` (bf16 where the GPU has it, Ampere and later:
+    fp32's range, no loss scaling; fp16 with a GradScaler otherwise), fp32 on the CPU
+    (so resuming a CPU run stays bit-exact). ``bf16`` is asked for explicitly, also on a
+    CPU (fast with AMX/AVX512-BF16 units; `rsctool.devices.resolve_precision`)."""
+    from rsctool.devices import resolve_precision
+
+    if opts.precision == "auto":
+        if device_type != "cuda" or not opts.amp:
+            return "fp32"
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return resolve_precision(opts.precision, device_type)
 
 
 def build_optimisation(opts: TrainOptions, data: TrainData, model: Any, dist: Any
@@ -588,14 +617,14 @@ def build_optimisation(opts: TrainOptions, data: TrainData, model: Any, dist: An
     warmup_steps = int(round(opts.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup_steps))
-    use_amp = opts.amp and dist.device_type == "cuda"
-    # bf16 where the GPU has it (Ampere and later): fp32's range, so no loss scaling;
-    # fp16 with a GradScaler otherwise.
-    amp_dtype = (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported()
-                 else torch.float16)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    precision = train_precision(opts, dist.device_type)
+    use_amp = precision != "fp32"
+    amp_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    # only fp16 needs loss scaling (bf16 has fp32's exponent range)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     return Optimisation(loss_fn, adversary, train_model, train_adversary, optimizer, scheduler,
-                        steps_per_epoch, total_steps, warmup_steps, use_amp, amp_dtype, scaler)
+                        steps_per_epoch, total_steps, warmup_steps, use_amp, amp_dtype, scaler,
+                        precision)
 
 
 @dataclass
@@ -610,7 +639,7 @@ class TrainParts:
     optim: Optimisation
 
 
-def build_parts(project: Any, opts: TrainOptions, device: str,
+def build_parts(project: Project, opts: TrainOptions, device: str,
                 log: Callable[[str], None] | None = None, dist: Any = None) -> TrainParts:
     """Data, model, then loss and optimiser of a run with resolved `opts` (in this order:
     the model's initialisation draws from the seeded RNG). `dist`: this process's share
@@ -630,7 +659,7 @@ class Trainer:
     """One training run, built completely from its parts (`build_parts`) and its name,
     folder, seed group and trackers; `fit()` does the work."""
 
-    def __init__(self, project: Any, opts: TrainOptions, parts: TrainParts, *, run_name: str,
+    def __init__(self, project: Project, opts: TrainOptions, parts: TrainParts, *, run_name: str,
                  run_dir: Path, group: str | None = None, trackers: Sequence[Any] = (),
                  progress: bool = False, log: Callable[[str], None] | None = None):
         from rsctool.environment import collect
@@ -658,6 +687,7 @@ class Trainer:
         self.steps_per_epoch, self.total_steps = optim.steps_per_epoch, optim.total_steps
         self.warmup_steps = optim.warmup_steps
         self.use_amp, self.amp_dtype, self.scaler = optim.use_amp, optim.amp_dtype, optim.scaler
+        self.precision = optim.precision
         # the loop's state (what a checkpoint holds)
         self.step = 0
         self.epoch = 0
@@ -705,6 +735,7 @@ class Trainer:
             "model": self.model.config,
             "classes": self.classes,
             "task": self.opts.task,
+            "precision": self.precision,  # what autocast computed in (fp32|bf16|fp16)
             "clip": self.clip.to_dict(),
             "metadata_encoder": self.meta_encoder.to_dict(),
             "needs_metadata": bool(getattr(self.model, "needs_metadata", False)),
@@ -869,7 +900,8 @@ class Trainer:
         sync_ctx = (contextlib.nullcontext() if sync
                     else self.dist.no_sync(self.train_model, self.train_adversary))
         with sync_ctx:
-            with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.use_amp):
+            with torch.autocast(self.dist.device_type, dtype=self.amp_dtype,
+                                enabled=self.use_amp):
                 out = self.train_model(x, b.get("meta"))
                 loss = self.loss_fn(out, y)
                 if self.adversary is not None:  # domain CE through gradient reversal
@@ -1391,7 +1423,7 @@ def run_hash(opts: TrainOptions, dataset: str | None = None) -> str:
     return params_hash({k: v for k, v in d.items() if k not in defaults or v != defaults[k]})
 
 
-def same_run(project: Any, opts: TrainOptions, like: str | None = None
+def same_run(project: Project, opts: TrainOptions, like: str | None = None
              ) -> Callable[[dict[str, Any]], bool]:
     """Whether a run record is the run an unnamed ``train`` with (resolved) `opts` means:
     not part of a seed group, the same `run_hash` on the same dataset (same name and,
@@ -1408,7 +1440,7 @@ def same_run(project: Any, opts: TrainOptions, like: str | None = None
     return same
 
 
-def find_same_run(project: Any, opts: TrainOptions, like: str | None = None) -> str | None:
+def find_same_run(project: Project, opts: TrainOptions, like: str | None = None) -> str | None:
     """The last recorded run that `same_run` matches; None when there is none (a new run)."""
     same = same_run(project, opts, like)
     for name, rec in reversed(list(project.section("runs").items())):
@@ -1427,7 +1459,7 @@ def _compact_env(env: dict[str, Any], resumed_in: list[dict[str, Any]]) -> dict[
     return out
 
 
-def _record_stats(project: Any, dataset: str, norm: dict[str, Any]) -> None:
+def _record_stats(project: Project, dataset: str, norm: dict[str, Any]) -> None:
     """Add normalisation statistics computed by a run to its dataset's record (unless the
     dataset was re-analysed meanwhile), so the next run with these features reuses them."""
     entry = {k: v for k, v in norm.items() if k not in ("norm", "new")}
@@ -1442,7 +1474,7 @@ def _record_stats(project: Any, dataset: str, norm: dict[str, Any]) -> None:
     project.update(apply)
 
 
-def run(project: Any, opts: TrainOptions, *, device: str = "auto", progress: bool = False,
+def run(project: Project, opts: TrainOptions, *, device: str = "auto", progress: bool = False,
         force: bool = False, log: Callable[[str], None] | None = None,
         trackers: Sequence[str] = (), explicit: dict[str, Any] | None = None,
         group: str | None = None, like: str | None = None,
@@ -1508,7 +1540,7 @@ class _Start:
 
 
 @releasing  # the run's lock (one writer per run), however `run` ends
-def run_resolved(project: Any, opts: TrainOptions, *, device: str = "auto",
+def run_resolved(project: Project, opts: TrainOptions, *, device: str = "auto",
                  progress: bool = False, force: bool = False,
                  log: Callable[[str], None] | None = None, trackers: Sequence[str] = (),
                  explicit: dict[str, Any] | None = None, group: str | None = None,
@@ -1575,7 +1607,7 @@ def run_resolved(project: Any, opts: TrainOptions, *, device: str = "auto",
     return result
 
 
-def _plan_start(project: Any, opts: TrainOptions, log: Callable[[str], None], *,
+def _plan_start(project: Project, opts: TrainOptions, log: Callable[[str], None], *,
                 explicit: dict[str, Any] | None, group: str | None, like: str | None,
                 reserve: Callable[[], tuple[str, str]] | None, new: bool, extend: bool,
                 force: bool) -> _Start:
@@ -1624,7 +1656,7 @@ def _plan_start(project: Any, opts: TrainOptions, log: Callable[[str], None], *,
     return start
 
 
-def _claim_run(project: Any, opts: TrainOptions, dist: Any, *,
+def _claim_run(project: Project, opts: TrainOptions, dist: Any, *,
                reserve: Callable[[], tuple[str, str]] | None, like: str | None, new: bool,
                group: str | None) -> tuple[str, str | None]:
     """The name (and group) of a new run, claimed in the project file by the main
@@ -1670,7 +1702,7 @@ def _resume(trainer: Trainer, start: _Start, log: Callable[[str], None]) -> None
     log(f"resuming run {name!r} at epoch {trainer.epoch + 1}, step {trainer.step}")
 
 
-def _record_start(project: Any, trainer: Trainer, config: dict[str, Any], *, device: str,
+def _record_start(project: Project, trainer: Trainer, config: dict[str, Any], *, device: str,
                   like: str | None, resumed: bool, extended: list[dict[str, Any]]) -> None:
     """Main process: write the run's ``config.json`` and synthetic ids, and record it as
     running in the project file (with provenance and new normalisation statistics)."""
@@ -1714,7 +1746,7 @@ def _record_start(project: Any, trainer: Trainer, config: dict[str, Any], *, dev
                               synthetic_ids=project.rel(ids_file), adversarial=opts.adversarial)
 
 
-def _fit_recorded(project: Any, trainer: Trainer, config: dict[str, Any]) -> TrainResult:
+def _fit_recorded(project: Project, trainer: Trainer, config: dict[str, Any]) -> TrainResult:
     """Main process: `trainer.fit()` with the trackers started and finished, the run
     recorded as interrupted (with a last checkpoint) or done, and ``summary.json``."""
     name, run_dir, dist = trainer.run_name, trainer.dir, trainer.dist
@@ -1844,7 +1876,7 @@ def member_name(group: str, seed: int) -> str:
     return f"{group}-s{seed}"
 
 
-def _group_options(project: Any, grec: dict[str, Any]) -> dict[str, Any] | None:
+def _group_options(project: Project, grec: dict[str, Any]) -> dict[str, Any] | None:
     """The recorded options of a group's first member that has them."""
     runs = project.section("runs")
     for m in grec.get("runs") or []:
@@ -1865,7 +1897,7 @@ def _group_hash(opts: TrainOptions, dataset: str | None = None) -> str:
     return run_hash(dataclasses.replace(opts, seed=_DEFAULT_OPTIONS["seed"]), dataset)
 
 
-def find_same_group(project: Any, opts: TrainOptions, dataset: str,
+def find_same_group(project: Project, opts: TrainOptions, dataset: str,
                     like: str | None = None) -> str | None:
     """The seed group an unnamed ``train --seeds`` with (resolved) `opts` means: the last
     group recorded with the same `_group_hash` on `dataset` and the same ``like``."""
@@ -1877,7 +1909,7 @@ def find_same_group(project: Any, opts: TrainOptions, dataset: str,
     return None
 
 
-def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
+def run_group(project: Project, opts: TrainOptions, seeds: Sequence[int], *,
               device: str = "auto", progress: bool = False, force: bool = False,
               log: Callable[[str], None] | None = None, trackers: Sequence[str] = (),
               explicit: dict[str, Any] | None = None, like: str | None = None,
@@ -1904,7 +1936,7 @@ def run_group(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
                               explicit=explicit, like=like, new=new)
 
 
-def run_group_resolved(project: Any, opts: TrainOptions, seeds: Sequence[int], *,
+def run_group_resolved(project: Project, opts: TrainOptions, seeds: Sequence[int], *,
                        device: str = "auto", progress: bool = False, force: bool = False,
                        log: Callable[[str], None] | None = None, trackers: Sequence[str] = (),
                        explicit: dict[str, Any] | None = None, like: str | None = None,
@@ -1942,7 +1974,7 @@ def run_group_resolved(project: Any, opts: TrainOptions, seeds: Sequence[int], *
     return GroupResult(group, seed_list, results)
 
 
-def _plan_group(project: Any, opts: TrainOptions, explicit: dict[str, Any], *,
+def _plan_group(project: Project, opts: TrainOptions, explicit: dict[str, Any], *,
                 like: str | None, new: bool, force: bool, log: Callable[[str], None]
                 ) -> tuple[str | None, TrainOptions]:
     """The seed group `opts` mean (None: a new one, named when its first run starts) and
@@ -1977,7 +2009,7 @@ class _GroupClaims:
     """How the runs of a seed sweep claim their names: the group's (the model name plus a
     counter for a new one) and the member's, in one project-file update."""
 
-    def __init__(self, project: Any, opts: TrainOptions, seeds: list[int], like: str | None,
+    def __init__(self, project: Project, opts: TrainOptions, seeds: list[int], like: str | None,
                  group: str | None):
         self.project, self.opts, self.seeds, self.like = project, opts, seeds, like
         self.group = group
@@ -2016,7 +2048,7 @@ class _GroupClaims:
         return rname, g
 
 
-def _finish_group(project: Any, group: str) -> None:
+def _finish_group(project: Project, group: str) -> None:
     """Mark the group done when all its runs are, with the validation score statistics."""
     import statistics
 
@@ -2032,7 +2064,7 @@ def _finish_group(project: Any, group: str) -> None:
         best_score_std=statistics.stdev(scores) if len(scores) > 1 else None)
 
 
-def options_like(project: Any, name: str) -> tuple[dict[str, Any], list[int] | None]:
+def options_like(project: Project, name: str) -> tuple[dict[str, Any], list[int] | None]:
     """``train --like NAME``: the options run `NAME` was started with (all of them, as
     recorded in its ``config.json``), and None; for a seed group `NAME`, the options of
     its runs and its seeds.
@@ -2072,7 +2104,7 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _like_config(project: Any, name: str) -> dict[str, Any] | None:
+def _like_config(project: Project, name: str) -> dict[str, Any] | None:
     """The ``config.json`` of run `name` (of the first member of group `name`)."""
     rec = project.get("runs", name)
     if rec is None:
@@ -2163,7 +2195,7 @@ def _load_config_file(path: Path | None) -> dict[str, Any]:
     return doc
 
 
-def resolve_train_options(project: Any, given: dict[str, Any], *, like: str | None = None,
+def resolve_train_options(project: Project, given: dict[str, Any], *, like: str | None = None,
                           config: Path | None = None, sets: Sequence[str] = (),
                           seed: int = 0, seed_given: bool = False
                           ) -> tuple[TrainOptions, dict[str, Any], list[int] | None]:
@@ -2337,6 +2369,11 @@ def command(
              "micro-batches per process (less memory, same optimizer steps; default 1).",
         rich_help_panel="Optimisation")
     ] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="Compute precision (autocast; weights and optimizer stay fp32): auto (CUDA: "
+             "bf16, or fp16 with loss scaling on GPUs without bf16, unless --set amp=false; "
+             "CPU: fp32), fp32, or bf16 (also on a CPU: fast with AMX/AVX512-BF16 units).",
+        rich_help_panel="Optimisation")] = None,
     processes: Annotated[int | None, typer.Option(
         help="Data-parallel training in N processes on this machine (one per GPU, or gloo "
              "on CPU): the same as `torchrun --nproc-per-node N -m rsctool train ...`. "
@@ -2407,7 +2444,8 @@ def command(
         "model": model, "size": size, "pretrained": pretrained, "dataset": dataset,
         "run": run_name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "task": task,
         "loss": loss, "balanced": balanced, "norm": norm, "patience": patience,
-        "max_steps": max_steps, "grad_accum": grad_accum, "clip_seconds": clip_seconds,
+        "max_steps": max_steps, "grad_accum": grad_accum, "precision": precision,
+        "clip_seconds": clip_seconds,
         "num_mel_bins": num_mel_bins, "specaugment": specaugment,
         "class_order": None if class_order is None else comma_list(class_order),
         "loss_cfg": ghm_cfg or None,

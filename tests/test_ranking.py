@@ -378,7 +378,8 @@ def test_ranking_runs_export_and_predict_with_their_thresholds(proj, folder_demo
     wavs = sorted(folder_demo.rglob("*.wav"))[:6]
     docs = {}
     for backend, args in (("onnx", ["--model", str(out)]),
-                          ("torch", ["--run", "rank-ghm", "--backend", "torch"])):
+                          ("torch", ["--run", "rank-ghm", "--backend", "torch",
+                                     "--precision", "fp32"])):
         r = invoke(proj, "predict", *map(str, wavs), *args, "--format", "json")
         assert r.exit_code == 0, r.output
         docs[backend] = json.loads(r.stdout)

@@ -9,14 +9,17 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rsctool.data.manifest import Cycle
 from rsctool.errors import ConfigError, DataError
 from rsctool.utils import atomic_write_text
 
+if TYPE_CHECKING:
+    from rsctool.project import Project
 
-def load_synthetic(project: Any, names: Sequence[str]) -> list[Cycle]:
+
+def load_synthetic(project: Project, names: Sequence[str]) -> list[Cycle]:
     """The cycles of finished synthetic sets `names` (manifests verified by sha256).
 
     Raises:
@@ -154,7 +157,7 @@ class SyntheticSelection:
         return path
 
 
-def mix_synthetic(project: Any, opts: Any, real_train: Sequence[Cycle], classes: Sequence[str],
+def mix_synthetic(project: Project, opts: Any, real_train: Sequence[Cycle], classes: Sequence[str],
                   log: Callable[[str], None] | None = None) -> SyntheticSelection:
     """The synthetic selection of a training run (`TrainOptions`: ``synthetic``,
     ``synthetic_ratio``, ``max_synthetic_per_class``, ``seed``); empty without sets."""

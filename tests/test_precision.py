@@ -1,0 +1,177 @@
+"""`--precision auto|fp32|bf16`: detection of the CPU's bf16 units, the resolver, bf16
+compute under the inference context, and predict / eval / train in bf16 on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx_helpers import copy_project, trained_project
+from typer.testing import CliRunner
+
+from rsctool import devices
+from rsctool.cli import app
+from rsctool.errors import ConfigError
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+REC = "101_1b1_Lr_sc_Litt3200"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return trained_project(tmp_path_factory)
+
+
+def invoke(project: Path | None, *args: str):
+    pre = ["--project", str(project)] if project is not None else []
+    return runner.invoke(app, [*pre, "-q", *args], catch_exceptions=False)
+
+
+# --------------------------------------------------------------------------- decisions
+
+def test_cpu_bf16_units_are_read_from_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(devices, "_cpuinfo_flags", lambda: {"avx2", "amx_bf16", "fma"})
+    assert devices.cpu_bf16_fast()
+    monkeypatch.setattr(devices, "_cpuinfo_flags", lambda: {"avx2", "avx512_bf16"})
+    assert devices.cpu_bf16_fast()
+    monkeypatch.setattr(devices, "_cpuinfo_flags", lambda: {"avx2", "avx512f", "fma"})
+    assert not devices.cpu_bf16_fast()
+
+
+def test_resolve_precision_decisions(monkeypatch, capsys):
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
+    assert devices.resolve_precision("auto", "cpu") == "bf16"
+    assert devices.resolve_precision("fp32", "cpu") == "fp32"
+    assert devices.resolve_precision("bf16", "cpu") == "bf16"
+    capsys.readouterr()
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: False)
+    assert devices.resolve_precision("auto", "cpu") == "fp32"  # never bf16 by default there
+    assert devices.resolve_precision("fp32", "cpu") == "fp32"
+    assert capsys.readouterr().err == ""
+    assert devices.resolve_precision("bf16", "cpu") == "bf16"  # asked for: allowed, warned
+    assert "no bf16 units" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert devices.resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert devices.resolve_precision("auto", "cuda") == "fp32"
+    with pytest.raises(ConfigError, match="--precision bf16"):
+        devices.resolve_precision("bf16", "cuda")
+    with pytest.raises(ConfigError, match="--precision must be auto, fp32 or bf16"):
+        devices.resolve_precision("fp16", "cpu")
+
+
+def test_train_precision_keeps_cuda_amp_and_fp32_on_the_cpu(monkeypatch):
+    from rsctool.train import TrainOptions, run_hash, train_precision
+    from rsctool.utils import params_hash
+
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
+    assert train_precision(TrainOptions(), "cpu") == "fp32"
+    assert train_precision(TrainOptions(precision="bf16"), "cpu") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train_precision(TrainOptions(), "cuda") == "bf16"
+    assert train_precision(TrainOptions(amp=False), "cuda") == "fp32"
+    assert train_precision(TrainOptions(precision="fp32"), "cuda") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert train_precision(TrainOptions(), "cuda") == "fp16"
+    # the default does not change the identity (params hash) of runs from before it:
+    # run_hash leaves options at their default out, so precision=auto hashes as no field
+    old = {k: v for k, v in asdict(TrainOptions(epochs=7)).items()
+           if k not in ("run", "precision") and v != asdict(TrainOptions())[k]}
+    assert run_hash(TrainOptions(epochs=7)) == params_hash(old) == params_hash({"epochs": 7})
+    assert run_hash(TrainOptions(epochs=7, precision="bf16")) != params_hash(old)
+    with pytest.raises(ConfigError, match="--precision"):
+        TrainOptions(precision="half").resolve()
+
+
+def test_inference_context_computes_in_bf16_on_the_cpu():
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    with torch.no_grad(), devices.inference_precision("bf16", "cpu"):
+        y = lin(x)
+    assert y.dtype == torch.bfloat16
+    assert lin.weight.dtype == torch.float32  # the model is not converted
+    with torch.no_grad(), devices.inference_precision("fp32", "cpu"):
+        assert lin(x).dtype == torch.float32
+    torch.testing.assert_close(y.float(), lin(x), atol=0.05, rtol=0.05)
+
+
+def test_default_batch_size_follows_backend_model_and_device():
+    from types import SimpleNamespace as NS
+
+    from rsctool.predict import default_batch_size
+
+    ast = NS(model_config={"attention": "eager", "size": "base"})
+    cnn = NS(model_config={"size": "small"})
+    assert default_batch_size(NS(name="onnx", spec=ast, device="cpu")) == 1
+    assert default_batch_size(NS(name="onnx", spec=ast, device="cuda")) == 16
+    assert default_batch_size(NS(name="onnx", spec=cnn, device="cpu")) == 16
+    assert default_batch_size(NS(name="torch", spec=ast, device="cpu")) == 16
+
+
+# --------------------------------------------------------------------------- commands
+
+@pytest.mark.parametrize("stage", [["predict", "x.wav"], ["eval"], ["train", "--max-steps",
+                                                                      "1"]])
+def test_a_bad_precision_is_refused(trained, tmp_path, stage):
+    proj = copy_project(trained, tmp_path)
+    r = invoke(proj, *stage, "--precision", "fp16")
+    assert r.exit_code == 2, r.output
+    assert "--precision must be auto, fp32 or bf16" in r.output
+
+
+def test_predict_in_bf16_agrees_with_fp32(trained):
+    data = trained.parent / "data"
+    files = [str(data / f"{REC}.wav"), str(data / "104_1b1_Lr_mc_AKGC417L.wav")]
+    docs = {}
+    for p, batch in (("fp32", ["--batch-size", "3"]), ("bf16", [])):
+        r = invoke(trained, "predict", "--format", "json", "--run", "cnn", "--backend",
+                   "torch", "--precision", p, *batch, *files)
+        assert r.exit_code == 0, r.output
+        docs[p] = json.loads(r.stdout)
+        assert docs[p]["model"]["precision"] == p
+    # --batch-size overrides the default of the rule (16 for torch)
+    assert docs["fp32"]["model"]["batch_size"] == 3
+    assert docs["bf16"]["model"]["batch_size"] == 16
+    a, b = docs["fp32"]["predictions"], docs["bf16"]["predictions"]
+    assert len(a) == len(b) > 0
+    pa = np.array([list(x["probabilities"].values()) for x in a])
+    pb = np.array([list(x["probabilities"].values()) for x in b])
+    assert np.abs(pa - pb).max() < 0.05
+    assert np.mean([x["label"] == y["label"] for x, y in zip(a, b, strict=True)]) >= 0.8
+
+
+def test_eval_in_bf16_records_its_precision_and_the_change(trained, tmp_path):
+    proj = copy_project(trained, tmp_path)
+    r = invoke(proj, "eval", "--run", "cnn", "--split", "val", "--json", "--no-plots",
+               "--precision", "bf16")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["precision"] == "bf16"
+    par = doc["precision_parity"]
+    assert par["n"] == min(64, doc["n"]) > 0
+    assert par["probs_max_abs"] < 0.05 and par["label_agreement"] >= 0.8
+    stored = json.loads(Path(doc["files"]["metrics"]).read_text())
+    assert stored["precision"] == "bf16" and stored["precision_parity"] == par
+    r = invoke(proj, "eval", "--run", "cnn", "--split", "val", "--json", "--no-plots",
+               "--precision", "fp32")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["skipped"] is False  # another precision is another result
+    assert doc["precision"] == "fp32" and doc["precision_parity"] is None
+
+
+def test_train_in_bf16_on_the_cpu_records_the_precision(project):
+    from rsctool.train import TrainOptions
+    from rsctool.train import run as train
+
+    res = train(project, TrainOptions(model="cnn", size="tiny", clip_seconds=2.0,
+                                      batch_size=8, max_steps=2, epochs=1,
+                                      precision="bf16"), device="cpu")
+    cfg_path = Path(res.dir) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["precision"] == "bf16" and cfg["options"]["precision"] == "bf16"
