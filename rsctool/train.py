@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rsctool.audio import DEFAULT_CLIP_SECONDS, DEFAULT_SAMPLE_RATE
-from rsctool.console import StepProgress, get_state, info, print_json
+from rsctool.console import StepProgress, err_console, get_state, info, print_json
 from rsctool.datasets import load_dataset_cycles, pick_dataset
 from rsctool.devices import resolve_device
 from rsctool.distributed import sync_project
@@ -1134,7 +1134,6 @@ class Trainer:
     def _progress_lines(self) -> Any:
         """The speed/ETA reporter of `fit` (None in the processes that do not log):
         periodic lines where no progress bar shows (stderr is no terminal, or --json)."""
-        from rsctool.console import err_console
         from rsctool.eta import TrainProgress, slow_on_cpu_hint
 
         if not self.dist.is_main:
@@ -2428,13 +2427,17 @@ def command(
         "--extend", help="Continue the run --run NAME (finished or not) up to a larger "
                          "--epochs from its last checkpoint, keeping its history.",
         rich_help_panel="Run and output")] = False,
+    dry_run_: Annotated[bool, typer.Option(
+        "--dry-run", help="Resolve the options and build the model, print them with the "
+                          "parameters per block, the input shape and the estimated memory; "
+                          "train nothing, write nothing (needs no project).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.",
         rich_help_panel="Run and output")]
     = False,
 ) -> None:
     """Train a classifier on the dataset registered by `rsctool analyze` (resumable)."""
     state = get_state(ctx)
-    project = state.load_project(must_exist=True)
+    project = state.load_project(must_exist=not dry_run_)
     extra_synthetic, extra_seeds = _split_extras(more_synthetic or [], bool(synthetic),
                                                  seeds is not None)
     ghm_cfg = {k: v for k, v in (("bins", ghm_bins), ("alpha", ghm_alpha),
@@ -2458,6 +2461,13 @@ def command(
         project, given, like=like, config=config, sets=set_ or [], seed=state.seed,
         seed_given=seed_given)
     seed_list = _group_seeds(seeds, extra_seeds, like_seeds, seed_given)
+    if dry_run_:
+        doc = dry_run(project, opts)
+        if json_out:
+            print_json({**doc, "seeds": seed_list})
+        if not state.quiet:
+            _print_dry_run(doc)
+        return
     if extend and seed_list is not None:
         raise ConfigError("--extend continues one run (--run NAME), not a seed group")
     if extend and "epochs" not in explicit and "max_steps" not in explicit:
@@ -2478,6 +2488,150 @@ def command(
     result = run_resolved(project, opts, extend=extend, **kwargs)
     if env_rank() == 0:
         _report_run(state, result, opts.task, json_out)
+
+
+# --------------------------------------------------------------------------- dry run
+
+#: Bytes per trainable parameter beyond the fp32 weight: its fp32 gradient and AdamW's
+#: two fp32 moments.
+_TRAIN_STATE_BYTES = 4 + 8
+
+
+def dry_run(project: Project, opts: TrainOptions) -> dict[str, Any]:
+    """What `train` with resolved `opts` would train, without training or writing
+    anything: the options, the model's parameters per top-level block, the input shape
+    and the estimated memory of one process.
+
+    The dataset's classes and metadata vocabularies come from the project when it has
+    the dataset (read only), else the four ICBHI classes and empty vocabularies. The
+    model is built with random weights (``pretrained`` is reported, not loaded) on
+    torch's ``meta`` device, so even AST base costs no memory; activation memory is the
+    bytes autograd saves for the backward pass of one forward pass of one clip, times
+    the per-process micro-batch (``batch_size / grad_accum``), in fp32 (bf16/fp16
+    autocast stores about half). The count is an upper bound: a tensor saved by two
+    operations counts twice, and attention maps count as eager attention saves them
+    (fused attention kernels keep less).
+
+    Returns ``{options, dataset, classes, outputs, model {name, config, parameters,
+    trainable, blocks [{name, parameters, trainable}]}, input {x: [B, T, F],
+    metadata, frames, mel_bins, clip_seconds, sample_rate}, memory {weights,
+    gradients_optimizer, activations_per_clip, activations, total} (bytes)}``.
+    """
+    import torch
+
+    from rsctool.data.dataset import clip_config
+    from rsctool.data.manifest import ICBHI_CLASSES
+    from rsctool.models import create_model
+    from rsctool.models.metadata import NUM_FIELDS, MetadataEncoder
+
+    classes, dataset = list(ICBHI_CLASSES), None
+    encoder = MetadataEncoder([], [], [0.0] * len(NUM_FIELDS), [1.0] * len(NUM_FIELDS),
+                              opts.metadata, opts.metadata_impute, [0.0] * len(NUM_FIELDS))
+    if project.section("datasets"):
+        dataset, record = pick_dataset(project, opts.dataset)
+        cycles = load_dataset_cycles(project, record)
+        classes = list(record.get("classes") or sorted({c.label for c in cycles}))
+        encoder = MetadataEncoder.fit(cycles, fields=opts.metadata, impute=opts.metadata_impute)
+    classes = task_classes(opts.task, classes, opts.class_order, dataset or "ICBHI")
+    clip = clip_config(opts)
+    from rsctool.models.registry import model_traits
+
+    model_kwargs = {**opts.model_cfg, **({"size": opts.size} if opts.size is not None else {}),
+                    # the architecture only: weights are never loaded by a dry run
+                    **({"pretrained": "none"} if model_traits(opts.model).pretrained else {})}
+    with torch.device("meta"):
+        model = create_model(opts.model, num_classes=num_outputs(opts, classes),
+                             input_tdim=clip.frames, input_fdim=clip.fbank.num_mel_bins,
+                             meta_spec=encoder.spec(), **model_kwargs)
+    needs_meta = bool(getattr(model, "needs_metadata", False))
+    saved = _saved_activation_bytes(model, clip, encoder if needs_meta else None)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    micro = max(1, opts.batch_size // opts.grad_accum)
+    memory = {"weights": 4 * n_params, "gradients_optimizer": _TRAIN_STATE_BYTES * n_train,
+              "activations_per_clip": saved,
+              "activations": None if saved is None else saved * micro}
+    memory["total"] = (None if saved is None
+                       else memory["weights"] + memory["gradients_optimizer"] + saved * micro)
+    return {
+        "options": asdict(opts), "dataset": dataset, "classes": classes,
+        "outputs": num_outputs(opts, classes),
+        "model": {"name": opts.model, "config": dict(getattr(model, "config", {}) or {}),
+                  "pretrained": opts.pretrained, "parameters": n_params,
+                  "trainable": n_train, "blocks": _parameter_blocks(model)},
+        "input": {"x": [opts.batch_size, clip.frames, clip.fbank.num_mel_bins],
+                  "metadata": list(encoder.fields) if needs_meta else None,
+                  "frames": clip.frames, "mel_bins": clip.fbank.num_mel_bins,
+                  "clip_seconds": clip.clip_seconds, "sample_rate": clip.sample_rate},
+        "memory": memory,
+    }
+
+
+def _parameter_blocks(model: Any) -> list[dict[str, Any]]:
+    """Parameters per top-level block of `model`, and those held by the model itself
+    (e.g. SoftFiLM's masks) as a block named ``(model)``."""
+    blocks = [(name, list(m.parameters())) for name, m in model.named_children()]
+    own = [p for _, p in model.named_parameters(recurse=False)]
+    if own:
+        blocks.append(("(model)", own))
+    return [{"name": name, "parameters": sum(p.numel() for p in ps),
+             "trainable": sum(p.numel() for p in ps if p.requires_grad)}
+            for name, ps in blocks]
+
+
+def _saved_activation_bytes(model: Any, clip: Any, encoder: Any) -> int | None:
+    """Bytes autograd keeps for the backward pass of one training forward pass of one
+    clip, counted on the ``meta`` device (shapes only); None where the model cannot run
+    there (an op without a meta kernel)."""
+    import torch
+
+    total = 0
+
+    def pack(t: Any) -> Any:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    x = torch.zeros(1, clip.frames, clip.fbank.num_mel_bins, device="meta")
+    meta = None
+    if encoder is not None:
+        meta = {k: v.to("meta") for k, v in encoder.encode_values([{}]).items()}
+    model.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x, meta)
+    except (NotImplementedError, RuntimeError):
+        return None
+    return total
+
+
+def _print_dry_run(doc: dict[str, Any]) -> None:
+    """The human-readable `dry_run` document, on stderr."""
+    from rich.table import Table
+
+    def mib(n: int | None) -> str:
+        return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
+
+    o, m, x, mem = doc["options"], doc["model"], doc["input"], doc["memory"]
+    err_console.print(f"dry run: {m['name']} (size {o['size'] or 'default'}), task "
+                      f"{o['task']}, loss {o['loss']}, {doc['outputs']} output(s) for "
+                      f"{', '.join(doc['classes'])}; dataset {doc['dataset'] or 'none yet'}")
+    t = Table(title="parameters", title_justify="left")
+    for col in ("block", "parameters", "trainable"):
+        t.add_column(col, justify="left" if col == "block" else "right")
+    for b in m["blocks"]:
+        t.add_row(b["name"], f"{b['parameters']:,}", f"{b['trainable']:,}")
+    t.add_row("total", f"{m['parameters']:,}", f"{m['trainable']:,}")
+    err_console.print(t)
+    err_console.print(f"input: x (B, T, F) = {tuple(x['x'])} ({x['clip_seconds']} s at "
+                      f"{x['sample_rate']} Hz)"
+                      + (f"; metadata {', '.join(x['metadata'])}" if x["metadata"] else ""))
+    err_console.print(f"memory per process: weights {mib(mem['weights'])}, gradients and "
+                      f"AdamW {mib(mem['gradients_optimizer'])}, activations "
+                      f"{mib(mem['activations'])} (fp32, upper bound), total {mib(mem['total'])}")
+    changed = {k: v for k, v in o.items() if k in _DEFAULT_OPTIONS and v != _DEFAULT_OPTIONS[k]}
+    err_console.print("options (not at their default): " + (", ".join(
+        f"{k}={v!r}" for k, v in sorted(changed.items())) or "none"))
 
 
 def _launch_processes(processes: int, opts: TrainOptions) -> None:

@@ -239,7 +239,8 @@ def test_export_and_predict_honour_a_non_default_field_list_and_medians(tmp_path
 
     def probs(*meta: str, backend: str = "onnx") -> np.ndarray:
         args = ["--project", str(pf), "-q", "predict", "--format", "json", wav, "--run",
-                "mcat", "--backend", backend, *(("--meta", *meta) if meta else ())]
+                "mcat", "--backend", backend, "--precision", "fp32",  # torch: auto may be bf16
+                *(("--meta", *meta) if meta else ())]
         r = runner.invoke(app, args, catch_exceptions=False)
         assert r.exit_code == 0, r.output
         return np.array([list(p["probabilities"].values())
