@@ -59,8 +59,9 @@ CHECKPOINTS = ("best", "last")
 PROTOCOLS = ("honest", "paper")
 #: How a run keeps the per-epoch weights `--protocol paper` scores.
 KEEP_EPOCHS_OPTION = "--set keep_epochs=true"
-#: Bumped when the metrics document changes shape, so stored results are recomputed.
-DOC_VERSION = 2
+#: Bumped when the metrics document changes shape or a metric's definition changes, so
+#: stored results are recomputed (3: SPRSound SE without poor-quality records).
+DOC_VERSION = 3
 #: Columns of the comparison table (`--runs`, `--group`, `--csv`).
 TABLE_COLUMNS = ("run", "model", "group", "seed", "dataset", "split", "split_spec",
                  "split_hash", "checkpoint", "n", "specificity", "sensitivity", "score",
@@ -559,7 +560,8 @@ def evaluate_run(project: Project, name: str, opts: EvalOptions, *, device: str 
         specificity, sensitivity, score, accuracy, macro_recall, per_class_recall,
         support, confusion (rows true, cols predicted),
         two_class {specificity, sensitivity, score, confusion [[TN, FP], [FN, TP]]},
-        sprsound {task, se, sp, as, hs, score} (SPRSound datasets, `sprsound_metrics`),
+        sprsound {task, se, sp, as, hs, score, per_set {set: {n, se, sp, as, hs, score}}
+        or null} (SPRSound datasets, `_sprsound_block`),
         per_device / per_site {group: {n, specificity, sensitivity, score, accuracy,
         two_class_score, support}}, film (FiLM models), softfilm (SoftFiLM),
         tsne {n, perplexity, kl}, files {metrics, predictions, plots}, seconds
@@ -806,15 +808,30 @@ def _metrics_doc(loaded: LoadedRun, ds_name: str, record: dict[str, Any], cycles
     if ranking is not None:
         doc.update(ranking)
     if record.get("format") == "sprsound" and "normal" in classes:
-        from rsctool.metrics import sprsound_metrics
-
-        # the challenge's scores (SE/SP as above, plus AS, HS and their mean)
-        spr = sprsound_metrics(y_true, y_pred, classes)
-        doc["sprsound"] = {"task": record.get("task"),
-                           **{k: spr[k] for k in ("se", "sp", "as", "hs", "score")}}
+        doc["sprsound"] = _sprsound_block(record.get("task"), cycles, y_true, y_pred, classes)
     if loaded.task == "multilabel" and loaded.thresholds is None:
         warn(f"run {name!r}: no validation thresholds stored; using 0.5 / 0.5")
     return doc
+
+
+def _sprsound_block(task: str | None, cycles: list, y_true: list[int], y_pred: Any,
+                    classes: list[str]) -> dict[str, Any]:
+    """The challenge's scores (`rsctool.metrics.sprsound_metrics`) of the whole split,
+    and per challenge set (``per_set``: e.g. the 2022 inter- and intra-subject test sets,
+    which the challenge ranks apart) where the split holds items of several sets."""
+    from rsctool.metrics import sprsound_metrics
+
+    keys = ("se", "sp", "as", "hs", "score")
+    spr = sprsound_metrics(y_true, y_pred, classes)
+    block: dict[str, Any] = {"task": task, **{k: spr[k] for k in keys}, "per_set": None}
+    sets = [str((c.meta or {}).get("set") or "unknown") for c in cycles]
+    if len(set(sets)) > 1:
+        block["per_set"] = {}
+        for name in sorted(set(sets)):
+            idx = [i for i, s in enumerate(sets) if s == name]
+            m = sprsound_metrics([y_true[i] for i in idx], [y_pred[i] for i in idx], classes)
+            block["per_set"][name] = {"n": m["n"], **{k: m[k] for k in keys}}
+    return block
 
 
 def _write_predictions(path: Path, cycles: list, classes: Sequence[str], out: dict[str, Any],
@@ -1227,9 +1244,13 @@ def print_eval(doc: dict[str, Any]) -> None:
         _print_paper_protocol(pp)
     spr = doc.get("sprsound")
     if spr:
-        err_console.print(
-            f"SPRSound Task {spr.get('task')} (%): SE {_pct(spr['se'])}, SP {_pct(spr['sp'])}, "
-            f"AS {_pct(spr['as'])}, HS {_pct(spr['hs'])}, Score {_pct(spr['score'])}")
+        rows = [("", spr), *((f" {k} ({v['n']})", v) for k, v in (spr.get("per_set") or {}
+                                                                  ).items())]
+        for label, r in rows:
+            err_console.print(
+                f"SPRSound Task {spr.get('task')}{label} (%): SE {_pct(r['se'])}, SP "
+                f"{_pct(r['sp'])}, AS {_pct(r['as'])}, HS {_pct(r['hs'])}, Score "
+                f"{_pct(r['score'])}")
     if doc.get("task") == "ranking":
         sp = doc.get("spearman")
         err_console.print(

@@ -184,16 +184,24 @@ def icbhi_metrics(y_true: Any, y_pred: Any,
     return out
 
 
+#: The record-level class that SPRSound's SE and SP leave out (`sprsound_metrics`).
+POOR_QUALITY = "poor_quality"
+
+
 def sprsound_metrics(y_true: Any, y_pred: Any, classes: Sequence[str]) -> dict[str, Any]:
     """The SPRSound challenge scores (BioCAS 2022/2023 Tasks 1-1, 1-2, 2-1, 2-2).
 
-    Definitions (Zhang et al., "SPRSound: Open-Source SJTU Paediatric Respiratory Sound
-    Database", IEEE TBioCAS 16(5), 2022, evaluation section; the repository READMEs name
-    the metrics without formulas, see docs/datasets.md):
+    The repository READMEs name SE, SP, AS and HS without formulas (docs/datasets.md);
+    these are the definitions two independent public challenge implementations agree on
+    (chenzizhao/biocas-challenge-22 ``model/metric.py``; HUJH511/BioCAS-2023-Grand_Challenge
+    ``src/utils/metric.py``):
 
     * SP = items of the ``normal`` class predicted ``normal`` / all ``normal`` items.
-    * SE = items of every other class (adventitious kinds, and ``poor_quality`` in the
-      record tasks) predicted as *exactly* their own class / all such items.
+    * SE = adventitious items (every class but ``normal`` and, in the record tasks,
+      ``poor_quality``) predicted as *exactly* their own class / all adventitious items.
+      ``poor_quality`` records count in neither SE nor SP (both implementations start
+      the adventitious rows after it); predicting ``poor_quality`` for a normal or
+      adventitious record is an error like any other.
     * AS (average score) = (SE + SP) / 2.
     * HS (harmonic score) = 2 SE SP / (SE + SP); 0 when SE = SP = 0.
     * Score = (AS + HS) / 2, the challenge's ranking score.
@@ -204,8 +212,8 @@ def sprsound_metrics(y_true: Any, y_pred: Any, classes: Sequence[str]) -> dict[s
 
     Returns:
         ``{n, classes, se, sp, as, hs, score, support}``; a score whose denominator is
-        empty (no normal items: SP; no other items: SE) is None, and so is every score
-        built from it.
+        empty (no normal items: SP; no adventitious items: SE) is None, and so is every
+        score built from it.
 
     Raises:
         ConfigError: `classes` has no ``normal`` class.
@@ -214,7 +222,10 @@ def sprsound_metrics(y_true: Any, y_pred: Any, classes: Sequence[str]) -> dict[s
     if NORMAL not in classes:
         raise ConfigError(f"SPRSound metrics need a {NORMAL!r} class, got {list(classes)}")
     m = icbhi_metrics(y_true, y_pred, classes)
-    se, sp = m["se"], m["sp"]
+    cm = np.asarray(m["confusion_matrix"])
+    adventitious = [i for i, c in enumerate(classes) if c not in (NORMAL, POOR_QUALITY)]
+    sp = m["sp"]
+    se = _ratio(sum(cm[i, i] for i in adventitious), sum(cm[i].sum() for i in adventitious))
     hs = None if se is None or sp is None else (
         0.0 if se + sp == 0 else 2.0 * se * sp / (se + sp))
     avg = _mean2(se, sp)

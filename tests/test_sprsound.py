@@ -366,6 +366,7 @@ def test_demo_sprsound_runs_analyze_train_eval_end_to_end(tmp_path):
     assert spr["se"] == doc["sensitivity"] and spr["sp"] == doc["specificity"]
     assert spr["as"] == pytest.approx((spr["se"] + spr["sp"]) / 2)
     assert "SPRSound Task 1-2" in r.stderr
+    assert spr["per_set"] is None  # the demo's test split is one set (inter_test)
 
 
 def test_demo_sprsound_record_task_items_are_whole_recordings(tmp_path):
