@@ -209,9 +209,9 @@ def cli_argv() -> list[str]:
     argv0 = Path(sys.argv[0]) if sys.argv else Path()
     if not (argv0.name == "rsctool"  # the console script
             or (argv0.name == "__main__.py" and argv0.parent.name == "rsctool")):  # -m
-        raise ConfigError("starts its processes from the command line only (`rsctool "
-                          "train --processes N`); from Python, start the processes with "
-                          "torchrun or `accelerate launch`", field="processes")
+        raise ConfigError("works from the command line; from Python, start the "
+                          "processes with torchrun or `accelerate launch`",
+                          field="processes")
     return list(sys.argv[1:])
 
 
