@@ -149,8 +149,13 @@ def bench_model(name: str, tmp: Path, threads: int, repeats: int,
     return rows
 
 
+def _exe() -> str:
+    """The ``rsctool`` console script: on PATH, else beside this Python (a venv)."""
+    return shutil.which("rsctool") or str(Path(sys.executable).with_name("rsctool"))
+
+
 def _cli_runner(args: list[str], cwd: Path):
-    exe = shutil.which("rsctool") or str(Path(sys.executable).with_name("rsctool"))
+    exe = _exe()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def run() -> None:
@@ -176,7 +181,7 @@ def bench_cli(tmp: Path, repeats: int) -> list[dict]:
     train(project, TrainOptions(model="cnn", size="base", max_steps=1, epochs=1,
                                 batch_size=8, clip_seconds=8.0), device="cpu")
     t0 = time.perf_counter()
-    r = subprocess.run([shutil.which("rsctool") or "rsctool", "-q", "export"], cwd=root,
+    r = subprocess.run([_exe(), "-q", "export"], cwd=root,
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if r.returncode != 0:
         raise SystemExit(f"rsctool export failed: {r.stderr}")
@@ -250,8 +255,11 @@ def bench_precision(specs: list[str], repeats: int, batch16_repeats: int) -> lis
     return rows
 
 
-def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int) -> list[dict]:
-    """`rsctool predict` wall time of one recording, torch backend, per run/precision/hop."""
+def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
+                    onnx: bool = False, configs: list | None = None) -> list[dict]:
+    """`rsctool predict` wall time of one recording, torch backend, per run/precision/hop;
+    with `onnx`, also the run's ``export --quantize int8`` model in onnxruntime
+    (``--model FILE``, its default batch size) at both hops."""
     from rsctool.analyze import AnalyzeOptions
     from rsctool.analyze import run as analyze
     from rsctool.audio import write_audio
@@ -273,19 +281,39 @@ def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int) -
     wav = root / "rec.wav"
     write_audio(wav, 0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000)),
                 16000)
-    configs = [("fp32", 4.0, 16), ("bf16", 4.0, 16), ("fp32", 8.0, 16), ("bf16", 8.0, 16),
-               ("fp32", 4.0, 1), ("bf16", 4.0, 1)]
+    configs = configs or [("fp32", 4.0, 16), ("bf16", 4.0, 16), ("fp32", 8.0, 16),
+                          ("bf16", 8.0, 16), ("fp32", 4.0, 1), ("bf16", 4.0, 1)]
+    if onnx:
+        configs = [*configs, ("onnx-int8", 4.0, None), ("onnx-int8", 8.0, None)]
     rows = []
     for spec in specs:
         run = spec.replace(":", "-")
-        fns = {c: _cli_runner(["-q", "predict", "rec.wav", "--run", run, "--backend", "torch",
-                               "--precision", c[0], "--hop", str(c[1]), "--batch-size",
-                               str(c[2]), "--format", "json"], root) for c in configs}
+        int8 = None
+        if onnx:
+            import json
+
+            r = subprocess.run([_exe(), "-q", "export", "--run",
+                                run, "--quantize", "int8", "--json"], cwd=root,
+                               capture_output=True, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if r.returncode != 0:
+                raise SystemExit(f"rsctool export failed: {r.stderr}")
+            int8 = str(root / json.loads(r.stdout)["onnx"])
+
+        def args_of(c, run=run, int8=int8):
+            if c[0] == "onnx-int8":
+                return ["-q", "predict", "rec.wav", "--model", int8, "--hop", str(c[1]),
+                        "--format", "json"]
+            return ["-q", "predict", "rec.wav", "--run", run, "--backend", "torch",
+                    "--precision", c[0], "--hop", str(c[1]), "--batch-size", str(c[2]),
+                    "--format", "json"]
+
+        fns = {c: _cli_runner(args_of(c), root) for c in configs}
         times = _interleaved(fns, repeats, warmup=False)
         for c in configs:
             rows.append({"model": spec, "precision": c[0], "hop": c[1], "batch": c[2],
                          "seconds": statistics.median(times[c])})
-            print(f"  {spec:10s} {c[0]} hop {c[1]:g} s batch {c[2]:2d}: "
+            print(f"  {spec:10s} {c[0]} hop {c[1]:g} s batch {c[2] or 'default'}: "
                   f"{rows[-1]['seconds']:.2f} s", flush=True)
     return rows
 
@@ -302,13 +330,13 @@ def print_precision(prec: list[dict], e2e: list[dict], seconds: float) -> None:
                   f"{b['b16_ms'] / r['b16_ms']:.2f}x | {r['b1_ms'] / r['b16_ms']:.2f}x | "
                   f"{r['max_prob_diff']:.1e} | {100 * r['agree']:.0f} % |")
     if e2e:
-        print(f"\n| `rsctool predict` {seconds:g} s recording, torch | precision | hop (s) "
+        print(f"\n| `rsctool predict` {seconds:g} s recording | precision | hop (s) "
               "| batch | seconds | vs fp32, hop 4, batch 16 |")
         print("|---|---|---:|---:|---:|---:|")
         for r in e2e:
             b = next(x for x in e2e if x["model"] == r["model"] and x["precision"] == "fp32"
                      and x["hop"] == 4.0 and x["batch"] == 16)
-            print(f"| {r['model']} | {r['precision']} | {r['hop']:g} | {r['batch']} | "
+            print(f"| {r['model']} | {r['precision']} | {r['hop']:g} | {r['batch'] or 'default'} | "
                   f"{r['seconds']:.2f} | {b['seconds'] / r['seconds']:.2f}x |")
 
 
@@ -330,6 +358,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--e2e-models", nargs="*", default=["cnn:small", "ast:tiny"])
     ap.add_argument("--recording-seconds", type=float, default=180.0)
     ap.add_argument("--batch16-repeats", type=int, default=3)
+    ap.add_argument("--e2e-onnx", action="store_true",
+                    help="end to end: also each run's int8 ONNX export (onnxruntime)")
+    ap.add_argument("--e2e-configs", nargs="*", default=None, metavar="PREC:HOP:BATCH",
+                    help="end-to-end torch settings (default: fp32/bf16 x hop 4/8 x batch "
+                         "16, and batch 1 at hop 4); the first must be fp32:4:16")
     args = ap.parse_args(argv)
     if args.precision:
         given = argv if argv is not None else sys.argv[1:]
@@ -354,8 +387,10 @@ def main(argv: list[str] | None = None) -> None:
         prec, e2e = [], []
         if args.precision:
             prec = bench_precision(args.precision_models, args.repeats, args.batch16_repeats)
+            confs = ([(p, float(h), int(b)) for p, h, b in
+                      (c.split(":") for c in args.e2e_configs)] if args.e2e_configs else None)
             e2e = bench_recording(tmp, args.e2e_models, args.recording_seconds,
-                                  max(1, args.repeats // 2))
+                                  max(1, args.repeats // 2), args.e2e_onnx, confs)
 
     if rows:
         print("\n| model | backend | batch 1 latency (ms) | vs torch | batch 32 (clips/s) "

@@ -56,8 +56,8 @@ def embedding_dim(model: nn.Module) -> int:
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):
         return int(head.in_features)
-    raise ConfigError(f"--adversarial: model {type(model).__name__} exposes no embedding width "
-                      "(an `embed_dim` attribute or a Linear `head`)")
+    raise ConfigError(f"{{field}}: model {type(model).__name__} exposes no embedding width "
+                      "(an `embed_dim` attribute or a Linear `head`)", field="adversarial")
 
 
 class AdversarialObjective(nn.Module):
@@ -83,12 +83,12 @@ class AdversarialObjective(nn.Module):
                  schedule: str = "dann", dropout: float = 0.1, loss_weight: float = 0.2):
         super().__init__()
         if schedule not in SCHEDULES:
-            raise ConfigError(f"--adv-schedule must be one of {', '.join(SCHEDULES)}, "
-                              f"got {schedule!r}")
+            raise ConfigError(f"must be one of {', '.join(SCHEDULES)}, got {schedule!r}",
+                              field="adv_schedule")
         if not weight >= 0:
-            raise ConfigError(f"--adv-weight must be >= 0, got {weight}")
+            raise ConfigError(f"must be >= 0, got {weight}", field="adv_weight")
         if not loss_weight >= 0:
-            raise ConfigError(f"adv_loss_weight must be >= 0, got {loss_weight}")
+            raise ConfigError(f"must be >= 0, got {loss_weight}", field="adv_loss_weight")
         self.weight = float(weight)
         self.loss_weight = float(loss_weight)
         self.schedule = schedule
@@ -121,7 +121,8 @@ class AdversarialObjective(nn.Module):
                 progress: float = 1.0) -> Tensor:
         emb = outputs["embedding"] if isinstance(outputs, dict) else outputs
         if emb.dim() != 2:
-            raise ConfigError(f"--adversarial: embedding must be (B, D), got {tuple(emb.shape)}")
+            raise ConfigError(f"{{field}}: embedding must be (B, D), got {tuple(emb.shape)}",
+                              field="adversarial")
         domain = domain.to(emb.device).long()
         logits = self.logits(emb, progress)
         loss = F.cross_entropy(logits, domain)

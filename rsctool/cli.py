@@ -29,7 +29,7 @@ except ImportError:  # older typer uses click itself
 from rsctool import __version__
 from rsctool.console import AppState, err_console
 from rsctool.devices import DEVICES
-from rsctool.errors import ExitStatus, UserError
+from rsctool.errors import ExitStatus, UserError, flag_lookup, render_message
 
 _COMPLETION_OPTIONS = ("--show-completion", "--install-completion")
 _DETECT = "detect"  # the value of a bare --show-completion: the shell this runs in
@@ -118,7 +118,9 @@ class _Group(TyperGroup):
                 return super().invoke(ctx)
         except UserError as e:
             if _main_process():  # several processes (torchrun, --processes): say it once
-                err_console.print(f"error: {e}", markup=False, highlight=False)
+                # An error naming an option by field shows this command's flag for it.
+                text = render_message(e, flag_lookup(ctx))
+                err_console.print(f"error: {text}", markup=False, highlight=False)
             raise typer.Exit(2) from None
         except ExitStatus as e:  # a lower module's way to end the command (no typer there)
             raise typer.Exit(e.code) from None

@@ -17,8 +17,8 @@ def pick_dataset(project: Project, name: str | None) -> tuple[str, dict[str, Any
     if name is not None:
         if name not in datasets:
             known = ", ".join(sorted(datasets)) or "none"
-            raise ConfigError(f"--dataset {name!r} is not in the project (known: {known}); "
-                              "run `rsctool analyze DATA_DIR` first")
+            raise ConfigError(f"{name!r} is not in the project (known: {known}); "
+                              "run `rsctool analyze DATA_DIR` first", field="dataset")
         return name, datasets[name]
     if not datasets:
         raise ConfigError(f"{project.path}: no dataset in the project; run "

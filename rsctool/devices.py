@@ -21,7 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def _check_name(device: str) -> None:
     if device not in DEVICES:
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+        raise ConfigError(f"must be auto, cpu or cuda, got {device!r}", field="device")
 
 
 def resolve_device(device: str) -> str:
@@ -33,8 +33,8 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available to torch "
-                          "(use --device cpu or auto)")
+        raise ConfigError("{field} cuda: no CUDA device is available to torch "
+                          "(use {field} cpu or auto)", field="device")
     return device
 
 
@@ -48,9 +48,9 @@ def onnx_providers(device: str) -> list[str]:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise ConfigError("--device cuda: this onnxruntime has no CUDA provider (install "
-                          "onnxruntime-gpu on a machine with a GPU, or use --device cpu "
-                          "or auto)")
+        raise ConfigError("{field} cuda: this onnxruntime has no CUDA provider (install "
+                          "onnxruntime-gpu on a machine with a GPU, or use {field} cpu "
+                          "or auto)", field="device")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
@@ -94,7 +94,8 @@ def cpu_bf16_fast() -> bool:
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+        raise ConfigError(f"must be auto, fp32 or bf16, got {precision!r}",
+                          field="precision")
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -111,8 +112,8 @@ def resolve_precision(precision: str, device: str) -> str:
 
         ok = torch.cuda.is_bf16_supported()
         if precision == "bf16" and not ok:
-            raise ConfigError("--precision bf16: this CUDA device has no bf16 support "
-                              "(use --precision fp32 or auto)")
+            raise ConfigError("{field} bf16: this CUDA device has no bf16 support "
+                              "(use {field} fp32 or auto)", field="precision")
         return "bf16" if ok else "fp32"
     fast = cpu_bf16_fast()
     if precision == "bf16" and not fast:

@@ -209,8 +209,9 @@ def cli_argv() -> list[str]:
     argv0 = Path(sys.argv[0]) if sys.argv else Path()
     if not (argv0.name == "rsctool"  # the console script
             or (argv0.name == "__main__.py" and argv0.parent.name == "rsctool")):  # -m
-        raise ConfigError("--processes works from the command line; from Python, start "
-                          "the processes with torchrun or `accelerate launch`")
+        raise ConfigError("works from the command line; from Python, start the "
+                          "processes with torchrun or `accelerate launch`",
+                          field="processes")
     return list(sys.argv[1:])
 
 
@@ -259,9 +260,9 @@ def launch_here(processes: int) -> None:
     world = launched_world_size()
     if world > 1:
         if world != processes:
-            raise ConfigError(f"--processes {processes}, but this process was launched as "
-                              f"one of {world}: drop --processes under torchrun or "
-                              "accelerate launch")
+            raise ConfigError(f"{{field}} {processes}, but this process was launched as "
+                              f"one of {world}: drop {{field}} under torchrun or "
+                              "accelerate launch", field="processes")
         return
     if processes <= 1:
         return

@@ -390,8 +390,8 @@ def class_rank_order(classes: Sequence[str], order: Sequence[str] | None = None)
                 parts.append(f"missing {', '.join(missing)}")
             if len(set(order)) != len(order):
                 parts.append("a class is listed twice")
-            raise ConfigError(f"--class-order must list each class once ({'; '.join(parts)}); "
-                              f"the classes are {', '.join(classes)}")
+            raise ConfigError(f"must list each class once ({'; '.join(parts)}); "
+                              f"the classes are {', '.join(classes)}", field="class_order")
         return list(order)
     values: dict[str, float] = {}
     for c in classes:
@@ -399,13 +399,14 @@ def class_rank_order(classes: Sequence[str], order: Sequence[str] | None = None)
         if m is None:
             raise ConfigError(f"ranking needs ordered classes: class {c!r} does not start with "
                               f"a number (e.g. 0_degree, 45_degree); give the order with "
-                              f"--class-order {','.join(classes)}")
+                              f"{{field}} {','.join(classes)}", field="class_order")
         values[c] = float(m.group(0))
     by_value: dict[float, str] = {}
     for c, v in values.items():
         if v in by_value:
             raise ConfigError(f"ranking: classes {by_value[v]!r} and {c!r} have the same "
-                              f"number {v:g}; give the order with --class-order")
+                              f"number {v:g}; give the order with {{field}}",
+                              field="class_order")
         by_value[v] = c
     return sorted(classes, key=lambda c: values[c])
 

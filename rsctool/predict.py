@@ -52,7 +52,7 @@ import typer
 
 from rsctool.console import err_console, get_state, warn, write_stdout
 from rsctool.devices import PRECISIONS
-from rsctool.errors import ConfigError, DataError, UserError
+from rsctool.errors import ConfigError, DataError, UserError, flag_lookup, render_message
 
 if TYPE_CHECKING:
     import numpy as np
@@ -831,9 +831,10 @@ def print_table(doc: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- run
 
-def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None = None
-        ) -> dict[str, Any]:
-    """Classify every input with `backend` (`OnnxBackend` / `TorchBackend`).
+def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None = None,
+        flag_of: Callable[[str], str | None] | None = None) -> dict[str, Any]:
+    """Classify every input with `backend` (`OnnxBackend` / `TorchBackend`). `flag_of`
+    spells an option named in a skipped file's error (`rsctool.errors.render_message`).
 
     Returns the result document::
 
@@ -888,7 +889,7 @@ def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None
             if not opts.keep_going:
                 raise
             where = str(path) if path is not None else given
-            text = str(e)
+            text = render_message(e, flag_of)
             warn(f"{text if text.startswith(where) else where + ': ' + text} (skipped)")
             doc["errors"].append({"file": where, "error": text})
             continue
@@ -995,7 +996,8 @@ def command(
                           keep_going=keep_going, strict=strict, batch_size=batch_size,
                           threads=threads, precision=precision).validate()
     be = open_backend(opts, state)
-    doc = run(opts, be, log=lambda msg: None if state.quiet else err_console.print(msg))
+    doc = run(opts, be, log=lambda msg: None if state.quiet else err_console.print(msg),
+              flag_of=flag_lookup(ctx))
     if opts.format != "table":
         if opts.out is not None:
             from rsctool.utils import atomic_write_text

@@ -39,7 +39,8 @@ def select_runs(project: Project, run: str | None, patterns: Sequence[str]
         done = [n for n in known if runs[n].get("status") == "done"]
         name = run if run is not None else (done or known)[-1]
         if name not in runs:
-            raise ConfigError(f"--run {name!r} is not in the project (known runs: {known_text})")
+            raise ConfigError(f"{name!r} is not in the project (known runs: {known_text})",
+                              field="run")
         return [(name, True)]
     chosen: dict[str, bool] = {}
     for raw in patterns:
@@ -51,15 +52,15 @@ def select_runs(project: Project, run: str | None, patterns: Sequence[str]
             elif any(ch in pat for ch in "*?["):
                 hits = [n for n in known if fnmatch.fnmatchcase(n, pat)]
                 if not hits:
-                    raise ConfigError(f"--runs {pat!r} matches no run (known runs: "
-                                      f"{known_text})")
+                    raise ConfigError(f"{pat!r} matches no run (known runs: "
+                                      f"{known_text})", field="runs")
                 for n in hits:
                     chosen.setdefault(n, False)
             else:
-                raise ConfigError(f"--runs {pat!r} is not in the project (known runs: "
-                                  f"{known_text})")
+                raise ConfigError(f"{pat!r} is not in the project (known runs: "
+                                  f"{known_text})", field="runs")
     if not chosen:
-        raise ConfigError("--runs: no run names given")
+        raise ConfigError("{field}: no run names given", field="runs")
     return [(n, chosen[n]) for n in known if n in chosen]
 
 

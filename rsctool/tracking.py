@@ -60,8 +60,8 @@ class TensorBoardTracker:
             importlib.import_module("tensorboard")
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ConfigError("--log tensorboard needs the tensorboard package: "
-                              "pip install tensorboard") from e
+            raise ConfigError("tensorboard needs the tensorboard package: "
+                              "pip install tensorboard", field="log") from e
         self._writer_cls = SummaryWriter
         self.writer: Any = None
 
@@ -89,8 +89,8 @@ class MLflowTracker:
         try:
             self.mlflow = importlib.import_module("mlflow")
         except ImportError as e:
-            raise ConfigError("--log mlflow needs the mlflow package: pip install mlflow"
-                              ) from e
+            raise ConfigError("mlflow needs the mlflow package: pip install mlflow",
+                              field="log") from e
         self.active = False
 
     def start(self, run: str, params: Mapping[str, Any], run_dir: Path) -> None:
@@ -123,8 +123,8 @@ def make_trackers(names: Iterable[str]) -> list[Tracker]:
             if not name or name == "none" or name in seen:
                 continue
             if name not in BACKENDS:
-                raise ConfigError(f"--log: unknown tracker {name!r}; choose from "
-                                  f"{', '.join(BACKENDS)}")
+                raise ConfigError(f"{{field}}: unknown tracker {name!r}; choose from "
+                                  f"{', '.join(BACKENDS)}", field="log")
             seen.add(name)
             out.append(TensorBoardTracker() if name == "tensorboard" else MLflowTracker())
     return out

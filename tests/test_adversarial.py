@@ -48,9 +48,9 @@ def test_dann_schedule_ramps_lambda():
     assert adv.coefficient(1.0) == pytest.approx(0.5, abs=1e-4)
     assert 0 < adv.coefficient(0.1) < adv.coefficient(0.3) < 0.5
     assert AdversarialObjective(4, weight=0.5, schedule="constant").coefficient(0.0) == 0.5
-    with pytest.raises(ConfigError, match="adv-schedule"):
+    with pytest.raises(ConfigError, match="^adv_schedule must be one of"):
         AdversarialObjective(4, schedule="cosine")
-    with pytest.raises(ConfigError, match="adv-weight"):
+    with pytest.raises(ConfigError, match="^adv_weight must be >= 0"):
         AdversarialObjective(4, weight=-1)
 
 

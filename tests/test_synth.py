@@ -318,7 +318,7 @@ def test_select_synthetic_caps_ratio_and_nesting():
         {x.id for x in select_synthetic(pool, real, classes, max_per_class=2, seed=0)}
     with pytest.raises(ConfigError, match="does not train"):
         select_synthetic(pool, real, ["normal", "crackle"])
-    with pytest.raises(ConfigError, match="synthetic-ratio"):
+    with pytest.raises(ConfigError, match="^synthetic_ratio must be > 0"):
         select_synthetic(pool, real, classes, ratio=0)
 
 

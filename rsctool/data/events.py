@@ -271,9 +271,9 @@ def read_events(path: str | os.PathLike, *, split: str | None = None, val_fracti
         spec = parse_split_spec("official" if has_split else "patients:0.7")
     if spec.kind == "official":
         if not has_split:
-            raise ConfigError("--split official reads the table's split column, but it has "
-                              "none; add one (train, val or test per row) or use --split "
-                              "patients:F", path)
+            raise ConfigError("{field} official reads the table's split column, but it has "
+                              "none; add one (train, val or test per row) or use {field} "
+                              "patients:F", path, field="split")
         kept = []
         for c in cycles:
             if c.split:

@@ -194,9 +194,9 @@ def load_map(spec: str | os.PathLike) -> LabelMap:
         return LabelMap.from_toml(_resources() / f"{_PREFIX}{text}.toml", f"builtin:{text}")
     if Path(text).is_file():
         return LabelMap.from_toml(text)
-    raise ConfigError(f"--map {text}: no built-in label map of that name and no such file "
+    raise ConfigError(f"{text}: no built-in label map of that name and no such file "
                       f"(built-in maps: {', '.join(builtin_maps()) or 'none'}; or give a "
-                      ".toml file)")
+                      ".toml file)", field="map")
 
 
 def apply_map(cycles: Iterable[Cycle], labelmap: LabelMap, *, strict: bool = True,
@@ -232,6 +232,6 @@ def apply_map(cycles: Iterable[Cycle], labelmap: LabelMap, *, strict: bool = Tru
     if unmapped and strict:
         listed = ", ".join(f"{lab!r} ({n})" for lab, n in sorted(unmapped.items()))
         raise DataError(f"label map {labelmap.name} ({labelmap.source or 'given'}) has no entry "
-                        f"for label(s) {listed}; add them to the map, or pass --lenient to "
-                        "drop those segments", where)
+                        f"for label(s) {listed}; add them to the map, or pass {{field}} to "
+                        "drop those segments", where, field="lenient")
     return MapResult(out, dict(sorted(counts.items())), dict(sorted(unmapped.items())))

@@ -32,7 +32,8 @@ _SPLIT_RE = re.compile(r"^(train|test|val|valid|validation|dev)(?![a-z])", re.IG
 
 _AUDIO = (".wav", ".flac", ".ogg")
 
-FOLDER_HINT = "--format folder is for <class>/**/*.wav (one sub-folder per class)"
+#: In a DataError with ``field="format"`` (`rsctool.errors.UserError`'s ``{field}``).
+FOLDER_HINT = "{field} folder is for <class>/**/*.wav (one sub-folder per class)"
 
 
 def split_like(name: str) -> bool:
@@ -142,7 +143,7 @@ def resolve_layout(root: str | os.PathLike, fmt: str) -> tuple[str, Path]:
         where = "several folders" if len(top) > 1 else \
             f"a folder more than {MAX_ICBHI_DEPTH} levels down"
         raise DataError(f"ICBHI recordings in {where} ({_names(top, root)}); run analyze "
-                        "on the folder you mean (--format icbhi reads it)", root)
+                        "on the folder you mean ({field} icbhi reads it)", root, field="format")
     if fmt == "icbhi":
         return fmt, root  # the reader says what is missing
     if found.json_dirs:
@@ -153,25 +154,25 @@ def resolve_layout(root: str | os.PathLike, fmt: str) -> tuple[str, Path]:
         raise DataError(
             f"found JSON annotations named like its audio files (in "
             f"{_names(found.json_dirs, root)}), but not named <patient>_<age>_<gender>_"
-            f"<location>_<recording> as SPRSound's (--format sprsound reads those); "
-            f"{FOLDER_HINT}: pass it if this is one", root)
+            f"<location>_<recording> as SPRSound's ({{field}} sprsound reads those); "
+            f"{FOLDER_HINT}: pass it if this is one", root, field="format")
     if found.split_dirs:
         raise DataError(
             f"its sub-folders are named like splits ({', '.join(found.split_dirs[:4])}), not "
             f"classes, so it is not guessed to be a folder dataset; {FOLDER_HINT} "
-            "(pass --format folder if these really are the classes)", root)
+            "(pass {field} folder if these really are the classes)", root, field="format")
     if found.txt_dirs:
         raise DataError(
             f"found .txt annotation files next to same-name audio (in "
             f"{_names(found.txt_dirs, root)}), ICBHI style, but not named "
-            "<patient>_<index>_<site>_<mode>_<device>; --format icbhi reads ICBHI-named "
-            f"files; {FOLDER_HINT}: pass it if this is one", root)
+            "<patient>_<index>_<site>_<mode>_<device>; {field} icbhi reads ICBHI-named "
+            f"files; {FOLDER_HINT}: pass it if this is one", root, field="format")
     if not found.class_dirs:
         raise DataError("no ICBHI annotation files and no <class>/*.wav folders found "
-                        "(use --format to say which layout it is)", root)
+                        "(use {field} to say which layout it is)", root, field="format")
     if len(found.class_dirs) == 1:
         raise DataError(
             f"only one class folder ({found.class_dirs[0]}/) holds audio: a folder dataset "
-            f"needs two classes or more; {FOLDER_HINT}; --format icbhi reads ICBHI 2017 "
-            "data", root)
+            f"needs two classes or more; {FOLDER_HINT}; {{field}} icbhi reads ICBHI 2017 "
+            "data", root, field="format")
     return "folder", root

@@ -231,8 +231,8 @@ def _load(path: Path, sink: ProblemSink) -> dict[str, Any] | None:
 def _check_options(task: str, split: str | None, val_fraction: float) -> None:
     """ConfigError for an unknown task, a random split spec or a bad `val_fraction`."""
     if task not in TASK_CLASSES:
-        raise ConfigError(f"--task must be one of {', '.join(TASKS)} (SPRSound challenge "
-                          f"tasks), got {task!r}")
+        raise ConfigError(f"must be one of {', '.join(TASKS)} (SPRSound challenge "
+                          f"tasks), got {task!r}", field="task")
     if split is not None:
         spec = parse_split_spec(split)
         if spec.kind == "random":

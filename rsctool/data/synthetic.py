@@ -35,12 +35,13 @@ def load_synthetic(project: Project, names: Sequence[str]) -> list[Cycle]:
         rec = sets.get(name)
         if rec is None:
             known = ", ".join(sets) or "none"
-            raise ConfigError(f"--synthetic {name!r} is not in the project (known synthetic "
-                              f"sets: {known}); make it with `rsctool synth`")
+            raise ConfigError(f"{name!r} is not in the project (known synthetic "
+                              f"sets: {known}); make it with `rsctool synth`",
+                              field="synthetic")
         if rec.get("status") != "done":
-            raise ConfigError(f"--synthetic {name!r} is not finished (status "
+            raise ConfigError(f"{name!r} is not finished (status "
                               f"{rec.get('status')}); run `rsctool synth --name {name}` again "
-                              "to complete it")
+                              "to complete it", field="synthetic")
         path = project.abs(rec["manifest"])
         if not path.exists():
             raise DataError("synthetic manifest is missing (re-run `rsctool synth`)", path)
@@ -52,7 +53,7 @@ def load_synthetic(project: Project, names: Sequence[str]) -> list[Cycle]:
             out.append(c)
     ids = [c.id for c in out]
     if len(ids) != len(set(ids)):
-        raise ConfigError("--synthetic: a set is named twice")
+        raise ConfigError("{field}: a set is named twice", field="synthetic")
     return out
 
 
@@ -87,9 +88,10 @@ def select_synthetic(synthetic: Sequence[Cycle], real_train: Sequence[Cycle],
         ConfigError: a label the run does not train, a bad ratio or cap.
     """
     if ratio is not None and not ratio > 0:
-        raise ConfigError(f"--synthetic-ratio must be > 0, got {ratio}")
+        raise ConfigError(f"must be > 0, got {ratio}", field="synthetic_ratio")
     if max_per_class is not None and max_per_class < 0:
-        raise ConfigError(f"--max-synthetic-per-class must be >= 0, got {max_per_class}")
+        raise ConfigError(f"must be >= 0, got {max_per_class}",
+                          field="max_synthetic_per_class")
     by_class: dict[str, list[Cycle]] = {c: [] for c in classes}
     for c in synthetic:
         if c.source != "synthetic":

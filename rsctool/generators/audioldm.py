@@ -164,12 +164,14 @@ def load_pipeline(version: str, model: str, device: str) -> Any:
     p = Path(model).expanduser()
     local = p.is_dir()
     if not local and (model.startswith((".", "/", "~")) or p.suffix or model.count("/") > 1):
-        raise ConfigError(f"--model {model}: no such folder (give a saved {version} pipeline "
-                          "folder or a hub id like " + DEFAULT_MODELS[version] + ")")
+        raise ConfigError(f"{model}: no such folder (give a saved {version} pipeline "
+                          "folder or a hub id like " + DEFAULT_MODELS[version] + ")",
+                          field="model")
     if local and not (p / "model_index.json").exists():
-        raise ConfigError(f"--model {p}: not a saved diffusers pipeline (no model_index.json)")
-    hint = (f"; without the hub use --backend diffwave (trained on your dataset, nothing "
-            f"to download) or --model DIR (a saved {version} pipeline folder)")
+        raise ConfigError(f"{p}: not a saved diffusers pipeline (no model_index.json)",
+                          field="model")
+    hint = (f"; without the hub use {{field:backend}} diffwave (trained on your dataset, "
+            f"nothing to download) or {{field}} DIR (a saved {version} pipeline folder)")
     local_only = False
     if not local:
         from rsctool.hub import plan_load
@@ -177,8 +179,8 @@ def load_pipeline(version: str, model: str, device: str) -> Any:
         # asked first: an uncached id offline would otherwise retry for ~30 s, a line a try
         local_only, why = plan_load(model, "model_index.json")
         if why is not None:
-            raise ConfigError(f"--model {model}: cannot load the {version} pipeline: "
-                              f"{why}{hint}")
+            raise ConfigError(f"{{field}} {model}: cannot load the {version} pipeline: "
+                              f"{why}{hint}", field="model")
     try:
         with _quiet_libraries():
             pipe = Pipeline.from_pretrained(str(p) if local else model, torch_dtype=dtype,
@@ -188,8 +190,8 @@ def load_pipeline(version: str, model: str, device: str) -> Any:
         first = " ".join(str(e).split()) or type(e).__name__
         first = first.split(". ")[0].rstrip(".")
         where = "folder" if local else "hub id"
-        raise ConfigError(f"--model {model}: cannot load the {version} pipeline from this "
-                          f"{where}: {first}{'' if local else hint}") from None
+        raise ConfigError(f"{{field}} {model}: cannot load the {version} pipeline from this "
+                          f"{where}: {first}{'' if local else hint}", field="model") from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -482,10 +482,10 @@ class VocoderTrainOptions:
         for name in ("steps", "batch_size", "segment_frames", "checkpoint_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"--vocoder-{name.replace('_', '-')} must be an integer "
-                                  f">= 1, got {v!r}")
+                raise ConfigError(f"must be an integer >= 1, got {v!r}",
+                                  field=f"vocoder_{name}")
         if not self.lr > 0:
-            raise ConfigError(f"vocoder learning rate must be > 0, got {self.lr}")
+            raise ConfigError(f"must be > 0, got {self.lr}", field="vocoder_lr")
 
 
 class VocoderTrainer:
@@ -531,8 +531,8 @@ class VocoderTrainer:
 
         ck = load_checkpoint(path)
         if DiffWaveConfig.from_dict(ck.state["config"]) != self.cfg:
-            raise ConfigError(f"{path}: vocoder checkpoint has another architecture; "
-                              "use another --vocoder name or --force")
+            raise ConfigError("vocoder checkpoint has another architecture; use another "
+                              "{field} name or {field:force}", path, field="vocoder")
         self.model.load_state_dict(ck.model_state)
         if ck.optimizer_state is not None:
             self.optimizer.load_state_dict(ck.optimizer_state)

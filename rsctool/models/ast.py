@@ -262,8 +262,8 @@ def _is_local(source: str) -> bool:
 
 
 #: What works without the hub, appended to every load failure of a hub id.
-_OFFLINE_HINT = ("; without the hub give --pretrained none (random initialisation) or "
-                 "--pretrained DIR (a folder written by save_pretrained, e.g. copied from a "
+_OFFLINE_HINT = ("; without the hub give {field} none (random initialisation) or "
+                 "{field} DIR (a folder written by save_pretrained, e.g. copied from a "
                  "machine with access)")
 
 
@@ -280,7 +280,8 @@ def load_pretrained(model: ASTClassifier, source: str) -> dict[str, Any]:
             directory), has another architecture, or lacks backbone weights.
     """
     if _is_local(source) and not Path(source).expanduser().is_dir():
-        raise ConfigError(f"--pretrained: pretrained AST directory {source!r} not found")
+        raise ConfigError(f"{{field}}: pretrained AST directory {source!r} not found",
+                          field="pretrained")
     local_only = False
     if not _is_local(source):
         from rsctool.hub import plan_load
@@ -288,8 +289,8 @@ def load_pretrained(model: ASTClassifier, source: str) -> dict[str, Any]:
         # asked first: an uncached id offline would otherwise retry for ~30 s, a line a try
         local_only, why = plan_load(source, "config.json")
         if why is not None:
-            raise ConfigError(f"--pretrained: cannot load pretrained AST {source!r}: {why}"
-                              f"{_OFFLINE_HINT}")
+            raise ConfigError(f"{{field}}: cannot load pretrained AST {source!r}: {why}"
+                              f"{_OFFLINE_HINT}", field="pretrained")
     from transformers import ASTModel
 
     path = str(Path(source).expanduser()) if _is_local(source) else source
@@ -305,10 +306,10 @@ def load_pretrained(model: ASTClassifier, source: str) -> dict[str, Any]:
             reason = f"the local Hugging Face cache has it only in part ({detail})"
         else:
             reason = f"not available from the hub or the local cache ({detail})"
-        hint = ("; give a directory written by save_pretrained, or --pretrained none for "
+        hint = ("; give a directory written by save_pretrained, or {field} none for "
                 "random initialisation") if _is_local(source) else _OFFLINE_HINT
-        raise ConfigError(f"--pretrained: cannot load pretrained AST {source!r}: {reason}"
-                          f"{hint}") from None
+        raise ConfigError(f"{{field}}: cannot load pretrained AST {source!r}: {reason}"
+                          f"{hint}", field="pretrained") from None
     size = model.config["size"]
     for attr in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "patch_size"):
