@@ -248,8 +248,8 @@ MAX_FUNCTION_LINES = 120
 #: Typer `command` functions whose length is their option declarations: only their body
 #: (docstring to end) counts. Total lines today, for the record.
 OPTION_HEAVY_COMMANDS = {
-    "train.py:command": 189,  # 40 parameters (143 lines); body 45 lines
-    "synth.py:command": 170,  # 46 parameters (123 lines)
+    "train.py:command": 206,  # 42 parameters (153 lines); body 53 lines
+    "synth.py:command": 170,  # 39 parameters (123 lines); body 47 lines
 }
 #: Functions still over the limit (lines today); each may not grow. Splitting them is
 #: wanted (issue 17); remove an entry when its function is split.
