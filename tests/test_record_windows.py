@@ -164,6 +164,17 @@ def test_record_task_trains_on_windows_and_evaluates_per_recording(tmp_path):
     for c in rec["classes"]:
         assert summary["record"]["probabilities"][c] == pytest.approx(mean[c], abs=1e-5)
 
+    # the ONNX export carries the flag in its provenance: same decision
+    r = invoke("--project", proj, "-q", "export", "--run", "r1")
+    assert r.exit_code == 0, r.output
+    r = invoke("--project", proj, "-q", "predict", wav, "--run", "r1", "--backend", "onnx",
+               "--mode", "windows", "--format", "json")
+    assert r.exit_code == 0, r.output
+    onnx_rec = json.loads(r.stdout)["recordings"][0]["record"]
+    assert onnx_rec["label"] == summary["record"]["label"]
+    for c in rec["classes"]:
+        assert onnx_rec["probabilities"][c] == pytest.approx(mean[c], abs=1e-3)
+
     # a project record written before the field: one clip per recording, as before
     project = Project.load(proj)
     old = dict(project.get("datasets", "spr"))
