@@ -30,6 +30,7 @@ import typer
 
 from rsctool.console import get_state, info, print_json, warn
 from rsctool.data.manifest import ICBHI_CLASSES, SPLITS, Cycle
+from rsctool.data.windows import RECORD_ITEMS
 from rsctool.errors import ConfigError, DataError
 from rsctool.features_np import AUDIOSET_MEAN, AUDIOSET_STD
 from rsctool.locks import hold_record, releasing
@@ -615,6 +616,8 @@ def run(project: Project, opts: AnalyzeOptions, *, progress: bool = False,
         params["label_map"] = labelmap.record()  # a changed map file re-runs analyze
     if found_from is not None:
         params["folder"] = str(root.resolve())
+    if fmt == "sprsound" and str(opts.task or "").startswith("2"):
+        params["items"] = RECORD_ITEMS  # records analysed before the field get it
     p_hash = params_hash(params)
     meta_dirs = _metadata_dirs(root, given) if found_from is not None else []
     if events:
@@ -861,6 +864,10 @@ def _dataset_record(project: Project, report: dict[str, Any], opts: AnalyzeOptio
         **({"group_by": opts.group_by} if opts.group_by else {}),
         **({"label_map": labelmap.record()} if labelmap is not None else {}),
         **({"task": report["task"]} if fmt == "sprsound" else {}),
+        # one item per recording (SPRSound Tasks 2-x): train and eval split it into
+        # windows and eval aggregates them per recording (rsctool.data.windows)
+        **({"items": RECORD_ITEMS} if fmt == "sprsound" and str(report["task"]).startswith("2")
+           else {}),
         "classes": report["classes"],
         "manifest": project.rel(manifest_path),
         "sha256": sha,

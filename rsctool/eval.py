@@ -61,7 +61,7 @@ PROTOCOLS = ("honest", "paper")
 KEEP_EPOCHS_OPTION = "--set keep_epochs=true"
 #: Bumped when the metrics document changes shape or a metric's definition changes, so
 #: stored results are recomputed (3: SPRSound SE without poor-quality records).
-DOC_VERSION = 3
+DOC_VERSION = 4
 #: Columns of the comparison table (`--runs`, `--group`, `--csv`).
 TABLE_COLUMNS = ("run", "model", "group", "seed", "dataset", "split", "split_spec",
                  "split_hash", "checkpoint", "n", "specificity", "sensitivity", "score",
@@ -560,6 +560,8 @@ def evaluate_run(project: Project, name: str, opts: EvalOptions, *, device: str 
         specificity, sensitivity, score, accuracy, macro_recall, per_class_recall,
         support, confusion (rows true, cols predicted),
         two_class {specificity, sensitivity, score, confusion [[TN, FP], [FN, TP]]},
+        aggregation {unit "record", windows, window, hop, method "mean probability"} or
+        null (record-level datasets, `_eval_windows`: the metrics count recordings),
         sprsound {task, se, sp, as, hs, score, per_set {set: {n, se, sp, as, hs, score}}
         or null} (SPRSound datasets, `_sprsound_block`),
         per_device / per_site {group: {n, specificity, sensitivity, score, accuracy,
@@ -603,12 +605,14 @@ def evaluate_run(project: Project, name: str, opts: EvalOptions, *, device: str 
     if loaded.config.needs_metadata and enc is None:
         raise DataError("checkpoint of a metadata model lacks its metadata encoder",
                         loaded.checkpoint)
-    dataset = CycleDataset(cycles, loaded.classes, loaded.clip,
+    agg, items = _eval_windows(loaded, record, cycles)
+    dataset = CycleDataset(items, loaded.classes, loaded.clip,
                            feature_cache(project.state_dir()), enc, loaded.task)
     out, parity = _predict_in_precision(loaded, dataset, opts, precision, device, progress)
+    out, y_true = _aggregate_records(out, dataset, cycles, agg)
     doc = _metrics_doc(loaded, ds_name, record if cross is None else cross.metrics_record,
-                       cycles, dataset.targets.tolist(), out, opts)
-    doc["precision"], doc["precision_parity"] = precision, parity
+                       cycles, y_true, out, opts)
+    doc["precision"], doc["precision_parity"], doc["aggregation"] = precision, parity, agg
     if cross is not None:
         doc["dataset_format"] = record.get("format")
         doc["cross_dataset"] = cross.info
@@ -618,7 +622,7 @@ def evaluate_run(project: Project, name: str, opts: EvalOptions, *, device: str 
                                                opts.batch_size, device)
 
     # FiLM / SoftFiLM analysis (metadata models only).
-    devices = [c.device or "unknown" for c in cycles]
+    devices = [c.device or "unknown" for c in dataset.cycles]  # windows of records
     film = (film_statistics(loaded.model, dataset.meta, devices, device=device)
             if dataset.meta is not None else None)
     if film is not None:
@@ -654,6 +658,58 @@ def evaluate_run(project: Project, name: str, opts: EvalOptions, *, device: str 
         _record_cross(project, name, tag, cross)
     doc["skipped"] = False
     return doc
+
+
+def _eval_windows(loaded: LoadedRun, record: dict[str, Any], cycles: list
+                  ) -> tuple[dict[str, Any] | None, list]:
+    """The aggregation block and the items to predict: for a record-level dataset
+    (`rsctool.data.windows.is_record_level`) and a multiclass or binary run, the windows
+    of the recordings (the run's clip long, every half clip); else None and `cycles` (one
+    clip per record for other tasks, with a warning)."""
+    from rsctool.data import windows as rw
+
+    if not rw.is_record_level(record):
+        return None, cycles
+    if loaded.task not in ("multiclass", "binary"):
+        warn(f"run {loaded.name!r}: a {loaded.task} run is scored on one clip per "
+             "recording of this record-level dataset (windows are aggregated for "
+             "multiclass and binary runs only)")
+        return None, cycles
+    window = float(loaded.clip.clip_seconds)
+    hop = rw.default_hop(window)
+    windows = rw.record_windows(cycles, window, hop)
+    return {"unit": "record", "windows": len(windows), "window": window, "hop": hop,
+            "method": rw.AGGREGATION_METHOD}, windows
+
+
+def _aggregate_records(out: dict[str, Any], dataset: Any, cycles: list,
+                       agg: dict[str, Any] | None) -> tuple[dict[str, Any], list[int]]:
+    """The predictions `out` of `dataset` and its targets, per recording when `agg` (the
+    windows of `cycles`, `_eval_windows`): mean class probabilities (and embeddings)
+    over each recording's windows, the argmax as its prediction, ``windows`` per
+    recording. Else `out` and the targets as they are."""
+    from collections import Counter
+
+    from rsctool.data.windows import aggregate_windows, window_parents
+
+    y_true = dataset.targets.tolist()
+    if agg is None:
+        return out, y_true
+    parents = window_parents(dataset.cycles)
+    ids, probs = aggregate_windows(parents, out["probs"])
+    if ids != [c.id for c in cycles]:
+        raise DataError("record ids are not unique in the manifest; cannot aggregate "
+                        "windows per recording")
+    first: dict[str, int] = {}
+    for i, pid in enumerate(parents):
+        first.setdefault(pid, i)
+    counts = Counter(parents)
+    emb = out.get("embedding")
+    if emb is not None and len(emb) == len(parents):
+        emb = aggregate_windows(parents, emb)[1].astype(np.float32)
+    return ({"pred": [int(p) for p in probs.argmax(axis=1)], "probs": probs,
+             "embedding": emb, "windows": [counts[r] for r in ids]},
+            [y_true[first[r]] for r in ids])
 
 
 def _eval_cycles(project: Project, loaded: LoadedRun, opts: EvalOptions
@@ -837,7 +893,8 @@ def _sprsound_block(task: str | None, cycles: list, y_true: list[int], y_pred: A
 def _write_predictions(path: Path, cycles: list, classes: Sequence[str], out: dict[str, Any],
                        task: str) -> None:
     """``predictions_<tag>.jsonl``: one line per cycle (id, label, pred, class
-    probabilities or ranking score, device, site, patient, source)."""
+    probabilities or ranking score, device, site, patient, source), or per recording of
+    a record-level dataset (mean probabilities, and ``windows``: how many)."""
     cprobs = _class_probs(out["probs"], task, classes)
     y_pred = out["pred"]
     lines = []
@@ -848,6 +905,8 @@ def _write_predictions(path: Path, cycles: list, classes: Sequence[str], out: di
         else:
             row["probs"] = {k: round(float(cprobs[i, j]), 6) for j, k in enumerate(classes)}
         row.update(device=c.device, site=c.site, patient=c.patient, source=c.source)
+        if "windows" in out:  # a recording of a record-level dataset
+            row["windows"] = out["windows"][i]
         if task == "multilabel":
             row["sigmoid"] = {"crackle": round(float(out["probs"][i, 0]), 6),
                               "wheeze": round(float(out["probs"][i, 1]), 6)}
@@ -1222,6 +1281,11 @@ def print_eval(doc: dict[str, Any]) -> None:
         f"[bold]{doc['run']}[/bold] ({doc['model']}, {doc['checkpoint']} checkpoint, epoch "
         f"{doc['checkpoint_epoch']}) on {doc['dataset']} {doc['split']} split "
         f"'{spec}' (hash {str(doc.get('split_hash'))[:12]}): {doc['n']} cycles{note}")
+    agg = doc.get("aggregation")
+    if agg:
+        err_console.print(f"  per recording: {doc['n']} recordings from {agg['windows']} "
+                          f"windows of {agg['window']:g} s every {agg['hop']:g} s "
+                          f"({agg['method']})")
     t = Table(title="ICBHI metrics (%)" + cross_title(doc), title_justify="left")
     for col in ("", "Sp", "Se", "Score", "accuracy"):
         t.add_column(col, justify="right" if col else "left")

@@ -62,7 +62,9 @@ class ModelSpec:
         norm: where those come from: ``audioset`` (AST's pretraining values) or
             ``dataset`` (the training split's statistics); None in older exports.
         provenance: the run's data and split (spec, hash, official), and the rsctool,
-            torch and transformers versions and git commit it was trained with.
+            torch and transformers versions and git commit it was trained with;
+            ``items: "records"`` when it was trained on the windows of whole recordings
+            (a record-level dataset: `predict` then also gives each recording's mean).
         needs_metadata: the graph takes the metadata inputs.
         metadata_encoder: `MetadataEncoder.to_dict()` (vocabularies, train mean/std).
         model: registered model name; model_config its builder config.
@@ -216,6 +218,8 @@ def _provenance(config: RunConfig) -> dict[str, Any]:
     out = {"dataset": data.get("dataset"), "manifest_sha256": data.get("manifest_sha256"),
            "split": split.get("spec"), "split_hash": split.get("hash"),
            "official_split": split.get("official"),
+           # "records": one item per recording, windows aggregated per recording
+           "items": data.get("items"),
            "seed": config.seed,
            "trained_with": {k: v for k, v in (("rsctool", env.get("rsctool")),
                                                ("torch", pk.get("torch")),

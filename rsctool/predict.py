@@ -619,6 +619,23 @@ def merge_segments(records: Sequence[Mapping[str, Any]], classes: Sequence[str]
     return segments
 
 
+def record_decision(records: Sequence[Mapping[str, Any]], classes: Sequence[str],
+                    task: str) -> dict[str, Any] | None:
+    """One decision for a whole recording from its windows, as `rsctool eval` scores a
+    run trained on a record-level dataset (`rsctool.data.windows`): ``{label,
+    probabilities}``, the mean class probability over the windows and its argmax. None
+    without windows, or for a run that is not multiclass or binary."""
+    if task not in ("multiclass", "binary") or not records \
+            or any(r.get("probabilities") is None for r in records):
+        return None
+    from rsctool.data.windows import aggregate_windows
+
+    probs = [[r["probabilities"][c] for c in classes] for r in records]
+    mean = aggregate_windows(["record"] * len(records), probs)[1][0]
+    return {"label": classes[int(mean.argmax())],
+            "probabilities": {c: round(float(mean[k]), 6) for k, c in enumerate(classes)}}
+
+
 @dataclass
 class Predictor:
     """Classifies recordings with one backend; see `predict_file`."""
@@ -728,6 +745,8 @@ class Predictor:
             window, hop = self.window_hop()
             summary["window"], summary["hop"] = window, hop
             summary["segments"] = merge_segments(records, spec.classes)
+            if (spec.provenance or {}).get("items") == "records":  # a record-level run
+                summary["record"] = record_decision(records, spec.classes, spec.task)
         if spec.needs_metadata:
             summary["metadata"] = {k: meta_values.get(k) for k in USER_META}
             summary["metadata_source"] = meta_source
@@ -821,6 +840,8 @@ def print_table(doc: dict[str, Any]) -> None:
             extra = f"{len(segs)}" + (": " + ", ".join(
                 f"{g['start']:.1f}-{g['end']:.1f} s {g['label']}" for g in segs[:4])
                 + (" ..." if len(segs) > 4 else "") if segs else "")
+            if s.get("record"):
+                extra += f"; recording: {s['record']['label']}"
         else:
             ag = s.get("agreement")
             extra = "-" if ag is None else f"{100 * ag:.1f} %"
@@ -846,7 +867,8 @@ def run(opts: PredictOptions, backend: Any, *, log: Callable[[str], None] | None
                        annotated (cycles), warning (audio check text or None)}]
         recordings   [{file, mode, duration, sample_rate, channels, n, counts, warning,
                        segments (windows) | annotation, annotated_counts, agreement
-                       (cycles), window, hop, metadata, metadata_source,
+                       (cycles), window, hop, record {label, probabilities} (windows
+                       of a run trained on a record-level dataset), metadata, metadata_source,
                        metadata_missing (conditioned models), seconds}]
         errors       [{file, error}]  (only with keep_going)
 

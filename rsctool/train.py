@@ -478,6 +478,7 @@ def load_train_data(project: Project, opts: TrainOptions, log: Callable[[str], N
     `TrainData.make_sets`)."""
     from rsctool.data.dataset import clip_config, feature_cache
     from rsctool.data.synthetic import mix_synthetic
+    from rsctool.data.windows import default_hop, is_record_level, record_windows
     from rsctool.models.metadata import MetadataEncoder
 
     name, record = pick_dataset(project, opts.dataset)
@@ -489,6 +490,13 @@ def load_train_data(project: Project, opts: TrainOptions, log: Callable[[str], N
     val_cycles = [c for c in cycles if c.split == "val"]
     if not train_cycles:
         raise ConfigError(f"dataset {name!r} has no train cycles")
+    if is_record_level(record):  # one item per recording: train on its windows
+        window, hop = opts.clip_seconds, default_hop(opts.clip_seconds)
+        n_records = len(train_cycles) + len(val_cycles)
+        train_cycles = record_windows(train_cycles, window, hop)
+        val_cycles = record_windows(val_cycles, window, hop)
+        log(f"dataset {name!r} is record-level: {n_records} train/val recordings -> "
+            f"{len(train_cycles) + len(val_cycles)} windows of {window:g} s every {hop:g} s")
     if not val_cycles:
         log("warning: no validation split (analyze --val-fraction 0): the last "
             "epoch is kept as best and no early stopping happens")
@@ -715,7 +723,8 @@ class Trainer:
         return {
             "data": {"dataset": self.dataset_name, "format": rec.get("format"),
                      "manifest_sha256": rec.get("sha256"), "cycles": rec.get("cycles"),
-                     "analyze_params_hash": rec.get("params_hash")},
+                     "analyze_params_hash": rec.get("params_hash"),
+                     **({"items": rec["items"]} if rec.get("items") else {})},
             "split": {"spec": spec, "hash": rec.get("split_hash"),
                       "official": spec == "official" and rec.get("format") == "icbhi",
                       "train_test_hash": rec.get("split_train_test_hash"),
