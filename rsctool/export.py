@@ -455,6 +455,8 @@ def run(project: Project, opts: ExportOptions, *, log: Callable[[str], None] | N
                            "checkpoint_signature": [loaded.checkpoint.stat().st_size,
                                                     loaded.checkpoint.stat().st_mtime_ns],
                            "model": spec.model,
+                           # predict prefers an int8 transformer export on the CPU
+                           "transformer": _is_transformer(spec.model),
                            "exporter": EXPORTER, **settings, "onnx": project.rel(out),
                            "parity_inputs": inputs.source, "rsctool_version": __version__}
     try:
@@ -513,6 +515,16 @@ def _load(project: Project, opts: ExportOptions) -> tuple[str, Any]:
         warn(f"run {name!r} is {loaded.record.get('status')}: exporting its current "
              f"{opts.checkpoint} checkpoint")
     return name, loaded
+
+
+def _is_transformer(model: str) -> bool:
+    """Whether registered model `model` is a transformer (its traits); False when unknown."""
+    from rsctool.models.registry import model_traits
+
+    try:
+        return bool(model_traits(model).transformer)
+    except ConfigError:
+        return False
 
 
 def _int8_accuracy(wrapper: Any, session: Any, inputs: CheckInputs, opts: ExportOptions,

@@ -248,17 +248,43 @@ def _file_signature(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def find_export(project: Project, run: str, checkpoint: str) -> tuple[Path | None, str | None]:
+#: An int8 export counts as "equal accuracy" to fp32 when its labels agree with torch's
+#: on at least this share of the validation cycles `export --quantize int8` compared...
+INT8_MIN_AGREEMENT = 0.99
+#: ... and its ICBHI Score there is at most this much lower.
+INT8_MAX_SCORE_DROP = 0.01
+
+
+def int8_first(rec: Mapping[str, Any] | None) -> bool:
+    """Whether an int8 export record (`rsctool export --quantize int8`) is preferred to
+    the fp32 export on the CPU: a transformer (AST family: int8 matmuls are 2-3x faster
+    than fp32 there, docs/benchmarks.md; the convolutions of the CNNs stay fp32 and gain
+    nothing) whose measured accuracy equals fp32's (`INT8_MIN_AGREEMENT`,
+    `INT8_MAX_SCORE_DROP`). Exports from before the ``transformer`` field never are."""
+    if not rec or not rec.get("transformer") or rec.get("agreement") is None:
+        return False
+    drop = rec.get("score_change")
+    return (rec["agreement"] >= INT8_MIN_AGREEMENT
+            and (drop is None or drop >= -INT8_MAX_SCORE_DROP))
+
+
+def find_export(project: Project, run: str, checkpoint: str, cpu: bool = True
+                ) -> tuple[Path | None, str | None]:
     """The run's usable ONNX export: ``(path, None)``, or ``(None, why not)``.
 
-    Prefers the plain fp32 export, then the waveform and int8 variants. An export whose
+    Prefers the plain fp32 export, then the waveform and int8 variants; on the CPU
+    (`cpu`) an int8 export of equal accuracy (`int8_first`) comes first. An export whose
     checkpoint changed since (size/mtime, then sha256) is not usable.
     """
     from rsctool.data.manifest import file_sha256
     from rsctool.runs import export_name
 
     why = f"run {run!r} has no ONNX export (run `rsctool export --run {run}`)"
-    for wf, q in ((False, "none"), (True, "none"), (False, "int8"), (True, "int8")):
+    order = [(False, "none"), (True, "none"), (False, "int8"), (True, "int8")]
+    if cpu:
+        order.sort(key=lambda v: not (v[1] == "int8" and int8_first(
+            project.get("exports", export_name(run, *v)))))
+    for wf, q in order:
         rec = project.get("exports", export_name(run, wf, q))
         if not rec or rec.get("status") != "done" or rec.get("checkpoint") != checkpoint:
             continue
@@ -288,7 +314,10 @@ def open_backend(opts: PredictOptions, state: Any) -> Any:
     project = state.load_project(must_exist=True)
     name = select_runs(project, opts.run, [])[0][0]
     if opts.backend in ("auto", "onnx"):
-        path, why = find_export(project, name, opts.checkpoint)
+        from rsctool.devices import onnx_providers
+
+        cpu = onnx_providers(state.device)[0] == "CPUExecutionProvider"
+        path, why = find_export(project, name, opts.checkpoint, cpu)
         if path is not None:
             return OnnxBackend(path, opts.threads, state.device)
         if opts.backend == "onnx":

@@ -176,3 +176,45 @@ def test_train_in_bf16_on_the_cpu_records_the_precision(project):
     cfg_path = Path(res.dir) / "config.json"
     cfg = json.loads(cfg_path.read_text())
     assert cfg["precision"] == "bf16" and cfg["options"]["precision"] == "bf16"
+
+
+def test_an_int8_transformer_export_of_equal_accuracy_is_preferred_on_the_cpu(tmp_path):
+    """docs/benchmarks.md: AST base end to end, int8 ONNX 12.9 s vs torch bf16 17.7 s vs
+    torch fp32 38.8 s for 3 minutes; the int8 export is used where its measured accuracy
+    equals fp32's, and only for transformers (int8 CNNs keep fp32 convolutions)."""
+    from rsctool.predict import find_export, int8_first
+    from rsctool.runs import export_name
+
+    ok = {"transformer": True, "agreement": 1.0, "score_change": 0.0}
+    assert int8_first(ok)
+    assert not int8_first({**ok, "transformer": False})  # a cnn
+    assert not int8_first({**ok, "agreement": 0.97})  # labels changed
+    assert not int8_first({**ok, "score_change": -0.02})  # Score dropped
+    assert int8_first({**ok, "score_change": None})  # no normal class: agreement decides
+    assert not int8_first({"agreement": 1.0})  # an export from before the field
+
+    records = {}
+    for q in ("none", "int8"):
+        (tmp_path / f"{q}.onnx").write_bytes(b"onnx")
+        records[export_name("r", False, q)] = {"status": "done", "checkpoint": "best",
+                                               "onnx": f"{q}.onnx",
+                                               **(ok if q == "int8" else {})}
+
+    class Fake:
+        def get(self, section, name):
+            return records.get(name)
+
+        def abs(self, p):
+            return tmp_path / p
+
+    assert find_export(Fake(), "r", "best")[0].name == "int8.onnx"
+    assert find_export(Fake(), "r", "best", cpu=False)[0].name == "none.onnx"  # a GPU
+    records[export_name("r", False, "int8")]["agreement"] = 0.9
+    assert find_export(Fake(), "r", "best")[0].name == "none.onnx"
+
+
+def test_export_records_whether_the_model_is_a_transformer():
+    from rsctool.export import _is_transformer
+
+    assert _is_transformer("ast") and _is_transformer("tafilm") and _is_transformer("add")
+    assert not _is_transformer("cnn") and not _is_transformer("nosuch")
