@@ -2619,7 +2619,9 @@ def _print_dry_run(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     def mib(n: int | None) -> str:
-        return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
+        if n is None:
+            return "n/a"
+        return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
 
     o, m, x, mem = doc["options"], doc["model"], doc["input"], doc["memory"]
     err_console.print(f"dry run: {m['name']} (size {o['size'] or 'default'}), task "
