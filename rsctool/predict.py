@@ -94,7 +94,7 @@ class PredictOptions:
         strict: a file that is too short, truncated, silent or clipping is an error
             (default: a warning).
         batch_size: cycles/windows per model call (None: `default_batch_size` of the
-            backend: 1 for an AST-family ONNX model on the CPU, 16 otherwise).
+            backend: for an AST-family model on the CPU 1, or 4 in torch bf16; else 16).
         threads: onnxruntime intra-op threads (None: one per core).
         block_seconds: audio read per block when streaming windows.
         precision: torch backend compute precision, ``auto`` (bf16 where the CPU has bf16
@@ -232,15 +232,19 @@ class TorchBackend:
 
 
 def default_batch_size(backend: Any) -> int:
-    """Cycles/windows per model call when ``--batch-size`` is not given: 1 for an
-    AST-family model (a transformer with an ``attention`` setting) in onnxruntime on the
-    CPU, where one clip alone costs less than its share of a batch; 16 otherwise (torch,
-    above all in bf16, is several times cheaper per clip in batches). Measured in
-    docs/benchmarks.md ("Prediction: bf16, batch size and hop")."""
+    """Cycles/windows per model call when ``--batch-size`` is not given, by the rule the
+    CPU measurements in docs/benchmarks.md back ("Prediction: bf16, batch size and hop"):
+    for an AST-family model (a transformer with an ``attention`` setting) on the CPU, 1 in
+    onnxruntime and in torch fp32 (one clip alone costs less than its share of a batch),
+    4 in torch bf16 (AST base: 216 ms per clip at batch 4, 308 at 1, 236 at 16, and 1.3
+    instead of 2.2 GB peak); 16 otherwise (CNNs, and any model on a GPU, are cheaper per
+    clip in batches)."""
     ast_like = "attention" in (backend.spec.model_config or {})
-    if backend.name == "onnx" and ast_like and backend.device == "cpu":
-        return 1
-    return 16
+    if not ast_like or backend.device != "cpu":
+        return 16
+    if backend.name == "torch" and getattr(backend, "precision", None) == "bf16":
+        return 4
+    return 1
 
 
 def _file_signature(path: Path) -> tuple[int, int]:
@@ -1008,8 +1012,9 @@ def command(
                          "silent or clipping is an error (exit 2 naming the file) instead "
                          "of a warning.")] = _D.strict,
     batch_size: Annotated[int | None, typer.Option(
-        help="Cycles/windows per model call (default: 1 for an AST-family ONNX model on "
-             "the CPU, 16 otherwise; see docs/benchmarks.md).", show_default=False)]
+        help="Cycles/windows per model call (default: for an AST-family model on the CPU 1, "
+             "or 4 in torch bf16; 16 otherwise; see docs/benchmarks.md).",
+        show_default=False)]
     = _D.batch_size,
     threads: Annotated[int | None, typer.Option(
         help="onnxruntime threads (default: one per core).")] = None,

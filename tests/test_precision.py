@@ -111,7 +111,10 @@ def test_default_batch_size_follows_backend_model_and_device():
     assert default_batch_size(NS(name="onnx", spec=ast, device="cpu")) == 1
     assert default_batch_size(NS(name="onnx", spec=ast, device="cuda")) == 16
     assert default_batch_size(NS(name="onnx", spec=cnn, device="cpu")) == 16
-    assert default_batch_size(NS(name="torch", spec=ast, device="cpu")) == 16
+    assert default_batch_size(NS(name="torch", spec=ast, device="cpu", precision="bf16")) == 4
+    assert default_batch_size(NS(name="torch", spec=ast, device="cpu", precision="fp32")) == 1
+    assert default_batch_size(NS(name="torch", spec=ast, device="cuda", precision="bf16")) == 16
+    assert default_batch_size(NS(name="torch", spec=cnn, device="cpu", precision="bf16")) == 16
 
 
 # --------------------------------------------------------------------------- commands
