@@ -92,10 +92,12 @@ def cpu_bf16_fast() -> bool:
     return "AMX" in cap or "BF16" in cap
 
 
-def _check_precision(precision: str) -> None:
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of `PRECISIONS`, else a ConfigError (field ``precision``)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"must be auto, fp32 or bf16, got {precision!r}",
                           field="precision")
+    return precision
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -104,7 +106,7 @@ def resolve_precision(precision: str, device: str) -> str:
     with bf16 units (`cpu_bf16_fast`), fp32 elsewhere. ``bf16`` on a CPU without the
     units is allowed with a warning (it is emulated there and slower than fp32); on a
     GPU without bf16 it is a ConfigError."""
-    _check_precision(precision)
+    check_precision(precision)
     if precision == "fp32":
         return "fp32"
     if device.startswith("cuda"):

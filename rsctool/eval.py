@@ -131,10 +131,9 @@ class EvalOptions:
     parity_cycles: int = 64
 
     def validate(self) -> EvalOptions:
-        from rsctool.devices import PRECISIONS
+        from rsctool.devices import check_precision
 
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        check_precision(self.precision)
         self.datasets = list(dict.fromkeys(
             d.strip() for item in self.datasets for d in str(item).split(",") if d.strip()))
         _validate_cross(self)

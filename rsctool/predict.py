@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rsctool.console import err_console, get_state, warn, write_stdout
-from rsctool.devices import PRECISIONS
+from rsctool.devices import check_precision
 from rsctool.errors import ConfigError, DataError, UserError, flag_lookup, render_message
 
 if TYPE_CHECKING:
@@ -142,8 +142,7 @@ class PredictOptions:
                 raise ConfigError(f"--{key} must be a positive number of seconds, got {v}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
+        check_precision(self.precision)
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.format is None:

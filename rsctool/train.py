@@ -172,10 +172,9 @@ class TrainOptions:
             raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {o.task!r}")
         if o.norm not in NORMS:
             raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {o.norm!r}")
-        from rsctool.devices import PRECISIONS
+        from rsctool.devices import check_precision
 
-        if o.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be auto, fp32 or bf16, got {o.precision!r}")
+        check_precision(o.precision)
         if o.task == "multilabel" and o.loss == "ce":
             o.loss = "bce"
         if isinstance(o.class_order, str):  # `class_order = "a,b"` in a config file or --set

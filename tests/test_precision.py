@@ -85,7 +85,7 @@ def test_train_precision_keeps_cuda_amp_and_fp32_on_the_cpu(monkeypatch):
            if k not in ("run", "precision") and v != asdict(TrainOptions())[k]}
     assert run_hash(TrainOptions(epochs=7)) == params_hash(old) == params_hash({"epochs": 7})
     assert run_hash(TrainOptions(epochs=7, precision="bf16")) != params_hash(old)
-    with pytest.raises(ConfigError, match="--precision"):
+    with pytest.raises(ConfigError, match="precision must be auto, fp32 or bf16"):
         TrainOptions(precision="half").resolve()
 
 
