@@ -60,7 +60,8 @@ PROTOCOLS = ("honest", "paper")
 #: How a run keeps the per-epoch weights `--protocol paper` scores.
 KEEP_EPOCHS_OPTION = "--set keep_epochs=true"
 #: Bumped when the metrics document changes shape or a metric's definition changes, so
-#: stored results are recomputed (3: SPRSound SE without poor-quality records).
+#: stored results are recomputed (3: SPRSound SE without poor-quality records; 4: record-
+#: level datasets scored per recording).
 DOC_VERSION = 4
 #: Columns of the comparison table (`--runs`, `--group`, `--csv`).
 TABLE_COLUMNS = ("run", "model", "group", "seed", "dataset", "split", "split_spec",
