@@ -21,10 +21,12 @@ the model as trained (AST: fused scaled-dot-product attention). Rows:
 With ``--precision`` (the rows of `rsctool predict --precision`; other rows skipped
 unless also asked for):
 
-* per clip, torch fp32 vs bf16 (``torch.autocast("cpu", torch.bfloat16)``, what
-  ``--precision bf16`` runs) at batch 1 (median of `--repeats` calls) and at batch 16
-  (best of `--batch16-repeats` calls), for `--precision-models` (``MODEL:SIZE``;
-  default cnn:small ast:tiny ast:small), with the max abs probability difference;
+* per clip, torch fp32 vs bf16 (``torch.autocast("cpu", torch.bfloat16)``) and, for
+  AST-family models, "bf16 fused" (autocast with the fused AST blocks of
+  `rsctool.models.ast_backbone.pack_for_inference`: what ``--precision bf16`` runs on the
+  CPU) at batch 1 and 2 (median of `--repeats` calls) and at batch 16 (best of
+  `--batch16-repeats` calls), for `--precision-models` (``MODEL:SIZE``; default
+  cnn:small ast:tiny ast:small), with the max abs probability difference to fp32;
 * end to end, ``rsctool predict`` of one 3-minute recording (`--recording-seconds`) with
   ``--backend torch``: fp32 vs bf16, ``--hop`` half a window vs a whole window, and
   ``--batch-size`` 1 vs 16, for the runs of `--e2e-models` (1-step runs, 8 s clips;
@@ -219,39 +221,53 @@ def _build(spec: str):
 
 
 def bench_precision(specs: list[str], repeats: int, batch16_repeats: int) -> list[dict]:
-    """Per-clip ms of torch fp32 vs bf16 autocast at batch 1 and 16, per `specs`."""
+    """Per-clip ms at batch 1 and 16 of torch fp32, bf16 autocast and, for AST-family
+    models, bf16 with the fused AST blocks (`pack_for_inference`, what `predict` and
+    `eval` run), per `specs`."""
+    import copy
+
     import torch
 
     from rsctool.devices import cpu_bf16_fast, inference_precision
+    from rsctool.models.ast_backbone import pack_for_inference
 
     print(f"  bf16 units (AMX/AVX512-BF16): {cpu_bf16_fast()}", flush=True)
     rows = []
     rng = np.random.default_rng(0)
     for spec in specs:
         model = _build(spec)
+        fused = copy.deepcopy(model)
+        models = {"fp32": model, "bf16": model}
+        if pack_for_inference(fused):
+            models["bf16 fused"] = fused
         x1 = torch.from_numpy((0.5 * rng.standard_normal((1, T, F))).astype(np.float32))
         x16 = torch.from_numpy((0.5 * rng.standard_normal((16, T, F))).astype(np.float32))
+        x2 = x16[:2]
 
-        def call(x, prec, m=model):
+        def call(x, label, models=models):
+            m, prec = models[label], label.split()[0]
+
             def f():
                 with torch.inference_mode(), inference_precision(prec, "cpu"):
                     return m(x)["logits"].float()
             return f
 
         p32 = torch.softmax(call(x16, "fp32")(), -1)
-        p16 = torch.softmax(call(x16, "bf16")(), -1)
-        diff = float((p32 - p16).abs().max())
-        agree = float((p32.argmax(-1) == p16.argmax(-1)).float().mean())
-        lat = _interleaved({p: call(x1, p) for p in ("fp32", "bf16")}, repeats, warmup=True)
-        big = _interleaved({p: call(x16, p) for p in ("fp32", "bf16")},
-                           max(1, batch16_repeats), warmup=False)
-        for p in ("fp32", "bf16"):
+        lat = _interleaved({p: call(x1, p) for p in models}, repeats, warmup=True)
+        two = _interleaved({p: call(x2, p) for p in models}, repeats, warmup=False)
+        big = _interleaved({p: call(x16, p) for p in models}, max(1, batch16_repeats),
+                           warmup=False)
+        for p in models:
+            p16 = torch.softmax(call(x16, p)(), -1)
             r = {"model": spec, "precision": p,
                  "b1_ms": 1000 * statistics.median(lat[p]),
-                 "b16_ms": 1000 * min(big[p]) / 16, "max_prob_diff": diff, "agree": agree}
+                 "b2_ms": 1000 * statistics.median(two[p]) / 2,
+                 "b16_ms": 1000 * min(big[p]) / 16,
+                 "max_prob_diff": float((p32 - p16).abs().max()),
+                 "agree": float((p32.argmax(-1) == p16.argmax(-1)).float().mean())}
             rows.append(r)
-            print(f"  {spec:10s} {p}: batch 1 {r['b1_ms']:8.1f} ms/clip, batch 16 "
-                  f"{r['b16_ms']:8.1f} ms/clip", flush=True)
+            print(f"  {spec:10s} {p}: batch 1 {r['b1_ms']:8.1f}, batch 2 {r['b2_ms']:8.1f}, "
+                  f"batch 16 {r['b16_ms']:8.1f} ms/clip", flush=True)
     return rows
 
 
@@ -320,15 +336,16 @@ def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
 
 def print_precision(prec: list[dict], e2e: list[dict], seconds: float) -> None:
     if prec:
-        print("\n| model | precision | batch 1 (ms/clip) | vs fp32 | batch 16 (ms/clip) | "
-              "vs fp32 | per clip, batch 16 vs 1 | max abs prob diff | same label |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n| model | precision | batch 1 (ms/clip) | vs fp32 | batch 2 (ms/clip) | "
+              "vs fp32 | batch 16 (ms/clip) | vs fp32 | max abs prob diff | same label |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in prec:
             b = next(x for x in prec if x["model"] == r["model"] and x["precision"] == "fp32")
-            print(f"| {r['model']} | {r['precision']} | {r['b1_ms']:.1f} | "
-                  f"{b['b1_ms'] / r['b1_ms']:.2f}x | {r['b16_ms']:.1f} | "
-                  f"{b['b16_ms'] / r['b16_ms']:.2f}x | {r['b1_ms'] / r['b16_ms']:.2f}x | "
-                  f"{r['max_prob_diff']:.1e} | {100 * r['agree']:.0f} % |")
+            same = r["precision"] == "fp32"
+            cells = [f"{r[k]:.1f} | {b[k] / r[k]:.2f}x" for k in ("b1_ms", "b2_ms", "b16_ms")]
+            print(f"| {r['model']} | {r['precision']} | {' | '.join(cells)} | "
+                  + ("| |" if same else f"{r['max_prob_diff']:.1e} | "
+                     f"{100 * r['agree']:.0f} % |"))
     if e2e:
         print(f"\n| `rsctool predict` {seconds:g} s recording | precision | hop (s) "
               "| batch | seconds | vs fp32, hop 4, batch 16 |")

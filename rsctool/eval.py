@@ -537,7 +537,7 @@ def _predict_in_precision(loaded: LoadedRun, dataset: Any, opts: EvalOptions, pr
     `precision_parity` against fp32 on the first ``opts.parity_cycles`` cycles (else None)."""
     from rsctool.devices import inference_precision
 
-    with inference_precision(precision, device):
+    with inference_precision(precision, device, loaded.model):
         out = _predict(loaded, dataset, opts.batch_size, device, progress)
     parity = (precision_parity(loaded, dataset, out, opts.batch_size, device,
                                opts.parity_cycles) if precision != "fp32" else None)
@@ -964,7 +964,7 @@ def paper_protocol(project: Project, loaded: LoadedRun, dataset: Any,
         if last.exists():
             last_state = load_checkpoint(last).state
     history = {int(r["epoch"]): r for r in last_state.get("history") or []}
-    model = rebuild_model(loaded.config)
+    model = rebuild_model(loaded.config, skip_init=True)  # each epoch loads strictly
     model.to(device)
     y_true = dataset.targets.tolist()
     rows: list[dict[str, Any]] = []

@@ -21,11 +21,12 @@ def predict(model: Any, dataset: Any, batch_size: int, device: str, task: str,
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=collate, generator=loader_generator(0))
     probs, embs = [], []
+    call = call_size(model, device)
     with torch.no_grad():
         for batch in loader:
             meta = ({k: v.to(device) for k, v in batch["meta"].items()}
                     if "meta" in batch else None)
-            out = model(batch["x"].to(device), meta)
+            out = forward_in_calls(model, batch["x"].to(device), meta, call)
             logits = out["logits"].float()
             if task == "ranking":  # one score per example, kept as is
                 probs.append(logits[:, :1].cpu())
@@ -39,6 +40,34 @@ def predict(model: Any, dataset: Any, batch_size: int, device: str, task: str,
     if embeddings:
         res["embedding"] = torch.cat(embs) if embs else torch.zeros(0)
     return res
+
+
+def call_size(model: Any, device: str) -> int | None:
+    """Examples per model call: on the CPU a model whose AST blocks run the fused bf16
+    path is fastest per clip at `FUSED_CPU_BATCH` (rsctool.models.ast_backbone); None:
+    the whole batch at once."""
+    from rsctool.models.ast_backbone import FUSED_CPU_BATCH, Layer
+
+    fused = any(isinstance(m, Layer) and m.packed is not None for m in model.modules())
+    return FUSED_CPU_BATCH if fused and not device.startswith("cuda") else None
+
+
+def forward_in_calls(model: Any, x: Any, meta: dict[str, Any] | None, call: int | None
+                     ) -> dict[str, Any]:
+    """`model(x, meta)` for a batch `x` (B, ...), run `call` examples at a time (None: all
+    at once); the per-example outputs (B, ...) concatenated along the batch. Outputs of a
+    whole call (a regulariser's scalar) are left out when there are several calls."""
+    import torch
+
+    if call is None or len(x) <= call:
+        return model(x, meta)
+    outs, sizes = [], []
+    for i in range(0, len(x), call):
+        part = None if meta is None else {k: v[i:i + call] for k, v in meta.items()}
+        outs.append(model(x[i:i + call], part))
+        sizes.append(len(x[i:i + call]))
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]
+            if all(o[k].dim() > 0 and len(o[k]) == n for o, n in zip(outs, sizes, strict=True))}
 
 
 def predictions(probs: Any, task: str, thresholds: list[float] | None = None) -> list[int]:

@@ -22,7 +22,8 @@ training (unknown index, numeric mask 0), never filled in, and reported.
 Backends: ``onnx`` runs an export of the run (or ``--model FILE.onnx``) with onnxruntime
 and a numpy filter bank, and never imports torch, so it starts in well under a second;
 ``torch`` rebuilds the model from the checkpoint. The default is onnx when the run has an
-up-to-date export. Results: a table on stderr, and on stdout (or in ``--out``, written
+up-to-date export, except a transformer on a CPU with bf16 units, which torch runs faster
+(`torch_bf16_first`). Results: a table on stderr, and on stdout (or in ``--out``, written
 atomically) the records: ``--format tsv`` (the default when stdout is not a terminal, so
 ``| head``, ``cut`` and ``awk`` work) one line per cycle/window; ``json|jsonl|csv`` also
 the per-recording summaries (counts per class, segments, metadata used) and the errors.
@@ -78,7 +79,8 @@ class PredictOptions:
         inputs: audio files, folders or glob patterns.
         run: run whose model to use (default: the last finished run in the project).
         model: an exported ``.onnx`` file instead of a run (no project needed).
-        backend: ``auto`` (onnx when the run has an up-to-date export), ``onnx``, ``torch``.
+        backend: ``auto`` (onnx when the run has an up-to-date export, except for
+            `torch_bf16_first`), ``onnx``, ``torch``.
         checkpoint: ``best`` or ``last`` (the run's checkpoint, or which export).
         mode: ``auto`` (cycles when an annotation is found), ``cycles`` or ``windows``.
         annotations: an annotation file (one input recording) or a folder of them.
@@ -94,7 +96,7 @@ class PredictOptions:
         strict: a file that is too short, truncated, silent or clipping is an error
             (default: a warning).
         batch_size: cycles/windows per model call (None: `default_batch_size` of the
-            backend: for an AST-family model on the CPU 1, or 4 in torch bf16; else 16).
+            backend: for an AST-family model on the CPU 1, or 2 in torch bf16; else 16).
         threads: onnxruntime intra-op threads (None: one per core).
         block_seconds: audio read per block when streaming windows.
         precision: torch backend compute precision, ``auto`` (bf16 where the CPU has bf16
@@ -201,7 +203,8 @@ class TorchBackend:
         from rsctool.runs import load_run
 
         self.device = resolve_device(device)
-        #: ``fp32`` or ``bf16`` (autocast; the weights stay fp32).
+        #: ``fp32`` or ``bf16`` (autocast; the weights stay fp32, AST blocks use bf16
+        #: copies on the CPU).
         self.precision = resolve_precision(precision, self.device)
         self.loaded = load_run(project, run, checkpoint, self.device)
         if self.loaded.config.needs_metadata and self.loaded.encoder is None:
@@ -210,6 +213,11 @@ class TorchBackend:
         self.spec = ModelSpec.from_run(self.loaded)
         self.fbank_cfg = self.loaded.clip.fbank.replace(dither=0.0)
         self.source = str(self.loaded.checkpoint)
+        if self.precision == "bf16" and self.device == "cpu":
+            from rsctool.models.ast_backbone import pack_for_inference
+
+            # once for every call: AST blocks take the fused bf16 path (no-op otherwise)
+            pack_for_inference(self.loaded.model)
 
     def logits(self, wav: np.ndarray, meta: Sequence[Mapping[str, Any]]) -> np.ndarray:
         import numpy as np
@@ -232,17 +240,17 @@ class TorchBackend:
 
 def default_batch_size(backend: Any) -> int:
     """Cycles/windows per model call when ``--batch-size`` is not given, by the rule the
-    CPU measurements in docs/benchmarks.md back ("Prediction: bf16, batch size and hop"):
-    for an AST-family model (a transformer with an ``attention`` setting) on the CPU, 1 in
+    CPU measurements in docs/benchmarks.md back ("AST base: the fused bf16 path"): for
+    an AST-family model (a transformer with an ``attention`` setting) on the CPU, 1 in
     onnxruntime and in torch fp32 (one clip alone costs less than its share of a batch),
-    4 in torch bf16 (AST base: 216 ms per clip at batch 4, 308 at 1, 236 at 16, and 1.3
-    instead of 2.2 GB peak); 16 otherwise (CNNs, and any model on a GPU, are cheaper per
-    clip in batches)."""
+    2 in torch bf16 (AST base, fused blocks: 154 ms per clip at batch 2, 178 at 1, 184 at
+    4 and 188 at 8); 16 otherwise (CNNs, and any model on a GPU, are cheaper per clip in
+    batches)."""
     ast_like = "attention" in (backend.spec.model_config or {})
     if not ast_like or backend.device != "cpu":
         return 16
     if backend.name == "torch" and getattr(backend, "precision", None) == "bf16":
-        return 4
+        return 2
     return 1
 
 
@@ -269,6 +277,23 @@ def int8_first(rec: Mapping[str, Any] | None) -> bool:
     drop = rec.get("score_change")
     return (rec["agreement"] >= INT8_MIN_AGREEMENT
             and (drop is None or drop >= -INT8_MAX_SCORE_DROP))
+
+
+def torch_bf16_first(project: Project, run: str, precision: str) -> bool:
+    """Whether ``--backend auto`` takes torch over the run's ONNX export: the run is a
+    transformer (its export record says so), torch would run it in bf16 (`precision`
+    ``auto`` or ``bf16``) and this CPU has bf16 units (`rsctool.devices.cpu_bf16_fast`).
+    There the fused bf16 AST blocks beat onnxruntime's int8 export (AST base: 154 vs
+    258 ms per clip, 3 minutes of audio in 9.7 vs 12.8 s; docs/benchmarks.md) at
+    fp32-like accuracy (probabilities within 5e-3 of fp32)."""
+    from rsctool.devices import cpu_bf16_fast
+    from rsctool.runs import export_name
+
+    if precision == "fp32":
+        return False
+    recs = (project.get("exports", export_name(run, wf, q))
+            for wf in (False, True) for q in ("none", "int8"))
+    return any(r and r.get("transformer") for r in recs) and cpu_bf16_fast()
 
 
 def find_export(project: Project, run: str, checkpoint: str, cpu: bool = True
@@ -321,7 +346,8 @@ def open_backend(opts: PredictOptions, state: Any) -> Any:
 
         cpu = onnx_providers(state.device)[0] == "CPUExecutionProvider"
         path, why = find_export(project, name, opts.checkpoint, cpu)
-        if path is not None:
+        if path is not None and not (opts.backend == "auto" and cpu
+                                     and torch_bf16_first(project, name, opts.precision)):
             return OnnxBackend(path, opts.threads, state.device)
         if opts.backend == "onnx":
             raise ConfigError(f"--backend onnx: {why}")
@@ -977,7 +1003,8 @@ def command(
         "--model", help="An exported .onnx file to use instead of a run (no project "
                         "needed).")] = None,
     backend: Annotated[str, typer.Option(
-        help="onnx, torch, or auto: onnx when the run has an up-to-date export.")]
+        help="onnx, torch, or auto: onnx when the run has an up-to-date export, except "
+             "for a transformer on a CPU with bf16 units (torch in bf16 is faster there).")]
     = _D.backend,
     checkpoint: Annotated[str, typer.Option(
         help="Run checkpoint (and export) to use: best or last.")] = _D.checkpoint,

@@ -4,8 +4,9 @@ the project record names of its exports."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,12 +73,35 @@ def checkpoint_path(project: Project, name: str, record: dict[str, Any], which: 
     return run_dir / f"{which}.safetensors"
 
 
-def rebuild_model(config: RunConfig | dict[str, Any]) -> Any:
+#: `torch.nn.init` functions that fill parameters with random numbers.
+_RANDOM_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_",
+                 "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def _random_init_off() -> Iterator[None]:
+    """`torch.nn.init`'s random initialisers as no-ops (the parameters keep whatever
+    memory they were allocated with), as transformers' ``no_init_weights`` does."""
+    import torch.nn.init as init
+
+    saved = {n: getattr(init, n) for n in _RANDOM_INITS}
+    try:
+        for n in _RANDOM_INITS:
+            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
+def rebuild_model(config: RunConfig | dict[str, Any], skip_init: bool = False) -> Any:
     """A fresh model from a run config (or its dict), weights not yet loaded.
 
     ``config.model`` is the model's own ``model.config`` (its ``name`` plus every
     builder keyword). Pretrained loading is switched off: the weights come from the
-    checkpoint, so evaluation never reaches a hub.
+    checkpoint, so evaluation never reaches a hub. `skip_init`: leave the parameters
+    uninitialised, for a caller that loads every one of them next with a strict
+    `load_state_dict` (AST base: 0.7 s of random numbers saved).
     """
     from rsctool.models import create_model
 
@@ -88,7 +112,8 @@ def rebuild_model(config: RunConfig | dict[str, Any]) -> Any:
         name = "add-standalone"
     if "pretrained" in cfg:
         cfg["pretrained"] = None
-    return create_model(name, **cfg)
+    with _random_init_off() if skip_init else contextlib.nullcontext():
+        return create_model(name, **cfg)
 
 
 @dataclass
@@ -138,7 +163,7 @@ def load_run(project: Project, name: str, which: str = "best", device: str = "cp
     if not isinstance(raw, dict) or "model" not in raw or "clip" not in raw:
         raise DataError("checkpoint has no run config (not written by `rsctool train`)", path)
     config = RunConfig.from_dict(raw, path)
-    model = rebuild_model(config)
+    model = rebuild_model(config, skip_init=True)
     try:
         model.load_state_dict(ck.model_state, strict=True)
     except RuntimeError as e:

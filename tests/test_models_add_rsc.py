@@ -53,7 +53,7 @@ def _saved_tiny_ast(path: Path) -> dict[str, torch.Tensor]:
 def test_add_is_the_ast_based_add_rsc_and_the_standalone_keeps_its_name():
     model = _tiny()
     assert isinstance(model, ADDRSCClassifier)
-    assert type(model.backbone).__name__ == "ASTModel"
+    assert type(model.backbone).__name__ == "ASTBackbone"
     assert model_sizes("add") == ["tiny", "small", "base"]
     assert create_model("add-standalone", size="tiny", input_tdim=T,
                         input_fdim=FD).config["name"] == "add-standalone"

@@ -264,3 +264,20 @@ def test_a_new_model_file_needs_no_other_edit(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_rebuilt_without_random_init_and_loaded_is_the_same_model(name):
+    """`load_run` skips the random initialisation it overwrites (`skip_init`): the strict
+    load must still give the very same function, and the initialisers come back."""
+    from rsctool.runs import rebuild_model
+
+    model = _build(name).eval()
+    normal = torch.nn.init.normal_
+    again = rebuild_model({"model": json.loads(json.dumps(model.config))}, skip_init=True)
+    assert torch.nn.init.normal_ is normal
+    again.load_state_dict(model.state_dict(), strict=True)
+    again.eval()
+    x = torch.randn(2, T, FB, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(again(x, META_A)["logits"], model(x, META_A)["logits"])

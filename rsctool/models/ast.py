@@ -1,11 +1,13 @@
 """Audio Spectrogram Transformer (AST, Gong et al. 2021) classifiers.
 
-The backbone is transformers' `ASTModel` (patch embedding with overlapping 16x16
-patches, CLS + distillation tokens, pre-norm ViT blocks); the head is the original
+The backbone (`rsctool.models.ast_backbone`) is transformers' `ASTModel` rewritten in
+plain PyTorch with the same parameter names (patch embedding with overlapping 16x16
+patches, CLS + distillation tokens, pre-norm ViT blocks): building it does not import
+transformers (2.3 s), and it has a fused bf16 inference path. The head is the original
 AST's: LayerNorm + Linear on the mean of the CLS and distillation tokens. We run the
-backbone's blocks in our own loop (instead of `ASTModel.forward`) so that stochastic
-depth can be applied and the metadata-conditioned variants in `conditioning.py` can
-hook into the unchanged HF modules: their state dicts stay key-compatible with this one.
+backbone's blocks in our own loop so that stochastic depth can be applied and the
+metadata-conditioned variants in `conditioning.py` can hook into the blocks: their state
+dicts stay key-compatible with this one.
 
 Pretrained weights (`pretrained=HUB_ID|DIR`) are read with `ASTModel.from_pretrained`;
 when the checkpoint was trained on another input size (AudioSet AST: 1024 frames x 128
@@ -19,21 +21,19 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rsctool.errors import ConfigError
+from rsctool.models.ast_backbone import ATTENTION, ASTBackbone, BackboneConfig, patch_grid
+from rsctool.models.ast_backbone import rename_legacy as rename_legacy
 from rsctool.models.heads import HEAD_DEFAULTS, build_head
 from rsctool.models.registry import ModelTraits, register_model
 
-if TYPE_CHECKING:
-    from transformers import ASTConfig, ASTModel
-
-# transformers is imported where a model is built, not at module import: it takes
-# seconds, and `import rsctool.models` must stay cheap for commands using other models.
+# transformers is imported only where pretrained weights are read: it takes seconds.
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ AST_DEFAULTS: dict[str, Any] = {
     **HEAD_DEFAULTS,           # head: linear | mcat (rsctool.models.heads)
 }
 POS_RESIZE = ("interpolate", "crop")
-ATTENTION = ("sdpa", "eager")
 
 
 # -- config validation (shared with conditioning.py) ---------------------------------
@@ -119,49 +118,35 @@ def resolve_config(name: str, *, num_classes: int, size: str, input_tdim: int,
     return config
 
 
-def hf_config(config: dict[str, Any]) -> ASTConfig:
-    """The transformers `ASTConfig` for a resolved model config.
+def backbone_config(config: dict[str, Any]) -> BackboneConfig:
+    """The backbone sizes for a resolved model config.
 
     Attention defaults to PyTorch's fused scaled-dot-product kernels: 2.3-2.6x faster
     AST-base training steps than the eager softmax(QK^T)V on an H100 (bf16, batch 16,
     798 frames; docs/benchmarks.md), same function. Export switches to eager
     (`set_attention`), the faster graph in onnxruntime.
     """
-    from transformers import ASTConfig
-
-    c = ASTConfig(**SIZES[config["size"]], patch_size=PATCH_SIZE,
-                  frequency_stride=config["fstride"], time_stride=config["tstride"],
-                  max_length=config["input_tdim"], num_mel_bins=config["input_fdim"],
-                  hidden_dropout_prob=config["dropout"],
-                  attention_probs_dropout_prob=config["attn_dropout"])
-    c._attn_implementation = config.get("attention", "sdpa")
-    return c
+    return BackboneConfig(**SIZES[config["size"]], patch_size=PATCH_SIZE,
+                          frequency_stride=config["fstride"], time_stride=config["tstride"],
+                          max_length=config["input_tdim"], num_mel_bins=config["input_fdim"],
+                          hidden_dropout_prob=config["dropout"],
+                          attention_probs_dropout_prob=config["attn_dropout"],
+                          attention=config.get("attention", "sdpa"))
 
 
 def set_attention(model: nn.Module, implementation: str) -> nn.Module:
-    """Switch every transformers AST backbone inside `model` to ``sdpa`` or ``eager``
-    attention in place (weights untouched); returns `model`."""
-    from transformers import ASTConfig
+    """Switch every AST block inside `model` to ``sdpa`` or ``eager`` attention in place
+    (weights untouched); returns `model`."""
+    from rsctool.models.ast_backbone import Attention
 
     if implementation not in ATTENTION:
         raise ConfigError(f"attention must be one of {ATTENTION}, got {implementation!r}")
     for m in model.modules():
-        cfg = getattr(m, "config", None)
-        if isinstance(cfg, ASTConfig):
-            cfg._attn_implementation = implementation
+        if isinstance(m, Attention):
+            m.implementation = implementation
+        elif isinstance(m, ASTBackbone):
+            m.config.attention = implementation
     return model
-
-
-def patch_grid(c: ASTConfig) -> tuple[int, int]:
-    """(frequency patches, time patches) of an AST config (same formula as ASTEmbeddings)."""
-    return ((c.num_mel_bins - c.patch_size) // c.frequency_stride + 1,
-            (c.max_length - c.patch_size) // c.time_stride + 1)
-
-
-def hf_layers(backbone: ASTModel) -> nn.ModuleList:
-    """The transformer blocks (`layers` in transformers 5, `encoder.layer` in 4.x)."""
-    layers = getattr(backbone, "layers", None)
-    return layers if layers is not None else backbone.encoder.layer
 
 
 # -- the model ------------------------------------------------------------------------
@@ -179,10 +164,8 @@ class ASTClassifier(nn.Module):
     def __init__(self, config: dict[str, Any]):
         super().__init__()
         self.config = config
-        from transformers import ASTModel
-
-        self.ast_config = hf_config(config)
-        self.backbone = ASTModel(self.ast_config)
+        self.ast_config = backbone_config(config)
+        self.backbone = ASTBackbone(self.ast_config)
         d = self.ast_config.hidden_size
         self.embed_dim = d
         self.num_classes = config["num_classes"]
@@ -200,7 +183,7 @@ class ASTClassifier(nn.Module):
 
     @property
     def layers(self) -> nn.ModuleList:
-        return hf_layers(self.backbone)
+        return self.backbone.layers
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Final normalised token sequence (B, 2 + patches, D) for input (B, T, F)."""
@@ -211,7 +194,6 @@ class ASTClassifier(nn.Module):
         h = self.backbone.embeddings(x)
         for layer, rate in zip(self.layers, self._drop_rates, strict=True):
             out = layer(h)
-            out = out[0] if isinstance(out, tuple) else out
             if self.training and rate > 0:
                 # Stochastic depth on the whole pre-norm block (both residual branches).
                 keep = (torch.rand(h.shape[0], 1, 1, device=h.device) >= rate).to(h.dtype)
@@ -321,7 +303,7 @@ def load_pretrained(model: ASTClassifier, source: str) -> dict[str, Any]:
         raise ConfigError(f"pretrained AST {source!r} lacks {len(info['missing_keys'])} backbone "
                           f"weight(s), e.g. {sorted(info['missing_keys'])[:3]}; refusing a "
                           f"partly random backbone")
-    state = src.state_dict()
+    state = {rename_legacy(k): v for k, v in src.state_dict().items()}  # 4.x names
     key = "embeddings.position_embeddings"
     src_grid, dst_grid = patch_grid(src.config), patch_grid(model.ast_config)
     state[key] = resize_pos_embed(state[key], src_grid, dst_grid, model.config["pos_resize"])

@@ -1,0 +1,311 @@
+"""The AST backbone in plain PyTorch, parameter for parameter transformers 5's `ASTModel`.
+
+Why not transformers' own module: importing it costs 2.3 s of every command's start-up
+(`import torch` alone is 1.1 s; docs/benchmarks.md), and its blocks cannot take the fused
+bf16 inference path below. The module tree and state-dict keys are those of
+transformers 5 (``embeddings.*``, ``layers.N.attention.{q,k,v,o}_proj``,
+``layers.N.mlp.fc{1,2}``, ``layers.N.layernorm_{before,after}``, ``layernorm``), so
+checkpoints written before and pretrained weights read by `ASTModel.from_pretrained` load
+unchanged; the 4.x layout (``encoder.layer.N.attention.attention.query`` ...) is renamed
+on load. `tests/test_models_ast.py` checks the outputs against `ASTModel` with the same
+weights.
+
+Inference fast path (`pack_for_inference`): weights in bf16, the three attention
+projections as one (D, 3D) product, oneDNN-packed weights with the GELU fused into the
+first MLP product, and the two products with D outputs computed as (W x^T)^T, which
+oneDNN runs about 1.6x faster at one 8 s clip (948 tokens) on a 2-core AMX CPU
+(docs/benchmarks.md, "AST base: the fused bf16 path"). Hooks on ``layernorm_after`` and
+on whole blocks (the metadata-conditioned variants) fire as in the training path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION = ("sdpa", "eager")
+#: Below this many rows (tokens in a call) the fused path computes the second MLP product
+#: as (W x^T)^T (see `_Packed._linear`).
+SMALL_M = 1024
+#: Clips per model call where the fused path is fastest per clip on the CPU: AST base,
+#: 8 s clips, 2-core AMX CPU: 178 / 154 / 180 / 184 / 188 ms per clip at 1 / 2 / 3 / 4 / 8
+#: (docs/benchmarks.md); `rsctool.inference.predict` and `predict` call it so.
+FUSED_CPU_BATCH = 2
+
+
+@dataclass
+class BackboneConfig:
+    """Sizes of an AST backbone, named as transformers' `ASTConfig` names them."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    patch_size: int
+    frequency_stride: int
+    time_stride: int
+    max_length: int          # input frames (T)
+    num_mel_bins: int        # input mel bins (F)
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    attention: str = "sdpa"  # sdpa (fused kernels) | eager (explicit softmax; ONNX export)
+
+
+class PatchEmbeddings(nn.Module):
+    def __init__(self, c: BackboneConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(1, c.hidden_size, kernel_size=(c.patch_size, c.patch_size),
+                                    stride=(c.frequency_stride, c.time_stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) features -> (B, patches, D), patches ordered frequency-major."""
+        x = x.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
+        return self.projection(x).flatten(2).transpose(1, 2)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, c: BackboneConfig):
+        super().__init__()
+        f, t = patch_grid(c)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
+        self.distillation_token = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
+        self.patch_embeddings = PatchEmbeddings(c)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, f * t + 2, c.hidden_size))
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> tokens (B, 2 + patches, D): CLS, distillation, patches."""
+        e = self.patch_embeddings(x)
+        b = e.shape[0]
+        e = torch.cat((self.cls_token.expand(b, -1, -1).to(e.dtype),
+                       self.distillation_token.expand(b, -1, -1).to(e.dtype), e), dim=1)
+        return self.dropout(e + self.position_embeddings.to(e.dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, c: BackboneConfig):
+        super().__init__()
+        d = c.hidden_size
+        self.heads = c.num_attention_heads
+        self.head_dim = d // c.num_attention_heads
+        self.dropout_p = c.attention_probs_dropout_prob
+        self.implementation = c.attention
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.o_proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D): multi-head self-attention, no mask."""
+        b, n, _ = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        p = self.dropout_p if self.training else 0.0
+        if self.implementation == "eager":
+            # transformers' eager_attention_forward: softmax in fp32, then back
+            w = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
+            w = F.dropout(torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype), p,
+                          self.training)
+            a = torch.matmul(w, v)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return self.o_proj(a.transpose(1, 2).reshape(b, n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: BackboneConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.fc2 = nn.Linear(c.intermediate_size, c.hidden_size)
+        self.activation_fn = nn.GELU()  # exact (erf) GELU, transformers' "gelu"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(x)))
+
+
+class Layer(nn.Module):
+    """Pre-norm ViT block: h + attn(LN(h)), then h + MLP(LN(h)); (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, c: BackboneConfig):
+        super().__init__()
+        self.attention = Attention(c)
+        self.layernorm_before = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.mlp = MLP(c)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.packed: _Packed | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if (self.packed is not None and not self.training and not torch.is_grad_enabled()
+                and _autocast_dtype(h.device.type) == self.packed.dtype):
+            return self.packed.forward(self, h)
+        h = h + self.dropout(self.attention(self.layernorm_before(h)))
+        return h + self.dropout(self.mlp(self.layernorm_after(h)))
+
+
+class ASTBackbone(nn.Module):
+    """Patch embedding, `num_hidden_layers` blocks and the final LayerNorm; `forward` gives
+    the normalised tokens (B, 2 + patches, D) of features (B, T, F)."""
+
+    def __init__(self, c: BackboneConfig):
+        super().__init__()
+        self.config = c
+        self.embeddings = Embeddings(c)
+        self.layers = nn.ModuleList(Layer(c) for _ in range(c.num_hidden_layers))
+        self.layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.apply(self._init_weights)
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        # transformers' PreTrainedModel._init_weights for these module types
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            nn.init.normal_(m.weight, std=self.config.initializer_range)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embeddings(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.layernorm(h)
+
+
+def patch_grid(c: Any) -> tuple[int, int]:
+    """(frequency patches, time patches) of an AST config (transformers' formula)."""
+    return ((c.num_mel_bins - c.patch_size) // c.frequency_stride + 1,
+            (c.max_length - c.patch_size) // c.time_stride + 1)
+
+
+#: transformers 4.x names -> 5.x names (this module's), for state dicts written with 4.x.
+_LEGACY = [
+    (re.compile(r"encoder\.layer\.(\d+)\."), r"layers.\1."),
+    (re.compile(r"attention\.attention\.query\."), "attention.q_proj."),
+    (re.compile(r"attention\.attention\.key\."), "attention.k_proj."),
+    (re.compile(r"attention\.attention\.value\."), "attention.v_proj."),
+    (re.compile(r"attention\.output\.dense\."), "attention.o_proj."),
+    (re.compile(r"intermediate\.dense\."), "mlp.fc1."),
+    (re.compile(r"(layers\.\d+\.)output\.dense\."), r"\1mlp.fc2."),
+]
+
+
+def rename_legacy(key: str) -> str:
+    """A transformers 4.x AST state-dict key in this module's (5.x) naming."""
+    for pattern, repl in _LEGACY:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def _rename_legacy_keys(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any
+                        ) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        new = prefix + rename_legacy(key[len(prefix):])
+        if new != key:
+            state[new] = state.pop(key)
+
+
+# -- fused inference ----------------------------------------------------------------------
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs `device_type` in now, or None when it is off."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if on else None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def _mkldnn_ok(dtype: torch.dtype) -> bool:
+    ops = torch.ops.mkldnn
+    return (torch.backends.mkldnn.is_available() and dtype == torch.bfloat16
+            and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")
+            and bool(getattr(ops, "_is_mkldnn_bf16_supported", lambda: False)()))
+
+
+class _Packed:
+    """Copies of one block's weights for the fused inference path, in `dtype`; the
+    module's own parameters are left as they are (the LayerNorms run from them: bf16 in,
+    fp32 weights, bf16 out)."""
+
+    def __init__(self, layer: Layer, dtype: torch.dtype):
+        a, m = layer.attention, layer.mlp
+        self.dtype = dtype
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(dtype).contiguous()
+
+        self.wqkv = cast(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+        self.bqkv = cast(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
+        self.wo, self.bo = cast(a.o_proj.weight), cast(a.o_proj.bias)
+        self.w1, self.b1 = cast(m.fc1.weight), cast(m.fc1.bias)
+        self.w2, self.b2 = cast(m.fc2.weight), cast(m.fc2.bias)
+        self.mkldnn = _mkldnn_ok(dtype) and self.wqkv.device.type == "cpu"
+        if self.mkldnn:
+            pack = torch.ops.mkldnn._reorder_linear_weight
+            self.wqkv_p, self.wo_p = pack(self.wqkv), pack(self.wo)
+            self.w1_p, self.w2_p = pack(self.w1), pack(self.w2)
+            # only the packed copies are read from here on, and w2 for `SMALL_M` rows
+            self.wqkv = self.wo = self.w1 = None
+
+    def _linear(self, x: torch.Tensor, name: str, act: str = "none") -> torch.Tensor:
+        """(M, K) -> (M, N) product with weight `name` (w<name>, b<name>) and activation
+        `act` (none | gelu, exact) fused where oneDNN runs it."""
+        w, b = getattr(self, "w" + name), getattr(self, "b" + name)
+        if self.mkldnn:
+            if name == "2" and x.shape[0] < SMALL_M:
+                # (W x^T)^T: the same product; oneDNN splits this shape badly over the
+                # cores when one clip gives the rows (2.6 vs 4.3 ms, module docstring)
+                return torch.addmm(b[:, None], w, x.t()).t()
+            return torch.ops.mkldnn._linear_pointwise(x, getattr(self, f"w{name}_p"), b, act,
+                                                      [], "none" if act == "gelu" else "")
+        y = F.linear(x, w, b)
+        return F.gelu(y) if act == "gelu" else y
+
+    def forward(self, layer: Layer, h: torch.Tensor) -> torch.Tensor:
+        """The block's function on (B, N, D), as `Layer.forward` in eval mode."""
+        b, n, d = h.shape
+        a = layer.attention
+        h = h.to(self.dtype)
+        x = layer.layernorm_before(h).to(self.dtype).reshape(b * n, d)
+        qkv = self._linear(x, "qkv").view(b, n, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
+        if a.implementation == "eager":
+            w = torch.softmax(torch.matmul(qkv[0], qkv[1].transpose(2, 3)) * a.head_dim ** -0.5,
+                              dim=-1, dtype=torch.float32).to(self.dtype)
+            o = torch.matmul(w, qkv[2])
+        else:
+            o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        h = h + self._linear(o.transpose(1, 2).reshape(b * n, d), "o").view(b, n, d)
+        x = layer.layernorm_after(h).to(self.dtype).reshape(b * n, d)
+        return h + self._linear(self._linear(x, "1", "gelu"), "2").view(b, n, d)
+
+
+def pack_for_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> list[Layer]:
+    """Give every AST block inside `model` that has none yet the fused inference path in
+    `dtype`, taken when the block runs in eval mode without gradients under autocast to
+    `dtype` (`rsctool.devices.inference_precision`); fp32 calls and training are
+    unchanged. The copies take a bf16 model's size again (AST base: 170 MB) and go stale
+    if the weights change: pack after loading, `unpack` before changing them. Returns the
+    blocks packed now."""
+    done = []
+    for layer in model.modules():
+        if isinstance(layer, Layer) and layer.packed is None:
+            layer.packed = _Packed(layer, dtype)
+            done.append(layer)
+    return done
+
+
+def unpack(layers: list[Layer]) -> None:
+    """Drop the fused path (and its weight copies) of `layers`."""
+    for layer in layers:
+        layer.packed = None
