@@ -8,25 +8,15 @@ import sys
 
 import pytest
 import torch
+from test_models_ast import meta_batch
 
 from rsctool import devices
 from rsctool.models import ast_backbone, create_model
 from rsctool.models.ast_backbone import Layer, pack_for_inference, rename_legacy, unpack
-from rsctool.models.metadata import DEFAULT_META_SPEC
 from rsctool.models.registry import models_with
 
 T, FB = 100, 32  # 2 x 9 patches + 2 tokens = 20 tokens per clip
 TRANSFORMERS = models_with(lambda t: t.transformer and t.family == "ast")
-
-
-def meta_batch(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    spec = DEFAULT_META_SPEC
-    mask = (torch.rand(b, 3, generator=g) > 0.3).float()
-    return {"device": torch.randint(0, spec["n_devices"], (b,), generator=g),
-            "site": torch.randint(0, spec["n_sites"], (b,), generator=g),
-            "sex": torch.randint(0, 3, (b,), generator=g),
-            "num": torch.randn(b, 3, generator=g) * mask, "num_mask": mask}
 
 
 def tiny(name: str):
