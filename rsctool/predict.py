@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rsctool.console import err_console, get_state, warn, write_stdout
+from rsctool.console import info as note
 from rsctool.devices import check_precision
 from rsctool.errors import ConfigError, DataError, UserError, flag_lookup, render_message
 
@@ -346,9 +347,12 @@ def open_backend(opts: PredictOptions, state: Any) -> Any:
 
         cpu = onnx_providers(state.device)[0] == "CPUExecutionProvider"
         path, why = find_export(project, name, opts.checkpoint, cpu)
-        if path is not None and not (opts.backend == "auto" and cpu
-                                     and torch_bf16_first(project, name, opts.precision)):
-            return OnnxBackend(path, opts.threads, state.device)
+        if path is not None:
+            if not (opts.backend == "auto" and cpu
+                    and torch_bf16_first(project, name, opts.precision)):
+                return OnnxBackend(path, opts.threads, state.device)
+            note(state, f"run {name!r}: torch in bf16, faster on this CPU (bf16 units) than "
+                        f"its ONNX export ({path.name}; --backend onnx to use that)")
         if opts.backend == "onnx":
             raise ConfigError(f"--backend onnx: {why}")
         if why and "older" in why:

@@ -324,6 +324,27 @@ def test_onnx_and_torch_backends_agree(exported, data):
         assert a["recordings"][0].get("metadata") == b["recordings"][0].get("metadata")
 
 
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_auto_backend_of_an_exported_transformer_follows_the_cpu(exported, data, monkeypatch,
+                                                                  bf16_units):
+    from rsctool import devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: bf16_units)
+    wav = str(data / f"{REC}.wav")
+    r = runner.invoke(app, ["--project", str(exported), "predict", "--format", "json", wav,
+                            "--run", "softfilm"], catch_exceptions=False)  # not quiet
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["model"]["backend"] == ("torch" if bf16_units else "onnx")
+    assert ("faster on this CPU" in r.stderr) is bf16_units, r.stderr
+    if bf16_units:
+        assert doc["model"]["precision"] == "bf16" and doc["model"]["batch_size"] == 2
+    # asked for fp32, or a cnn: the export, whatever the CPU
+    assert predict_json(exported, wav, "--run", "softfilm", "--precision", "fp32"
+                        )["model"]["backend"] == "onnx"
+    assert predict_json(exported, wav, "--run", "cnn")["model"]["backend"] == "onnx"
+
+
 def test_metadata_from_names_demographics_csv_and_options(exported, data, tmp_path):
     wav = str(data / f"{REC}.wav")
     s = predict_json(exported, wav, "--run", "softfilm")["recordings"][0]
