@@ -16,7 +16,8 @@ from rsctool.models.ast_backbone import Layer, pack_for_inference, rename_legacy
 from rsctool.models.registry import models_with
 
 T, FB = 100, 32  # 2 x 9 patches + 2 tokens = 20 tokens per clip
-TRANSFORMERS = models_with(lambda t: t.transformer and t.family == "ast")
+#: every model built on the AST backbone (the stand-alone ADD network has its own blocks)
+TRANSFORMERS = [n for n in models_with(lambda t: t.transformer) if n != "add-standalone"]
 
 
 def tiny(name: str):
