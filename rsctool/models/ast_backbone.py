@@ -108,16 +108,20 @@ class Attention(nn.Module):
             return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        p = self.dropout_p if self.training else 0.0
-        if self.implementation == "eager":
-            # transformers' eager_attention_forward: softmax in fp32, then back
-            w = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
-            w = F.dropout(torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype), p,
-                          self.training)
-            a = torch.matmul(w, v)
-        else:
-            a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        a = attend(q, k, v, self.implementation, self.dropout_p if self.training else 0.0)
         return self.o_proj(a.transpose(1, 2).reshape(b, n, -1))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, implementation: str,
+           dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) v for (B, H, N, Dh) queries, keys and values; ``eager`` is
+    transformers' eager_attention_forward (softmax in fp32, then back), else PyTorch's
+    fused scaled-dot-product kernels. Attention-probability dropout `dropout_p`."""
+    if implementation == "eager":
+        w = torch.matmul(q, k.transpose(2, 3)) * q.shape[-1] ** -0.5
+        w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(F.dropout(w, dropout_p, dropout_p > 0), v)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
 class MLP(nn.Module):
@@ -279,12 +283,7 @@ class _Packed:
         h = h.to(self.dtype)
         x = layer.layernorm_before(h).to(self.dtype).reshape(b * n, d)
         qkv = self._linear(x, "qkv").view(b, n, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
-        if a.implementation == "eager":
-            w = torch.softmax(torch.matmul(qkv[0], qkv[1].transpose(2, 3)) * a.head_dim ** -0.5,
-                              dim=-1, dtype=torch.float32).to(self.dtype)
-            o = torch.matmul(w, qkv[2])
-        else:
-            o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        o = attend(qkv[0], qkv[1], qkv[2], a.implementation)
         h = h + self._linear(o.transpose(1, 2).reshape(b * n, d), "o").view(b, n, d)
         x = layer.layernorm_after(h).to(self.dtype).reshape(b * n, d)
         return h + self._linear(self._linear(x, "1", "gelu"), "2").view(b, n, d)
@@ -294,7 +293,7 @@ def pack_for_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16) ->
     """Give every AST block inside `model` that has none yet the fused inference path in
     `dtype`, taken when the block runs in eval mode without gradients under autocast to
     `dtype` (`rsctool.devices.inference_precision`); fp32 calls and training are
-    unchanged. The copies take a bf16 model's size again (AST base: 170 MB) and go stale
+    unchanged. The copies take about a bf16 model's size (AST base: 230 MB) and go stale
     if the weights change: pack after loading, `unpack` before changing them. Returns the
     blocks packed now."""
     done = []
