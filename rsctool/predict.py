@@ -285,7 +285,7 @@ def torch_bf16_first(project: Project, run: str, precision: str) -> bool:
     transformer (its export record says so), torch would run it in bf16 (`precision`
     ``auto`` or ``bf16``) and this CPU has bf16 units (`rsctool.devices.cpu_bf16_fast`).
     There the fused bf16 AST blocks beat onnxruntime's int8 export (AST base: 154 vs
-    258 ms per clip, 3 minutes of audio in 9.7 vs 12.8 s; docs/benchmarks.md) at
+    258 ms per clip, 3 minutes of audio in 8.6 vs 13.1 s; docs/benchmarks.md) at
     fp32-like accuracy (probabilities within 5e-3 of fp32)."""
     from rsctool.devices import cpu_bf16_fast
     from rsctool.runs import export_name

@@ -28,8 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsctool.errors import ConfigError
-from rsctool.models.ast_backbone import ATTENTION, ASTBackbone, BackboneConfig, patch_grid
-from rsctool.models.ast_backbone import rename_legacy as rename_legacy
+from rsctool.models.ast_backbone import (
+    ATTENTION,
+    ASTBackbone,
+    Attention,
+    BackboneConfig,
+    patch_grid,
+    rename_legacy,
+)
 from rsctool.models.heads import HEAD_DEFAULTS, build_head
 from rsctool.models.registry import ModelTraits, register_model
 
@@ -137,8 +143,6 @@ def backbone_config(config: dict[str, Any]) -> BackboneConfig:
 def set_attention(model: nn.Module, implementation: str) -> nn.Module:
     """Switch every AST block inside `model` to ``sdpa`` or ``eager`` attention in place
     (weights untouched); returns `model`."""
-    from rsctool.models.ast_backbone import Attention
-
     if implementation not in ATTENTION:
         raise ConfigError(f"attention must be one of {ATTENTION}, got {implementation!r}")
     for m in model.modules():
