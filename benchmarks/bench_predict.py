@@ -33,6 +33,13 @@ unless also asked for):
   AST with random initialisation). Baseline: fp32, half-window hop, batch 16 (the
   defaults before `--precision`).
 
+With ``--layouts``: the four products of one AST-base block in bf16 through oneDNN
+(``torch.ops.mkldnn._linear_pointwise``), ms per product (median of `--repeats` x 10 calls)
+at one and two 8 s clips' rows (950, 1,900), with the weight packed in oneDNN's default
+layout and in its one-row layout (``_reorder_linear_weight(w, 1)``): the measurement
+behind the layouts `rsctool.models.ast_backbone._Packed` picks; the residual addition
+and the GELU are fused as there.
+
 torch and onnxruntime get the same number of threads (`--threads`, default all cores).
 Ratios are against the named baseline measured in the same run; on a shared machine
 absolute times vary by tens of percent between runs.
@@ -271,6 +278,56 @@ def bench_precision(specs: list[str], repeats: int, batch16_repeats: int) -> lis
     return rows
 
 
+def bench_layouts(repeats: int) -> list[dict]:
+    """ms per product of one AST-base block (D = 768) in both oneDNN weight layouts, at
+    one and two clips' rows; see the module docstring."""
+    import torch
+
+    ops = torch.ops.mkldnn
+    pack = ops._reorder_linear_weight
+    d, rows_per_clip = 768, 950
+    products = [("q/k/v (D, 3D)", d, 3 * d, ""), ("out (D, D) + residual", d, d, "add"),
+                ("fc1 (D, 4D) + GELU", d, 4 * d, "gelu"),
+                ("fc2 (4D, D) + residual", 4 * d, d, "add")]
+    g = torch.Generator().manual_seed(0)
+    out = []
+    with torch.inference_mode():
+        for name, k, n, post in products:
+            w = torch.randn(n, k, generator=g).bfloat16()
+            b = torch.randn(n, generator=g).bfloat16()
+            layouts = {"default": pack(w), "one-row": pack(w, 1)}
+            for clips in (1, 2):
+                m = clips * rows_per_clip
+                x = torch.randn(m, k, generator=g).bfloat16()
+                h = torch.randn(m, n, generator=g).bfloat16()
+
+                def product(wp, x=x, b=b, h=h, post=post):
+                    if post == "add":
+                        return lambda: ops._linear_pointwise.binary(x, h, wp, b, "add")
+                    act, algo = ("gelu", "none") if post == "gelu" else ("none", "")
+                    return lambda: ops._linear_pointwise(x, wp, b, act, [], algo)
+
+                times = _interleaved({k: product(v) for k, v in layouts.items()},
+                                     10 * repeats, warmup=True)
+                r = {"product": name, "rows": m,
+                     **{k: 1000 * statistics.median(v) for k, v in times.items()}}
+                out.append(r)
+                print(f"  {name:24s} {m:5d} rows: default {r['default']:.2f} ms, "
+                      f"one-row {r['one-row']:.2f} ms", flush=True)
+    return out
+
+
+def print_layouts(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print("\n| product (AST base block, bf16) | rows | default layout (ms) | one-row layout "
+          "(ms) | faster |\n|---|---:|---:|---:|---|")
+    for r in rows:
+        best = "one-row" if r["one-row"] < r["default"] else "default"
+        print(f"| {r['product']} | {r['rows']:,} | {r['default']:.2f} | {r['one-row']:.2f} "
+              f"| {best} |")
+
+
 def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
                     onnx: bool = False, configs: list | None = None) -> list[dict]:
     """`rsctool predict` wall time of one recording, torch backend, per run/precision/hop;
@@ -370,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the fp32 vs bf16 and end-to-end recording rows (other rows only "
                          "with --models / --cli)")
     ap.add_argument("--cli", action="store_true", help="with --precision: also the CLI rows")
+    ap.add_argument("--layouts", action="store_true",
+                    help="the oneDNN weight-layout rows of an AST-base block only")
     ap.add_argument("--precision-models", nargs="*",
                     default=["cnn:small", "ast:tiny", "ast:small"])
     ap.add_argument("--e2e-models", nargs="*", default=["cnn:small", "ast:tiny"])
@@ -394,6 +453,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
           f"{args.threads} thread(s), {os.cpu_count()} CPU(s), load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
+    if args.layouts:
+        print_layouts(bench_layouts(args.repeats))
+        print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+        return
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_predict.") as d:
         tmp = Path(d)

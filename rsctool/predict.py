@@ -241,12 +241,12 @@ class TorchBackend:
 
 def default_batch_size(backend: Any) -> int:
     """Cycles/windows per model call when ``--batch-size`` is not given, by the rule the
-    CPU measurements in docs/benchmarks.md back ("AST base: the fused bf16 path"): for
-    an AST-family model (a transformer with an ``attention`` setting) on the CPU, 1 in
-    onnxruntime and in torch fp32 (one clip alone costs less than its share of a batch),
-    2 in torch bf16 (AST base, fused blocks: 154 ms per clip at batch 2, 178 at 1, 184 at
-    4 and 188 at 8); 16 otherwise (CNNs, and any model on a GPU, are cheaper per clip in
-    batches)."""
+    CPU measurements in docs/benchmarks.md back ("AST base: weight layouts by call
+    size"): for an AST-family model (a transformer with an ``attention`` setting) on the
+    CPU, 1 in onnxruntime and in torch fp32 (one clip alone costs less than its share of a
+    batch), 2 in torch bf16 (AST base, fused blocks: 164 ms per clip at batch 2, 173 at 1,
+    157 at 4 and 192 at 8; `FUSED_CPU_BATCH`); 16 otherwise (CNNs, and any model on a GPU,
+    are cheaper per clip in batches)."""
     ast_like = "attention" in (backend.spec.model_config or {})
     if not ast_like or backend.device != "cpu":
         return 16

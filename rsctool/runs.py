@@ -164,8 +164,12 @@ def load_run(project: Project, name: str, which: str = "best", device: str = "cp
         raise DataError("checkpoint has no run config (not written by `rsctool train`)", path)
     config = RunConfig.from_dict(raw, path)
     model = rebuild_model(config, skip_init=True)
+    own = model.state_dict()
+    # The checkpoint's tensors become the parameters (no 344 MB copy for AST base: 90 ms)
+    # when they already have the model's dtypes; otherwise they are copied (and cast).
+    assign = all(k in own and own[k].dtype == v.dtype for k, v in ck.model_state.items())
     try:
-        model.load_state_dict(ck.model_state, strict=True)
+        model.load_state_dict(ck.model_state, strict=True, assign=assign)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise DataError(f"checkpoint weights do not fit the model it describes ({first})",

@@ -87,7 +87,7 @@ def _run(m, x, meta, precision):
 
 
 @pytest.mark.parametrize("name", TRANSFORMERS)
-@pytest.mark.parametrize("batch", [3, 60])  # 60 clips = 1,200 rows: both fc2 formulations
+@pytest.mark.parametrize("batch", [3, 60])  # 60 clips = 1,200 rows: both weight layouts
 def test_fused_bf16_path_computes_the_model_in_bf16(name, batch, monkeypatch):
     m = tiny(name)
     x = torch.randn(batch, T, FB, generator=torch.Generator().manual_seed(2))

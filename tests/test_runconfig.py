@@ -175,3 +175,29 @@ def test_no_eval_function_is_over_120_lines():
     long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
             if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 120}
     assert not long, long
+
+
+def test_load_run_takes_the_checkpoint_weights_and_casts_other_dtypes(run_dir):
+    """`load_run` makes the checkpoint's tensors the parameters when their dtypes match
+    (no copy) and copies with a cast when they do not (a bf16-saved checkpoint)."""
+    import torch
+
+    from rsctool.checkpoint import load_checkpoint, save_checkpoint
+    from rsctool.project import Project
+    from rsctool.runs import load_run, rebuild_model
+
+    path = run_dir / "best.safetensors"
+    ck = load_checkpoint(path)
+    project = Project.load(_project_file(run_dir))
+    loaded = load_run(project, run_dir.name)
+    got = loaded.model.state_dict()
+    assert set(got) == set(ck.model_state)
+    assert all(torch.equal(got[k], v) for k, v in ck.model_state.items())
+    assert all(p.requires_grad for p in loaded.model.parameters())  # as a built model's
+    model = rebuild_model(ck.state["config"]).to(torch.bfloat16)
+    model.load_state_dict(ck.model_state)
+    save_checkpoint(path, model=model, state=ck.state)
+    cast = load_run(project, run_dir.name).model.state_dict()
+    assert all(cast[k].dtype == v.dtype for k, v in got.items())
+    assert all(torch.allclose(cast[k].float(), v.float(), rtol=1e-2, atol=1e-2)
+               for k, v in got.items() if v.is_floating_point())

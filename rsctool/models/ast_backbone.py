@@ -11,16 +11,17 @@ on load. `tests/test_models_ast.py` checks the outputs against `ASTModel` with t
 weights.
 
 Inference fast path (`pack_for_inference`): weights in bf16, the three attention
-projections as one (D, 3D) product, oneDNN-packed weights with the GELU fused into the
-first MLP product, and the two products with D outputs computed as (W x^T)^T, which
-oneDNN runs about 1.6x faster at one 8 s clip (948 tokens) on a 2-core AMX CPU
-(docs/benchmarks.md, "AST base: the fused bf16 path"). Hooks on ``layernorm_after`` and
-on whole blocks (the metadata-conditioned variants) fire as in the training path.
+projections as one (D, 3D) product, oneDNN-packed weights in the layout that splits each
+product best over the cores for the rows of the call (one 8 s clip gives 950), with the
+GELU and the residual additions fused into the products (docs/benchmarks.md, "AST base:
+the fused bf16 path"). Hooks on ``layernorm_after`` and on whole blocks (the
+metadata-conditioned variants) fire as in the training path.
 """
 
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 ATTENTION = ("sdpa", "eager")
-#: Below this many rows (tokens in a call) the fused path computes the second MLP product
-#: as (W x^T)^T (see `_Packed._linear`).
+#: Below this many rows (tokens in a call: one 8 s AST clip gives 950) the fused path
+#: takes the weight layouts packed for few rows (see `_Packed`).
 SMALL_M = 1024
-#: Clips per model call where the fused path is fastest per clip on the CPU: AST base,
-#: 8 s clips, 2-core AMX CPU: 178 / 154 / 180 / 184 / 188 ms per clip at 1 / 2 / 3 / 4 / 8
-#: (docs/benchmarks.md); `rsctool.inference.predict` and `predict` call it so.
+#: Clips per model call for the fused path on the CPU: AST base, 8 s clips, 2-core AMX CPU:
+#: 173 / 164 / 170 / 157 / 192 ms per clip at 1 / 2 / 3 / 4 / 8 (docs/benchmarks.md; 4 is
+#: within the noise of 2 and holds twice the activations); `rsctool.inference.predict`
+#: and `predict` call it so.
 FUSED_CPU_BATCH = 2
 
 
@@ -240,7 +242,19 @@ def _mkldnn_ok(dtype: torch.dtype) -> bool:
 class _Packed:
     """Copies of one block's weights for the fused inference path, in `dtype`; the
     module's own parameters are left as they are (the LayerNorms run from them: bf16 in,
-    fp32 weights, bf16 out)."""
+    fp32 weights, bf16 out).
+
+    With oneDNN the weights are packed in its blocked layouts, and the layout decides how
+    a product is split over the cores. ``_reorder_linear_weight(w, 1)`` (the layout for
+    one row) splits the output columns, which is faster for the (D, D) and (4D, D)
+    products when one clip gives the rows and slower from two clips on; the default
+    layout is the other way round. So those two are packed both ways (`SMALL_M` rows
+    picks one: +14 MB for AST base), the first MLP product (GELU fused) is faster in the
+    one-row layout at both sizes, and q/k/v in the default one. AST base, 2-core AMX CPU,
+    ms per product at 950 / 1,900 rows (default vs one-row layout): (D, D) 0.90 / 0.83 vs
+    0.50 / 0.97; (4D, D) 3.92 / 3.96 vs 2.43 / 4.46; (D, 4D) + GELU 2.38 / 4.58 vs
+    2.18 / 4.27 (docs/benchmarks.md, "AST base: the fused bf16 path"). The residual
+    additions are fused into the products that precede them."""
 
     def __init__(self, layer: Layer, dtype: torch.dtype):
         a, m = layer.attention, layer.mlp
@@ -249,44 +263,45 @@ class _Packed:
         def cast(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to(dtype).contiguous()
 
-        self.wqkv = cast(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
-        self.bqkv = cast(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
-        self.wo, self.bo = cast(a.o_proj.weight), cast(a.o_proj.bias)
-        self.w1, self.b1 = cast(m.fc1.weight), cast(m.fc1.bias)
-        self.w2, self.b2 = cast(m.fc2.weight), cast(m.fc2.bias)
-        self.mkldnn = _mkldnn_ok(dtype) and self.wqkv.device.type == "cpu"
-        if self.mkldnn:
-            pack = torch.ops.mkldnn._reorder_linear_weight
-            self.wqkv_p, self.wo_p = pack(self.wqkv), pack(self.wo)
-            self.w1_p, self.w2_p = pack(self.w1), pack(self.w2)
-            # only the packed copies are read from here on, and w2 for `SMALL_M` rows
-            self.wqkv = self.wo = self.w1 = None
-
-    def _linear(self, x: torch.Tensor, name: str, act: str = "none") -> torch.Tensor:
-        """(M, K) -> (M, N) product with weight `name` (w<name>, b<name>) and activation
-        `act` (none | gelu, exact) fused where oneDNN runs it."""
-        w, b = getattr(self, "w" + name), getattr(self, "b" + name)
-        if self.mkldnn:
-            if name == "2" and x.shape[0] < SMALL_M:
-                # (W x^T)^T: the same product; oneDNN splits this shape badly over the
-                # cores when one clip gives the rows (2.6 vs 4.3 ms, module docstring)
-                return torch.addmm(b[:, None], w, x.t()).t()
-            return torch.ops.mkldnn._linear_pointwise(x, getattr(self, f"w{name}_p"), b, act,
-                                                      [], "none" if act == "gelu" else "")
-        y = F.linear(x, w, b)
-        return F.gelu(y) if act == "gelu" else y
+        self.b = {"qkv": cast(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])),
+                  "o": cast(a.o_proj.bias), "1": cast(m.fc1.bias), "2": cast(m.fc2.bias)}
+        w = {"qkv": cast(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
+             "o": cast(a.o_proj.weight), "1": cast(m.fc1.weight), "2": cast(m.fc2.weight)}
+        self.mkldnn = _mkldnn_ok(dtype) and w["qkv"].device.type == "cpu"
+        if not self.mkldnn:
+            self.w = {"wide": w, "narrow": w}
+            return
+        pack = torch.ops.mkldnn._reorder_linear_weight
+        wide = {"qkv": pack(w["qkv"]), "o": pack(w["o"]), "2": pack(w["2"]),
+                "1": pack(w["1"], 1)}
+        self.w = {"wide": wide, "narrow": {**wide, "o": pack(w["o"], 1), "2": pack(w["2"], 1)}}
 
     def forward(self, layer: Layer, h: torch.Tensor) -> torch.Tensor:
         """The block's function on (B, N, D), as `Layer.forward` in eval mode."""
         b, n, d = h.shape
-        a = layer.attention
-        h = h.to(self.dtype)
-        x = layer.layernorm_before(h).to(self.dtype).reshape(b * n, d)
-        qkv = self._linear(x, "qkv").view(b, n, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
+        a, m = layer.attention, b * n
+        w = self.w["narrow" if m < SMALL_M else "wide"]
+        h = h.to(self.dtype).reshape(m, d)
+        x = layer.layernorm_before(h.view(b, n, d)).to(self.dtype).reshape(m, d)
+        qkv = self._linear(x, w, "qkv").view(b, n, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
         o = attend(qkv[0], qkv[1], qkv[2], a.implementation)
-        h = h + self._linear(o.transpose(1, 2).reshape(b * n, d), "o").view(b, n, d)
-        x = layer.layernorm_after(h).to(self.dtype).reshape(b * n, d)
-        return h + self._linear(self._linear(x, "1", "gelu"), "2").view(b, n, d)
+        h = self._linear(o.transpose(1, 2).reshape(m, d), w, "o", residual=h)
+        x = layer.layernorm_after(h.view(b, n, d)).to(self.dtype).reshape(m, d)
+        return self._linear(self._linear(x, w, "1", gelu=True), w, "2", residual=h).view(b, n, d)
+
+    def _linear(self, x: torch.Tensor, w: dict[str, torch.Tensor], name: str,
+                gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, K) -> (M, N): ``x W^T + b``, then the exact GELU or ``+ residual`` (M, N),
+        fused into the product where oneDNN runs it."""
+        if not self.mkldnn:
+            y = F.linear(x, w[name], self.b[name])
+            y = F.gelu(y) if gelu else y
+            return y if residual is None else residual + y
+        ops = torch.ops.mkldnn
+        if residual is not None:
+            return ops._linear_pointwise.binary(x, residual, w[name], self.b[name], "add")
+        return ops._linear_pointwise(x, w[name], self.b[name], "gelu" if gelu else "none", [],
+                                     "none" if gelu else "")
 
 
 def pack_for_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> list[Layer]:
@@ -296,11 +311,13 @@ def pack_for_inference(model: nn.Module, dtype: torch.dtype = torch.bfloat16) ->
     unchanged. The copies take about a bf16 model's size (AST base: 230 MB) and go stale
     if the weights change: pack after loading, `unpack` before changing them. Returns the
     blocks packed now."""
-    done = []
-    for layer in model.modules():
-        if isinstance(layer, Layer) and layer.packed is None:
-            layer.packed = _Packed(layer, dtype)
-            done.append(layer)
+    done = [m for m in model.modules() if isinstance(m, Layer) and m.packed is None]
+    # oneDNN's weight reorders keep only part of the cores busy: two blocks at a time pack
+    # AST base in 80 instead of 130 ms (2 cores).
+    with ThreadPoolExecutor(max(1, min(2, torch.get_num_threads()))) as pool:
+        for layer, packed in zip(done, pool.map(lambda m: _Packed(m, dtype), done),
+                                 strict=True):
+            layer.packed = packed
     return done
 
 
