@@ -14,8 +14,9 @@ Inference fast path (`pack_for_inference`): weights in bf16, the three attention
 projections as one (D, 3D) product, oneDNN-packed weights in the layout that splits each
 product best over the cores for the rows of the call (one 8 s clip gives 950), with the
 GELU and the residual additions fused into the products (docs/benchmarks.md, "AST base:
-the fused bf16 path"). Hooks on ``layernorm_after`` and on whole blocks (the
-metadata-conditioned variants) fire as in the training path.
+the fused bf16 path" and "AST base: weight layouts by call size"). Hooks on
+``layernorm_after`` and on whole blocks (the metadata-conditioned variants) fire as in the
+training path.
 """
 
 from __future__ import annotations
@@ -251,10 +252,10 @@ class _Packed:
     layout is the other way round. So those two are packed both ways (`SMALL_M` rows
     picks one: +14 MB for AST base), the first MLP product (GELU fused) is faster in the
     one-row layout at both sizes, and q/k/v in the default one. AST base, 2-core AMX CPU,
-    ms per product at 950 / 1,900 rows (default vs one-row layout): (D, D) 0.90 / 0.83 vs
-    0.50 / 0.97; (4D, D) 3.92 / 3.96 vs 2.43 / 4.46; (D, 4D) + GELU 2.38 / 4.58 vs
-    2.18 / 4.27 (docs/benchmarks.md, "AST base: the fused bf16 path"). The residual
-    additions are fused into the products that precede them."""
+    ms per product at 950 / 1,900 rows, default vs one-row layout, residual addition or
+    GELU fused: (D, D) 1.16 / 1.10 vs 0.67 / 1.17; (4D, D) 4.47 / 4.60 vs 2.71 / 5.32;
+    (D, 4D) + GELU 2.75 / 5.00 vs 2.49 / 4.94 (`bench_predict.py --layouts`;
+    docs/benchmarks.md, "AST base: weight layouts by call size")."""
 
     def __init__(self, layer: Layer, dtype: torch.dtype):
         a, m = layer.attention, layer.mlp
