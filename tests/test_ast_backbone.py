@@ -97,7 +97,8 @@ def test_fused_bf16_path_computes_the_model_in_bf16(name, batch, monkeypatch):
     calls = []
     real = ast_backbone._Packed.forward
     monkeypatch.setattr(ast_backbone._Packed, "forward",
-                        lambda self, layer, h: calls.append(1) or real(self, layer, h))
+                        lambda self, layer, h, queries=None: calls.append(1)
+                        or real(self, layer, h, queries))
     with torch.no_grad(), devices.inference_precision("bf16", "cpu", m):
         assert all(layer.packed is not None for layer in m.modules() if isinstance(layer, Layer))
         fused = m(x, meta)["logits"].float()
@@ -129,7 +130,7 @@ def test_fused_path_without_onednn_and_only_in_bf16_inference(monkeypatch):
     assert (torch.softmax(fused, -1) - torch.softmax(want, -1)).abs().max() < 2e-2
     calls = []
     monkeypatch.setattr(ast_backbone._Packed, "forward",
-                        lambda self, layer, h: calls.append(1))
+                        lambda self, layer, h, queries=None: calls.append(1))
     # fp32, gradient-enabled and training calls run the module's own weights
     _run(m, x, None, "fp32")
     with devices.inference_precision("bf16", "cpu"):
@@ -162,3 +163,37 @@ def test_batches_of_a_fused_model_run_two_clips_per_call():
     # clips are independent in eval mode: the same numbers as one call of five
     assert torch.allclose(out["logits"].float(), whole["logits"].float(), atol=0.05)
     unpack(layers)
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_last_block_on_the_pooled_tokens_only_is_the_same_function(name):
+    """`encode(x, first=2)` (what `forward` runs) gives the first two tokens of the whole
+    sequence, with the conditioning hooks acting, and the same gradients."""
+    m = tiny(name)
+    x = torch.randn(3, T, FB, generator=torch.Generator().manual_seed(2))
+    meta = meta_batch(3) if m.needs_metadata else None
+
+    def enc(first=None):
+        if m.needs_metadata:  # the state the hooks read, as `forward` sets it
+            m._state = m.condition(meta)
+        try:
+            return m.encode(m.front(x)[0] if hasattr(m, "front") else x, first)
+        finally:
+            m._state = None
+
+    whole, part = enc(), enc(first=2)
+    assert part.shape == (3, 2, whole.shape[-1]) and whole.shape[1] == 20
+    assert torch.allclose(part, whole[:, :2], atol=1e-5), (part - whole[:, :2]).abs().max()
+    grads = []
+    for first in (None, 2):
+        m.zero_grad()
+        enc(first)[:, :2].pow(2).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-4), k
+    # the fused bf16 blocks take the same path
+    with torch.no_grad(), devices.inference_precision("bf16", "cpu", m):
+        fused_whole, fused_part = enc().float(), enc(first=2).float()
+    assert torch.allclose(fused_part, fused_whole[:, :2], atol=5e-2)

@@ -228,7 +228,7 @@ class ADDRSCClassifier(ASTClassifier):
             raise ConfigError(f"model {self.config['name']!r} expects features (B, {want[0]} "
                               f"frames, {want[1]} mel bins), got {tuple(x.shape)}")
         denoised, aux = self.front(x)
-        tokens = self.encode(denoised)
+        tokens = self.encode(denoised, first=2)  # the head reads these two tokens
         pooled = (tokens[:, 0] + tokens[:, 1]) / 2
         return {"logits": self.head(self.head_norm(pooled)), "aux_logits": self.aux_head(aux),
                 "embedding": pooled}

@@ -189,25 +189,37 @@ class ASTClassifier(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.backbone.layers
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Final normalised token sequence (B, 2 + patches, D) for input (B, T, F)."""
+    def encode(self, x: torch.Tensor, first: int | None = None) -> torch.Tensor:
+        """Final normalised token sequence (B, 2 + patches, D) for input (B, T, F), or
+        only its first `first` tokens (B, first, D).
+
+        With `first`, the last block takes only those tokens as queries (every token
+        stays a key and value) and runs its MLP on them: the same values for those
+        tokens, for 1/12 less work in AST base (the other tokens' last-block outputs are
+        what the head never reads). The conditioning hooks (conditioning.py) act token by
+        token or read the CLS/distillation tokens, so they give the same values too;
+        `tests/test_models_ast.py` checks every registered AST-family model.
+        """
         want = (self.config["input_tdim"], self.config["input_fdim"])
         if not torch.jit.is_tracing() and (x.dim() != 3 or tuple(x.shape[1:]) != want):
             raise ConfigError(f"model {self.config['name']!r} expects features (B, {want[0]} "
                               f"frames, {want[1]} mel bins), got {tuple(x.shape)}")
         h = self.backbone.embeddings(x)
-        for layer, rate in zip(self.layers, self._drop_rates, strict=True):
-            out = layer(h)
+        last = len(self.layers) - 1
+        for i, (layer, rate) in enumerate(zip(self.layers, self._drop_rates, strict=True)):
+            queries = first if i == last else None
+            out = layer(h, queries)
             if self.training and rate > 0:
                 # Stochastic depth on the whole pre-norm block (both residual branches).
                 keep = (torch.rand(h.shape[0], 1, 1, device=h.device) >= rate).to(h.dtype)
+                h = h if queries is None else h[:, :queries]
                 out = h + (out - h) * keep / (1.0 - rate)
             h = out
         return self.backbone.layernorm(h)
 
     def forward(self, x: torch.Tensor, meta: dict[str, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:
-        tokens = self.encode(x)
+        tokens = self.encode(x, first=2)  # the head reads the CLS and distillation tokens
         pooled = (tokens[:, 0] + tokens[:, 1]) / 2
         return {"logits": self.head(self.head_norm(pooled)), "embedding": pooled}
 

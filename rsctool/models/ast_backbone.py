@@ -103,16 +103,16 @@ class Attention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.o_proj = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, N, D): multi-head self-attention, no mask."""
-        b, n, _ = x.shape
-
+    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """(B, N, D) -> (B, Q, D): multi-head self-attention, no mask, for the first
+        Q = `queries` tokens (all N when None) over all N keys."""
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+            return t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
 
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        q = heads(self.q_proj(x if queries is None else x[:, :queries]))
+        k, v = heads(self.k_proj(x)), heads(self.v_proj(x))
         a = attend(q, k, v, self.implementation, self.dropout_p if self.training else 0.0)
-        return self.o_proj(a.transpose(1, 2).reshape(b, n, -1))
+        return self.o_proj(a.transpose(1, 2).flatten(2))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, implementation: str,
@@ -139,7 +139,10 @@ class MLP(nn.Module):
 
 
 class Layer(nn.Module):
-    """Pre-norm ViT block: h + attn(LN(h)), then h + MLP(LN(h)); (B, N, D) -> (B, N, D)."""
+    """Pre-norm ViT block: h + attn(LN(h)), then h + MLP(LN(h)); (B, N, D) -> (B, N, D),
+    or (B, Q, D) for the first Q = `queries` tokens only: every token is still a key and
+    value, but only Q tokens are queries, and the MLP runs on Q rows. That is the same
+    function for those tokens, for a last block whose other outputs nothing reads."""
 
     def __init__(self, c: BackboneConfig):
         super().__init__()
@@ -150,11 +153,12 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
         self.packed: _Packed | None = None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, queries: int | None = None) -> torch.Tensor:
         if (self.packed is not None and not self.training and not torch.is_grad_enabled()
                 and _autocast_dtype(h.device.type) == self.packed.dtype):
-            return self.packed.forward(self, h)
-        h = h + self.dropout(self.attention(self.layernorm_before(h)))
+            return self.packed.forward(self, h, queries)
+        a = self.attention(self.layernorm_before(h), queries)
+        h = (h if queries is None else h[:, :queries]) + self.dropout(a)
         return h + self.dropout(self.mlp(self.layernorm_after(h)))
 
 
@@ -277,18 +281,28 @@ class _Packed:
                 "1": pack(w["1"], 1)}
         self.w = {"wide": wide, "narrow": {**wide, "o": pack(w["o"], 1), "2": pack(w["2"], 1)}}
 
-    def forward(self, layer: Layer, h: torch.Tensor) -> torch.Tensor:
-        """The block's function on (B, N, D), as `Layer.forward` in eval mode."""
+    def forward(self, layer: Layer, h: torch.Tensor, queries: int | None = None
+                ) -> torch.Tensor:
+        """The block's function on (B, N, D) -> (B, Q, D), as `Layer.forward` in eval
+        mode."""
         b, n, d = h.shape
-        a, m = layer.attention, b * n
-        w = self.w["narrow" if m < SMALL_M else "wide"]
-        h = h.to(self.dtype).reshape(m, d)
-        x = layer.layernorm_before(h.view(b, n, d)).to(self.dtype).reshape(m, d)
-        qkv = self._linear(x, w, "qkv").view(b, n, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4)
-        o = attend(qkv[0], qkv[1], qkv[2], a.implementation)
-        h = self._linear(o.transpose(1, 2).reshape(m, d), w, "o", residual=h)
-        x = layer.layernorm_after(h.view(b, n, d)).to(self.dtype).reshape(m, d)
-        return self._linear(self._linear(x, w, "1", gelu=True), w, "2", residual=h).view(b, n, d)
+        nq = n if queries is None else min(queries, n)
+        a, m, mq = layer.attention, b * n, b * nq
+        h = h.to(self.dtype)
+        x = layer.layernorm_before(h).to(self.dtype).reshape(m, d)
+        qkv = self._linear(x, self._pick(m), "qkv").view(b, n, 3, a.heads, a.head_dim)
+        qkv = qkv.permute(2, 0, 3, 1, 4)
+        o = attend(qkv[0][:, :, :nq], qkv[1], qkv[2], a.implementation)
+        w = self._pick(mq)
+        h = self._linear(o.transpose(1, 2).reshape(mq, d), w, "o",
+                         residual=h[:, :nq].reshape(mq, d))
+        x = layer.layernorm_after(h.view(b, nq, d)).to(self.dtype).reshape(mq, d)
+        return self._linear(self._linear(x, w, "1", gelu=True), w, "2",
+                            residual=h).view(b, nq, d)
+
+    def _pick(self, rows: int) -> dict[str, torch.Tensor]:
+        """The weights packed for products of `rows` rows."""
+        return self.w["narrow" if rows < SMALL_M else "wide"]
 
     def _linear(self, x: torch.Tensor, w: dict[str, torch.Tensor], name: str,
                 gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
