@@ -40,7 +40,16 @@ layout and in its one-row layout (``_reorder_linear_weight(w, 1)``): the measure
 behind the layouts `rsctool.models.ast_backbone._Packed` picks; the residual addition
 and the GELU are fused as there.
 
-The CLI and end-to-end rows byte-compile rsctool's modules first (`_compile_rsctool`), as
+With ``--startup``: what `rsctool.cli.main` adds around a command, ``python -m rsctool``
+(the console script's path: torch imported with the collector paused and then frozen,
+`freeze_on_import`; the process ended without the interpreter's teardown, `exit_now`)
+against the same Typer app called plainly (``python -c "...; app()"``, the baseline),
+taking turns, median of `--repeats` runs each: ``predict`` of a one-window recording and
+of a `--recording-seconds` recording (``--hop 8``) with a 1-step AST-base run (torch,
+the default bf16 fused path here), of the recording with a 1-step cnn-small run (torch,
+and its ONNX export), and ``status``.
+
+The CLI, start-up and end-to-end rows byte-compile rsctool's modules first (`_compile_rsctool`), as
 installing a wheel does.
 
 torch and onnxruntime get the same number of threads (`--threads`, default all cores).
@@ -406,6 +415,77 @@ def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
     return rows
 
 
+def bench_startup(tmp: Path, seconds: float, repeats: int) -> list[dict]:
+    """Wall time of commands through `rsctool.cli.main` (``python -m rsctool``) against
+    the plain Typer app (baseline), taking turns; see the module docstring."""
+    from rsctool.analyze import AnalyzeOptions
+    from rsctool.analyze import run as analyze
+    from rsctool.audio import write_audio
+    from rsctool.data.demo import make_demo_dataset
+    from rsctool.project import Project
+    from rsctool.train import TrainOptions
+    from rsctool.train import run as train
+
+    root = tmp / "startup"
+    make_demo_dataset(root / "data", patients=2, seed=0)
+    project = Project.load(root / "rsctool.toml")
+    analyze(project, AnalyzeOptions(data_dir=root / "data", name="demo", plots=False))
+    for name, size in (("ast", "base"), ("cnn", "small")):
+        train(project, TrainOptions(
+            model=name, size=size, max_steps=1, epochs=1, batch_size=2, clip_seconds=8.0,
+            run=f"{name}-{size}", pretrained="none" if name == "ast" else None),
+            device="cpu")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "rsctool", "-q", "export", "--run", "cnn-small"],
+                       cwd=root, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"rsctool export failed: {r.stderr}")
+    rng = np.random.default_rng(0)
+    write_audio(root / "rec.wav", 0.1 * rng.standard_normal(int(seconds * 16000)), 16000)
+    write_audio(root / "one.wav", 0.1 * rng.standard_normal(8 * 16000), 16000)
+    commands = [
+        ("predict one.wav, AST base (torch)", ["predict", "one.wav", "--run", "ast-base"]),
+        (f"predict {seconds:g} s --hop 8, AST base (torch)",
+         ["predict", "rec.wav", "--run", "ast-base", "--hop", "8"]),
+        (f"predict {seconds:g} s, cnn small (torch)",
+         ["predict", "rec.wav", "--run", "cnn-small", "--backend", "torch"]),
+        (f"predict {seconds:g} s, cnn small (ONNX)",
+         ["predict", "rec.wav", "--run", "cnn-small", "--backend", "onnx"]),
+        ("status", ["status"]),
+    ]
+    entries = {"plain app()": [sys.executable, "-c",
+                               "from rsctool.cli import app; app(prog_name='rsctool')"],
+               "main()": [sys.executable, "-m", "rsctool"]}
+
+    def runner(entry: list[str], args: list[str]):
+        def run() -> None:
+            r = subprocess.run([*entry, "-q", *args, "--format", "json"]
+                               if args[0] == "predict" else [*entry, "-q", *args],
+                               cwd=root, env=env, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"{' '.join(args)} failed: {r.stderr.strip()[-500:]}")
+        return run
+
+    rows = []
+    for what, args in commands:
+        fns = {k: runner(e, args) for k, e in entries.items()}
+        times = _interleaved(fns, repeats, warmup=True)
+        rows.append({"what": what, **{k: statistics.median(v) for k, v in times.items()}})
+        print(f"  {what}: plain {rows[-1]['plain app()']:.2f} s, main "
+              f"{rows[-1]['main()']:.2f} s", flush=True)
+    return rows
+
+
+def print_startup(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print("\n| command | plain `app()` (baseline, s) | `main()` (s) | saved (s) | vs baseline |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        a, b = r["plain app()"], r["main()"]
+        print(f"| `rsctool {r['what']}` | {a:.2f} | {b:.2f} | {a - b:.2f} | {a / b:.2f}x |")
+
+
 def print_precision(prec: list[dict], e2e: list[dict], seconds: float) -> None:
     if prec:
         print("\n| model | precision | batch 1 (ms/clip) | vs fp32 | batch 2 (ms/clip) | "
@@ -442,6 +522,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the fp32 vs bf16 and end-to-end recording rows (other rows only "
                          "with --models / --cli)")
     ap.add_argument("--cli", action="store_true", help="with --precision: also the CLI rows")
+    ap.add_argument("--startup", action="store_true",
+                    help="only the rows of what rsctool.cli.main adds around a command")
     ap.add_argument("--layouts", action="store_true",
                     help="the oneDNN weight-layout rows of an AST-base block only")
     ap.add_argument("--precision-models", nargs="*",
@@ -472,8 +554,13 @@ def main(argv: list[str] | None = None) -> None:
         print_layouts(bench_layouts(args.repeats))
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
         return
-    if not args.no_cli or args.precision:
+    if not args.no_cli or args.precision or args.startup:
         _compile_rsctool()
+    if args.startup:
+        with tempfile.TemporaryDirectory(prefix="bench_predict.") as d:
+            print_startup(bench_startup(Path(d), args.recording_seconds, args.repeats))
+        print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+        return
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_predict.") as d:
         tmp = Path(d)

@@ -135,7 +135,7 @@ def inference_precision(precision: str, device: str, model: Any = None) -> Any:
     layers are bf16: callers take ``.float()`` of what they keep.
 
     Given the `model`, on the CPU its AST blocks also take the fused bf16 path for the
-    duration (`rsctool.models.ast_backbone.pack_for_inference`: 172 instead of 267 ms per
+    duration (`rsctool.models.ast_backbone.pack_for_inference`: 148 instead of 224 ms per
     AST-base clip at batch 1 here, docs/benchmarks.md); callers that run one model many
     times pack it once instead."""
     if precision != "bf16":

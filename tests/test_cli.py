@@ -110,3 +110,59 @@ def test_help_texts_survive_rich_rendering():
     for text in texts:
         assert not re.search(r"\[[A-Za-z][A-Za-z _/-]*\]", text), text
         assert not re.search(r":[A-Za-z_]+:", text), text
+
+
+def _python(code: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, **kw)
+
+
+@pytest.mark.parametrize(("code", "status"), [("None", 0), ("0", 0), ("3", 3)])
+def test_exit_now_keeps_status_atexit_handlers_and_buffered_output(code, status):
+    # A pipe makes stdout block-buffered: the records still in the buffer must come out.
+    r = _python("import atexit, sys\nfrom rsctool.cli import exit_now\n"
+                "atexit.register(lambda: print('handler', file=sys.stderr))\n"
+                f"sys.stdout.write('x' * 100000)\nexit_now({code})\n")
+    assert r.returncode == status, r.stderr
+    assert r.stdout == "x" * 100000 and r.stderr == "handler\n"
+
+
+def test_exit_now_falls_back_to_the_normal_exit_when_it_must():
+    # A running non-daemon thread is waited for, as the interpreter's teardown does.
+    r = _python("import threading, time\nfrom rsctool.cli import exit_now\n"
+                "threading.Thread(target=lambda: (time.sleep(0.3), print('thread'))).start()\n"
+                "exit_now(4)\n")
+    assert (r.returncode, r.stdout) == (4, "thread\n"), r.stderr
+    # A message instead of a status: printed, status 1 (sys.exit's rule).
+    r = _python("from rsctool.cli import exit_now\nexit_now('bad thing')\n")
+    assert (r.returncode, r.stderr) == (1, "bad thing\n")
+    # A multi-process launch keeps the teardown (its process group).
+    r = _python("import atexit\nfrom rsctool.cli import exit_now\n"
+                "class Late:\n    def __del__(self): print('teardown')\n"
+                "keep = Late()\nexit_now(0)\n", env={**os.environ, "WORLD_SIZE": "2"})
+    assert (r.returncode, r.stdout) == (0, "teardown\n"), r.stderr
+
+
+def test_console_script_skips_the_teardown_but_not_its_output():
+    # Objects alive at the end are not finalised (that is the time saved); the command's
+    # records and status are unchanged.
+    r = _python("import sys\nsys.argv = ['rsctool', '--version']\n"
+                "class Late:\n    def __del__(self): print('teardown')\n"
+                "keep = Late()\nfrom rsctool.cli import main\nmain()\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"rsctool {__version__}\n"
+
+
+def test_freeze_on_import_pauses_the_collector_for_that_import_only(tmp_path):
+    (tmp_path / "heavy.py").write_text("import gc\nenabled_while_importing = gc.isenabled()\n"
+                                       "objects = [[i] for i in range(1000)]\n")
+    r = _python("import gc, sys, json\nfrom rsctool.cli import freeze_on_import\n"
+                "freeze_on_import('heavy'); freeze_on_import('heavy')\n"
+                "hooks = sum(type(f).__name__ == '_FreezeOnImport' for f in sys.meta_path)\n"
+                "import heavy\n"
+                "print(json.dumps([hooks, heavy.enabled_while_importing, gc.isenabled(),\n"
+                "    gc.get_freeze_count() >= 1000, 'exec_module' in vars(heavy.__loader__),\n"
+                "    any(type(f).__name__ == '_FreezeOnImport' for f in sys.meta_path)]))\n",
+                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [1, False, True, True, False, False]
