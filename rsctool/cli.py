@@ -378,7 +378,8 @@ def freeze_on_import(name: str) -> None:
     torch's import makes some 160,000 long-lived objects; with them in view, each full
     collection while a command starts (rsctool's modules, building and loading a model)
     walks them all: 170 ms of `rsctool predict` on one window with AST, 1.47 vs 1.30 s
-    (docs/benchmarks.md, "Starting and ending the process"). Frozen objects are never
+    (docs/benchmarks.md, "the last block on two tokens; starting and ending the
+    process"). Frozen objects are never
     collected, which for a module's objects costs nothing: they live as long as the
     process. No effect once `name` is imported."""
     if name not in sys.modules and not any(isinstance(f, _FreezeOnImport) and f.name == name
@@ -391,13 +392,14 @@ def exit_now(code: object) -> NoReturn:
     nothing needs it.
 
     With torch loaded, the teardown (collecting and freeing the objects of some 1,200
-    modules) takes 0.28 s here: 5 % of `rsctool predict` on a 3-minute recording with
-    AST (docs/benchmarks.md, "Starting and ending the process"). What the teardown does that matters
-    is kept: the atexit handlers run (logging, multiprocessing, weakref finalizers,
-    coverage) and stdout/stderr are flushed; rsctool's own files are closed (or
-    written atomically) before a command returns. The normal exit is taken when a
-    non-daemon thread is still running (the teardown would wait for it), in a
-    multi-process launch (its process group) or for a message instead of a status.
+    modules) takes 0.28 s here: 6 % of `rsctool predict` on a 3-minute recording with
+    AST (docs/benchmarks.md, "the last block on two tokens; starting and ending the
+    process"). What the teardown does that matters is kept: the atexit handlers run
+    (logging, multiprocessing, weakref finalizers, coverage) and stdout/stderr are
+    flushed; rsctool's own files are closed (or written atomically) before a command
+    returns. The normal exit is taken when a non-daemon thread is still running (the
+    teardown would wait for it), in a multi-process launch (its process group) or for a
+    message instead of a status.
     """
     import threading
 

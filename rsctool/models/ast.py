@@ -198,7 +198,7 @@ class ASTClassifier(nn.Module):
         tokens, for 1/12 less work in AST base (the other tokens' last-block outputs are
         what the head never reads). The conditioning hooks (conditioning.py) act token by
         token or read the CLS/distillation tokens, so they give the same values too;
-        `tests/test_models_ast.py` checks every registered AST-family model.
+        `tests/test_ast_backbone.py` checks every registered AST-family model.
         """
         want = (self.config["input_tdim"], self.config["input_fdim"])
         if not torch.jit.is_tracing() and (x.dim() != 3 or tuple(x.shape[1:]) != want):
