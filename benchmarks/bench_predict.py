@@ -352,11 +352,10 @@ def print_layouts(rows: list[dict]) -> None:
               f"| {best} |")
 
 
-def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
-                    onnx: bool = False, configs: list | None = None) -> list[dict]:
-    """`rsctool predict` wall time of one recording, torch backend, per run/precision/hop;
-    with `onnx`, also the run's ``export --quantize int8`` model in onnxruntime
-    (``--model FILE``, its default batch size) at both hops."""
+def _project_with_runs(root: Path, specs: list[str], seconds: float) -> Path:
+    """A project at `root` (a 2-patient demo dataset, analysed) with a 1-step run
+    ``MODEL-SIZE`` per ``MODEL:SIZE`` in `specs` (8 s clips; AST from random weights) and
+    ``rec.wav``, `seconds` of noise at 16 kHz; returns `root`."""
     from rsctool.analyze import AnalyzeOptions
     from rsctool.analyze import run as analyze
     from rsctool.audio import write_audio
@@ -365,7 +364,6 @@ def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
     from rsctool.train import TrainOptions
     from rsctool.train import run as train
 
-    root = tmp / "e2e"
     make_demo_dataset(root / "data", patients=2, seed=0)
     project = Project.load(root / "rsctool.toml")
     analyze(project, AnalyzeOptions(data_dir=root / "data", name="demo", plots=False))
@@ -375,9 +373,17 @@ def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
             model=name, size=size, max_steps=1, epochs=1, batch_size=2, clip_seconds=8.0,
             run=spec.replace(":", "-"), pretrained="none" if name == "ast" else None),
             device="cpu")
-    wav = root / "rec.wav"
-    write_audio(wav, 0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000)),
-                16000)
+    write_audio(root / "rec.wav",
+                0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000)), 16000)
+    return root
+
+
+def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
+                    onnx: bool = False, configs: list | None = None) -> list[dict]:
+    """`rsctool predict` wall time of one recording, torch backend, per run/precision/hop;
+    with `onnx`, also the run's ``export --quantize int8`` model in onnxruntime
+    (``--model FILE``, its default batch size) at both hops."""
+    root = _project_with_runs(tmp / "e2e", specs, seconds)
     configs = configs or [("fp32", 4.0, 16), ("bf16", 4.0, 16), ("fp32", 8.0, 16),
                           ("bf16", 8.0, 16), ("fp32", 4.0, 1), ("bf16", 4.0, 1)]
     if onnx:
@@ -418,31 +424,16 @@ def bench_recording(tmp: Path, specs: list[str], seconds: float, repeats: int,
 def bench_startup(tmp: Path, seconds: float, repeats: int) -> list[dict]:
     """Wall time of commands through `rsctool.cli.main` (``python -m rsctool``) against
     the plain Typer app (baseline), taking turns; see the module docstring."""
-    from rsctool.analyze import AnalyzeOptions
-    from rsctool.analyze import run as analyze
     from rsctool.audio import write_audio
-    from rsctool.data.demo import make_demo_dataset
-    from rsctool.project import Project
-    from rsctool.train import TrainOptions
-    from rsctool.train import run as train
 
-    root = tmp / "startup"
-    make_demo_dataset(root / "data", patients=2, seed=0)
-    project = Project.load(root / "rsctool.toml")
-    analyze(project, AnalyzeOptions(data_dir=root / "data", name="demo", plots=False))
-    for name, size in (("ast", "base"), ("cnn", "small")):
-        train(project, TrainOptions(
-            model=name, size=size, max_steps=1, epochs=1, batch_size=2, clip_seconds=8.0,
-            run=f"{name}-{size}", pretrained="none" if name == "ast" else None),
-            device="cpu")
+    root = _project_with_runs(tmp / "startup", ["ast:base", "cnn:small"], seconds)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-m", "rsctool", "-q", "export", "--run", "cnn-small"],
                        cwd=root, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"rsctool export failed: {r.stderr}")
-    rng = np.random.default_rng(0)
-    write_audio(root / "rec.wav", 0.1 * rng.standard_normal(int(seconds * 16000)), 16000)
-    write_audio(root / "one.wav", 0.1 * rng.standard_normal(8 * 16000), 16000)
+    write_audio(root / "one.wav", 0.1 * np.random.default_rng(1).standard_normal(8 * 16000),
+                16000)
     commands = [
         ("predict one.wav, AST base (torch)", ["predict", "one.wav", "--run", "ast-base"]),
         (f"predict {seconds:g} s --hop 8, AST base (torch)",
