@@ -2,11 +2,15 @@
 
     python benchmarks/bench_train_precision.py [--models cnn:small ast:tiny ast:small]
         [--epochs 15] [--seeds 0] [--patients 24] [--threads 2] [--json]
+        [--precisions fp32 bf16 auto]
 
 For each model, `rsctool train` is run twice on the same demo dataset (the demo's
 `make_demo_dataset(patients, seed=0)`, analysed with a 0.2 validation fraction), once with
 ``precision="fp32"`` (the baseline) and once with ``precision="bf16"`` (autocast, fp32
-master weights), same seed, same epochs, for every seed of `--seeds`. Compared is what
+master weights), same seed, same epochs, for every seed of `--seeds`; with ``auto`` in
+`--precisions` also with ``precision="auto"``, whose row names what it chose and why
+(`rsctool.train.choose_precision`: the matrix work per batch, the measured speed-up), so
+the table shows whether auto trains as fast as the faster of the two. Compared is what
 training records per epoch: the training samples/s (median over the epochs after the
 first, which also caches the features), the training loss, and the validation Score after
 every epoch (the test split is not touched). A bf16 speed-up that breaks
@@ -56,7 +60,9 @@ def train_once(project, spec: str, precision: str, epochs: int, seed: int) -> di
             "train_loss": rows[-1]["train_loss"],
             "val_score": [round(r["val_score"], 4) for r in rows],
             "best_val_score": max(r["val_score"] for r in rows),
-            "load_before": load, "load_after": os.getloadavg()[0]}
+            "load_before": load, "load_after": os.getloadavg()[0],
+            "choice": json.loads((Path(result.dir) / "config.json").read_text())
+            ["precision_choice"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--patients", type=int, default=24)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                    choices=["fp32", "bf16", "auto"], help="fp32 is the baseline; always run")
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = ap.parse_args(argv)
 
@@ -88,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         analyze(project, AnalyzeOptions(data_dir=root / "data", name="demo", plots=False,
                                         val_fraction=0.2))
         for spec in args.models:
-            for seed, precision in ((s, p) for s in args.seeds for p in ("fp32", "bf16")):
+            precisions = ["fp32", *(p for p in args.precisions if p != "fp32")]
+            for seed, precision in ((s, p) for s in args.seeds for p in precisions):
                 r = train_once(project, spec, precision, args.epochs, seed)
                 rows.append(r)
                 print(f"  {spec} {precision} seed {seed}: {r['samples_per_s']:.1f} "
@@ -104,7 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"] and b["seed"] == r["seed"]
                     and b["precision"] == "fp32")
-        print(f"| {r['model']} | {r['precision']}{' (baseline)' if r is base else ''} | "
+        c = r["choice"]
+        label = (r["precision"] if r["precision"] != "auto" else
+                 f"auto: {c['precision']} ({c['how']}"
+                 + (f", {c['gflop']:.3g} GFLOP" if "gflop" in c else "")
+                 + (f", {c['speedup']:.2f}x" if "speedup" in c else "") + ")")
+        print(f"| {r['model']} | {label}{' (baseline)' if r is base else ''} | "
               f"{r['seed']} | "
               f"{r['samples_per_s']:.1f} | {r['samples_per_s'] / base['samples_per_s']:.2f}x | "
               f"{r['train_loss']:.4f} | {r['val_score'][-1]:.3f} | {r['best_val_score']:.3f} | "

@@ -6,13 +6,16 @@ an ONNX model asks onnxruntime for its CUDA provider instead.
 
 ``--precision`` (train, eval, predict) is resolved here too: bf16 only where it is fast
 (`cpu_bf16_fast`: AMX/AVX512-BF16 units; a GPU with bf16), run as ``torch.autocast``
-(`inference_precision`).
+(`inference_precision`). Whether a training step of a given model is faster in bf16 on a
+CPU is measured, not assumed (`matrix_flops`, `bf16_speedup`; the rule is `rsctool.train`'s
+`choose_precision`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rsctool.errors import ConfigError
@@ -157,3 +160,73 @@ def _fused(model: Any, autocast: Any) -> Iterator[None]:
             yield
     finally:
         unpack(packed)
+
+
+# --------------------------------------------------------------------------- measuring
+
+#: Forward matrix work of one training micro-batch (`matrix_flops`, GFLOP) below which a
+#: CPU run stays fp32 without measuring: there autocast's casts cost about what its
+#: products gain (2-core AMX CPU, fp32 vs bf16 training step at batch 16 of 4 s x 64 mel
+#: clips: cnn tiny 0.3 GFLOP 1.35x, AST tiny 0.1 GFLOP 0.60x, ADD tiny 0.8 GFLOP 0.84x;
+#: cnn small 2.0 GFLOP 1.61x, AST small 125 GFLOP 2.11x; docs/benchmarks.md), and a
+#: step is a few milliseconds either way.
+CPU_BF16_MIN_GFLOP = 1.0
+#: The speed-up of a training step in bf16 over fp32 (`bf16_speedup`) that makes
+#: ``train --precision auto`` train in bf16 on a CPU: below it fp32's precision is worth
+#: more than the time (and a ratio this close to 1 is within the timing noise).
+CPU_BF16_MIN_SPEEDUP = 1.2
+
+
+def matrix_flops(model: Any, call: Callable[[], Any]) -> int:
+    """FLOPs (2 x multiply-adds) of the linear and convolution layers of `model` while
+    `call()` runs it: the matrix work that bf16 units speed up. Attention products
+    computed outside `nn.Linear` (scaled_dot_product_attention) are not counted, so
+    this is a lower bound. `call` runs under ``torch.no_grad()`` with the model in eval
+    mode (BatchNorm statistics unchanged); its mode is restored."""
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def count(mod: Any, args: Any, out: Any) -> None:
+        nonlocal total
+        if isinstance(mod, nn.Linear):
+            total += 2 * out.numel() * mod.in_features
+        else:  # (B, C_out, *spatial) outputs, each C_in/groups x kernel multiply-adds
+            k = 1
+            for n in mod.kernel_size:
+                k *= n
+            total += 2 * out.numel() * (mod.in_channels // mod.groups) * k
+
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call()
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def bf16_speedup(step: Callable[[bool], Any], *, slow_s: float = 2.0) -> dict[str, float]:
+    """How much faster `step(bf16)` runs with ``bf16=True`` than with False: each once to
+    warm up (kernel creation, allocator), then alternately (so a change of machine load
+    hits both), twice each when a step takes under `slow_s` seconds, once otherwise; the
+    fastest time of each counts. Returns ``{fp32_s, bf16_s, speedup}`` (fp32 / bf16)."""
+    first = {}
+    for bf16 in (False, True):
+        t = time.perf_counter()
+        step(bf16)
+        first[bf16] = time.perf_counter() - t
+    rounds = 2 if max(first.values()) < slow_s else 1
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for bf16 in (False, True):
+            t = time.perf_counter()
+            step(bf16)
+            best[bf16] = min(best[bf16], time.perf_counter() - t)
+    return {"fp32_s": best[False], "bf16_s": best[True], "speedup": best[False] / best[True]}

@@ -122,8 +122,9 @@ class TrainOptions:
     grad_accum: int = 1
     num_workers: int = 0
     amp: bool = True
-    # autocast precision (`train_precision`): auto = CUDA's amp (bf16, else fp16 with loss
-    # scaling) and fp32 on the CPU; fp32; bf16 (also on a CPU). Weights stay fp32.
+    # autocast precision (`choose_precision`): auto = CUDA's amp (bf16, else fp16 with loss
+    # scaling); on a CPU bf16 where it has bf16 units and a training step measures faster,
+    # else fp32; fp32; bf16 (also on a CPU). Weights stay fp32.
     precision: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -547,7 +548,7 @@ class Optimisation:
     """What a run optimises and how: the loss (and the adversary with ``--adversarial``),
     the training forwards (DistributedDataParallel with several processes, the modules
     themselves in one; state dicts come from the modules), AdamW with the warm-up +
-    cosine schedule over `total_steps`, and mixed precision."""
+    cosine schedule over `total_steps`, and mixed precision (`choose_precision`)."""
 
     loss_fn: Any
     adversary: Any
@@ -561,16 +562,16 @@ class Optimisation:
     use_amp: bool
     amp_dtype: Any
     scaler: Any
-    precision: str
+    precision: PrecisionChoice
 
 
 def train_precision(opts: TrainOptions, device_type: str) -> str:
-    """The autocast precision of a run on `device_type` (``cpu``/``cuda``): ``fp32``,
-    ``bf16`` or ``fp16``. ``--precision auto`` keeps what training always did: on CUDA
-    mixed precision unless ``amp=false`` (bf16 where the GPU has it, Ampere and later:
-    fp32's range, no loss scaling; fp16 with a GradScaler otherwise), fp32 on the CPU
-    (so resuming a CPU run stays bit-exact). ``bf16`` is asked for explicitly, also on a
-    CPU (fast with AMX/AVX512-BF16 units; `rsctool.devices.resolve_precision`)."""
+    """The autocast precision of a run on `device_type` (``cpu``/``cuda``) that needs no
+    measurement: ``fp32``, ``bf16`` or ``fp16``. ``--precision auto`` on CUDA is mixed
+    precision unless ``amp=false`` (bf16 where the GPU has it, Ampere and later: fp32's
+    range, no loss scaling; fp16 with a GradScaler otherwise); on the CPU it is fp32
+    here, and bf16 where `choose_precision` measures that it pays. ``bf16`` is asked for
+    explicitly, also on a CPU (`rsctool.devices.resolve_precision`)."""
     from rsctool.devices import resolve_precision
 
     if opts.precision == "auto":
@@ -582,15 +583,157 @@ def train_precision(opts: TrainOptions, device_type: str) -> str:
     return resolve_precision(opts.precision, device_type)
 
 
-def build_optimisation(opts: TrainOptions, data: TrainData, model: Any, dist: Any
-                       ) -> Optimisation:
-    """Loss, adversary, distribution, optimiser, schedule and AMP of a run whose
-    datasets are made (`TrainData.make_sets`)."""
+@dataclass
+class PrecisionChoice:
+    """The autocast precision of a run (``fp32``/``bf16``/``fp16``) on `device`
+    (``cpu``/``cuda``) and how it was chosen (`how`):
+
+    * ``asked``: ``--precision fp32|bf16``;
+    * ``rule``: ``auto`` on CUDA (`train_precision`), on a CPU without bf16 units, or
+      with ``amp=false``;
+    * ``small``: ``auto`` on a CPU with bf16 units, but a micro-batch has less matrix work
+      than `rsctool.devices.CPU_BF16_MIN_GFLOP` (fp32);
+    * ``measured``: ``auto`` on such a CPU: a training step was timed in both precisions
+      (`rsctool.devices.bf16_speedup`), bf16 when it is `CPU_BF16_MIN_SPEEDUP` faster;
+    * ``cached``: that measurement, made before in this project for the same model,
+      input, batch and machine (so the runs of a sweep train alike);
+    * ``resumed``: a resume keeps what the run trained in on the same device type.
+
+    `detail`: ``gflop`` and ``batch`` of the micro-batch; ``fp32_s``, ``bf16_s`` and
+    ``speedup`` where measured; a resumed choice keeps the first one's and names how it
+    was made (``chosen``; None for runs from before it was recorded)."""
+
+    precision: str
+    device: str
+    how: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, "device": self.device, "how": self.how,
+                **self.detail}
+
+
+def choose_precision(project: Project, opts: TrainOptions, data: TrainData, model: Any,
+                     loss_fn: Any, dist: Any, log: Callable[[str], None],
+                     resumed: dict[str, Any] | None = None) -> PrecisionChoice:
+    """The autocast precision of a run (`PrecisionChoice` says how it is chosen).
+
+    `resumed`: the ``precision_choice`` (or, for runs of older versions, ``precision``
+    and the start ``device``) that a resumed run's checkpoint recorded; with ``auto`` it
+    is kept on the same device type, so a resume continues in the precision the run
+    trained in (a bf16 run moved to a CPU without bf16 units is chosen for anew).
+
+    With several processes the main process measures and the others take its choice."""
+    from rsctool.devices import cpu_bf16_fast
+
+    kind = dist.device_type
+    if resumed and opts.precision == "auto":
+        was, where = resumed.get("precision"), resumed.get("device")
+        if where == kind and was in ("fp32", "bf16", "fp16") and not (
+                kind == "cpu" and (was == "fp16" or (was == "bf16" and not cpu_bf16_fast()))):
+            first = {k: v for k, v in resumed.items() if k not in ("precision", "device", "how")}
+            return PrecisionChoice(was, kind, "resumed",
+                                   {**first, "chosen": first.get("chosen", resumed.get("how"))})
+        if was is not None:
+            log(f"the run trained in {was} on {where}: precision auto chooses anew on {kind}")
+    if opts.precision != "auto" or kind != "cpu" or not opts.amp or not cpu_bf16_fast():
+        return PrecisionChoice(train_precision(opts, kind), kind,
+                               "asked" if opts.precision != "auto" else "rule")
+    choice = None
+    if dist.is_main:
+        choice = _measure_cpu_precision(project, opts, data, model, loss_fn, dist)
+        d = choice.detail
+        if choice.how == "small":
+            log(f"precision auto: fp32 ({d['gflop']:.2g} GFLOP of matrix work per batch of "
+                f"{d['batch']} is too little for this CPU's bf16 units to pay)")
+        else:
+            log(f"precision auto: {choice.precision} (a training step takes "
+                f"{d['bf16_s'] * 1e3:,.0f} ms in bf16 and {d['fp32_s'] * 1e3:,.0f} ms in "
+                f"fp32 at batch {d['batch']} on this CPU: {d['speedup']:.2f}x"
+                + (", measured before in this project" if choice.how == "cached" else "")
+                + ("; --precision fp32 keeps fp32)" if choice.precision == "bf16"
+                   else "; --precision bf16 forces it)"))
+    return dist.broadcast(choice)
+
+
+#: Where `_measure_cpu_precision` keeps its measurements (in the project's state folder).
+PRECISION_CACHE = "cache/train-precision.json"
+
+
+def _measure_cpu_precision(project: Project, opts: TrainOptions, data: TrainData, model: Any,
+                           loss_fn: Any, dist: Any) -> PrecisionChoice:
+    """`choose_precision` on a CPU with bf16 units: fp32 below the matrix work where bf16
+    pays, else a training step (forward, loss, backward; the optimizer step costs the
+    same in both, on fp32 weights) on copies of the model and loss, timed both ways on
+    the first micro-batch of the training set. The copies and a forked RNG leave the run
+    exactly as it was: the measurement changes nothing but the precision."""
+    import copy
+
     import torch
 
+    from rsctool import __version__
+    from rsctool.data.dataset import collate
+    from rsctool.devices import (
+        CPU_BF16_MIN_GFLOP,
+        CPU_BF16_MIN_SPEEDUP,
+        bf16_speedup,
+        matrix_flops,
+    )
+    from rsctool.environment import cpu_name
+
+    if not len(data.train_set):
+        return PrecisionChoice("fp32", "cpu", "rule")
+    n = max(1, min(opts.batch_size // (dist.world * opts.grad_accum), len(data.train_set)))
+    batch = collate([data.train_set[i] for i in range(n)])
+    x, y = batch["x"].to(dist.device), batch["y"].to(dist.device)
+    meta = ({k: v.to(dist.device) for k, v in batch["meta"].items()}
+            if "meta" in batch else None)
+    one = None if meta is None else {k: v[:1] for k, v in meta.items()}
+    with torch.random.fork_rng(devices=[]):
+        gflop = matrix_flops(model, lambda: model(x[:1], one)) * n / 1e9
+    detail: dict[str, Any] = {"gflop": round(gflop, 4), "batch": n}
+    if gflop < CPU_BF16_MIN_GFLOP:
+        return PrecisionChoice("fp32", "cpu", "small", detail)
+    key = params_hash({"model": getattr(model, "config", opts.model), "x": list(x.shape),
+                       "meta": sorted(meta or {}), "loss": opts.loss, "task": opts.task,
+                       "cpu": cpu_name(), "threads": torch.get_num_threads(),
+                       "processes": dist.world, "torch": torch.__version__,
+                       "rsctool": __version__})
+    path = project.state_dir() / PRECISION_CACHE
+    cache: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError, TypeError):  # none, or unreadable: measure
+        cache = dict(json.loads(path.read_text(encoding="utf-8")))
+    known = cache.get(key)
+    if isinstance(known, dict) and known.get("precision") in ("fp32", "bf16"):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return PrecisionChoice(known["precision"], "cpu", "cached", {
+                **detail, **{k: float(known[k]) for k in ("fp32_s", "bf16_s", "speedup")}})
+    twin, twin_loss = copy.deepcopy(model).train(), copy.deepcopy(loss_fn)
+
+    def step(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = twin_loss(twin(x, meta), y)
+        loss.backward()
+        twin.zero_grad(set_to_none=True)
+
+    with torch.random.fork_rng(devices=[]):
+        measured = bf16_speedup(step)
+    precision = "bf16" if measured["speedup"] >= CPU_BF16_MIN_SPEEDUP else "fp32"
+    detail.update({k: round(v, 5) for k, v in measured.items()})
+    with contextlib.suppress(OSError):  # a cache that cannot be written is measured again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cache[key] = {"precision": precision, "model": opts.model, **detail,
+                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(path, cache)
+    return PrecisionChoice(precision, "cpu", "measured", detail)
+
+
+def build_loss_fn(opts: TrainOptions, data: TrainData, device: Any) -> Any:
+    """The training loss of a run whose datasets are made (`TrainData.make_sets`): the
+    sensitivity bias as positive/class weights, ranking and binary tasks as their
+    multiclass losses."""
     from rsctool.losses import build_loss, sensitivity_pos_weight
 
-    device = dist.device
     loss_kwargs = dict(opts.loss_cfg)
     if opts.task == "multilabel":
         loss_kwargs.setdefault("pos_weight", sensitivity_pos_weight(
@@ -600,9 +743,18 @@ def build_optimisation(opts: TrainOptions, data: TrainData, model: Any, dist: An
         abnormal = (data.train_set.targets == data.classes.index("abnormal"))
         loss_kwargs.setdefault("class_weights", [1.0, *sensitivity_pos_weight(
             abnormal[:, None], opts.sensitivity_bias)])
-    loss_fn = build_loss(opts.loss, num_classes=num_outputs(opts, data.classes),
-                         task=("multiclass" if opts.task in ("ranking", "binary")
-                               else opts.task), **loss_kwargs).to(device)
+    return build_loss(opts.loss, num_classes=num_outputs(opts, data.classes),
+                      task=("multiclass" if opts.task in ("ranking", "binary")
+                            else opts.task), **loss_kwargs).to(device)
+
+
+def build_optimisation(opts: TrainOptions, data: TrainData, model: Any, dist: Any,
+                       loss_fn: Any, precision: PrecisionChoice) -> Optimisation:
+    """Adversary, distribution, optimiser, schedule and AMP of a run whose datasets are
+    made (`TrainData.make_sets`), with its loss (`build_loss_fn`) and `precision`."""
+    import torch
+
+    device = dist.device
     adversary = None
     if opts.adversarial:
         from rsctool.adversarial import AdversarialObjective
@@ -624,11 +776,10 @@ def build_optimisation(opts: TrainOptions, data: TrainData, model: Any, dist: An
     warmup_steps = int(round(opts.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup_steps))
-    precision = train_precision(opts, dist.device_type)
-    use_amp = precision != "fp32"
-    amp_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    use_amp = precision.precision != "fp32"
+    amp_dtype = torch.float16 if precision.precision == "fp16" else torch.bfloat16
     # only fp16 needs loss scaling (bf16 has fp32's exponent range)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.precision == "fp16")
     return Optimisation(loss_fn, adversary, train_model, train_adversary, optimizer, scheduler,
                         steps_per_epoch, total_steps, warmup_steps, use_amp, amp_dtype, scaler,
                         precision)
@@ -647,19 +798,26 @@ class TrainParts:
 
 
 def build_parts(project: Project, opts: TrainOptions, device: str,
-                log: Callable[[str], None] | None = None, dist: Any = None) -> TrainParts:
-    """Data, model, then loss and optimiser of a run with resolved `opts` (in this order:
-    the model's initialisation draws from the seeded RNG). `dist`: this process's share
-    of a data-parallel run (`rsctool.distributed`); one process is the same code path
-    with world 1."""
+                log: Callable[[str], None] | None = None, dist: Any = None,
+                resumed_precision: dict[str, Any] | None = None) -> TrainParts:
+    """Data, model, loss, precision (`choose_precision`; `resumed_precision`: what the
+    run being resumed recorded), then optimiser of a run with resolved `opts` (in this
+    order: the model's initialisation draws from the seeded RNG). `dist`: this process's
+    share of a data-parallel run (`rsctool.distributed`); one process is the same code
+    path with world 1."""
     from rsctool.distributed import Dist
 
+    log = log or (lambda msg: None)
     dist = dist if dist is not None else Dist(device=device)
-    data = load_train_data(project, opts, log or (lambda msg: None))
+    data = load_train_data(project, opts, log)
     model = build_model(opts, data, dist.device)
     data.make_sets(opts, data.meta_encoder if getattr(model, "needs_metadata", False)
                    else None)
-    return TrainParts(dist, data, model, build_optimisation(opts, data, model, dist))
+    loss_fn = build_loss_fn(opts, data, dist.device)
+    precision = choose_precision(project, opts, data, model, loss_fn, dist, log,
+                                 resumed_precision)
+    return TrainParts(dist, data, model,
+                      build_optimisation(opts, data, model, dist, loss_fn, precision))
 
 
 class Trainer:
@@ -694,7 +852,8 @@ class Trainer:
         self.steps_per_epoch, self.total_steps = optim.steps_per_epoch, optim.total_steps
         self.warmup_steps = optim.warmup_steps
         self.use_amp, self.amp_dtype, self.scaler = optim.use_amp, optim.amp_dtype, optim.scaler
-        self.precision = optim.precision
+        self.precision = optim.precision.precision
+        self.precision_choice = optim.precision
         # the loop's state (what a checkpoint holds)
         self.step = 0
         self.epoch = 0
@@ -744,6 +903,7 @@ class Trainer:
             "classes": self.classes,
             "task": self.opts.task,
             "precision": self.precision,  # what autocast computed in (fp32|bf16|fp16)
+            "precision_choice": self.precision_choice.to_dict(),  # and why
             "clip": self.clip.to_dict(),
             "metadata_encoder": self.meta_encoder.to_dict(),
             "needs_metadata": bool(getattr(self.model, "needs_metadata", False)),
@@ -1543,6 +1703,8 @@ class _Start:
     extended: list[dict[str, Any]] = field(default_factory=list)
     extension: dict[str, Any] | None = None
     resume_from: Path | None = None
+    #: the precision the resumed run trained in (`choose_precision`'s `resumed`)
+    precision: dict[str, Any] | None = None
     skipped: TrainResult | None = None
 
 
@@ -1576,7 +1738,7 @@ def run_resolved(project: Project, opts: TrainOptions, *, device: str = "auto",
     _seed_everything(opts.seed, opts.deterministic)
     # Build everything (dataset, model, loss) before touching the project file, so a bad
     # option fails with the project byte-identical.
-    parts = build_parts(project, opts, dev, log, dist)
+    parts = build_parts(project, opts, dev, log, dist, start.precision)
     if dist.rank > 0:
         # the model was initialised alike everywhere; augmentation streams differ
         import torch
@@ -1653,7 +1815,11 @@ def _plan_start(project: Project, opts: TrainOptions, log: Callable[[str], None]
         # Resume with the options the run was started with.
         from rsctool.checkpoint import load_checkpoint
 
-        recorded = TrainOptions(**load_checkpoint(last).state["config"]["options"])
+        config = load_checkpoint(last).state["config"]
+        recorded = TrainOptions(**config["options"])
+        start.precision = config.get("precision_choice") or {
+            "precision": config.get("precision"),  # before precision_choice was recorded
+            "device": (config.get("environment") or {}).get("device")}
         if extend:
             recorded, start.extension = _extended_options(name, recorded, opts, explicit)
         start.opts, start.resume_from = recorded, last
@@ -1740,6 +1906,7 @@ def _record_start(project: Project, trainer: Trainer, config: dict[str, Any], *,
         official_split=prov["split"]["official"], norm=trainer.normalization["norm"],
         norm_mean=trainer.normalization["mean"], norm_std=trainer.normalization["std"],
         deterministic=opts.deterministic, processes=trainer.dist.world,
+        precision=trainer.precision,
         environment=_compact_env(trainer.environment, trainer.resumed_in),
         **{k: v for k, v in (("group", group), ("like", like)) if v is not None},
         **({"extended": extended} if extended else {}))
@@ -2379,7 +2546,9 @@ def command(
     precision: Annotated[str | None, typer.Option(
         help="Compute precision (autocast; weights and optimizer stay fp32): auto (CUDA: "
              "bf16, or fp16 with loss scaling on GPUs without bf16, unless --set amp=false; "
-             "CPU: fp32), fp32, or bf16 (also on a CPU: fast with AMX/AVX512-BF16 units).",
+             "CPU: bf16 where it has AMX/AVX512-BF16 units and a training step of this "
+             "model measures faster in bf16, else fp32; a resume keeps its precision), "
+             "fp32, or bf16.",
         rich_help_panel="Optimisation")] = None,
     processes: Annotated[int | None, typer.Option(
         help="Data-parallel training in N processes on this machine (one per GPU, or gloo "
@@ -2523,7 +2692,10 @@ def dry_run(project: Project, opts: TrainOptions) -> dict[str, Any]:
     Returns ``{options, dataset, classes, outputs, model {name, config, parameters,
     trainable, blocks [{name, parameters, trainable}]}, input {x: [B, T, F],
     metadata, frames, mel_bins, clip_seconds, sample_rate}, memory {weights,
-    gradients_optimizer, activations_per_clip, activations, total} (bytes)}``.
+    gradients_optimizer, activations_per_clip, activations, total} (bytes), precision
+    {option, matrix_gflop (linear and convolution work of one forward pass of a
+    micro-batch, `rsctool.devices.matrix_flops`), cpu_auto (what ``--precision`` does on
+    this machine's CPU, `choose_precision`)}}``.
     """
     import torch
 
@@ -2561,6 +2733,7 @@ def dry_run(project: Project, opts: TrainOptions) -> dict[str, Any]:
               "activations": None if saved is None else saved * micro}
     memory["total"] = (None if saved is None
                        else memory["weights"] + memory["gradients_optimizer"] + saved * micro)
+    gflop = _matrix_gflop(model, clip, encoder if needs_meta else None)
     return {
         "options": asdict(opts), "dataset": dataset, "classes": classes,
         "outputs": num_outputs(opts, classes),
@@ -2572,7 +2745,40 @@ def dry_run(project: Project, opts: TrainOptions) -> dict[str, Any]:
                   "frames": clip.frames, "mel_bins": clip.fbank.num_mel_bins,
                   "clip_seconds": clip.clip_seconds, "sample_rate": clip.sample_rate},
         "memory": memory,
+        "precision": {"option": opts.precision,
+                      "matrix_gflop": None if gflop is None else round(gflop * micro, 4),
+                      "cpu_auto": _cpu_auto(opts, gflop, micro)},
     }
+
+
+def _matrix_gflop(model: Any, clip: Any, encoder: Any) -> float | None:
+    """`rsctool.devices.matrix_flops` of one clip (GFLOP) on the ``meta`` device (shapes
+    only); None where the model cannot run there."""
+    import torch
+
+    from rsctool.devices import matrix_flops
+
+    x = torch.zeros(1, clip.frames, clip.fbank.num_mel_bins, device="meta")
+    meta = None
+    if encoder is not None:
+        meta = {k: v.to("meta") for k, v in encoder.encode_values([{}]).items()}
+    try:
+        return matrix_flops(model, lambda: model(x, meta)) / 1e9
+    except (NotImplementedError, RuntimeError):
+        return None
+
+
+def _cpu_auto(opts: TrainOptions, gflop: float | None, micro: int) -> str:
+    """What `choose_precision` does with these options on this machine's CPU, in words."""
+    from rsctool.devices import CPU_BF16_MIN_GFLOP, cpu_bf16_fast
+
+    if opts.precision != "auto":
+        return opts.precision
+    if not opts.amp or not cpu_bf16_fast():
+        return "fp32"
+    if gflop is not None and gflop * micro < CPU_BF16_MIN_GFLOP:
+        return "fp32 (too little matrix work for bf16 to pay)"
+    return "bf16 if a training step measures faster at the start, else fp32"
 
 
 def _parameter_blocks(model: Any) -> list[dict[str, Any]]:
@@ -2639,6 +2845,11 @@ def _print_dry_run(doc: dict[str, Any]) -> None:
     err_console.print(f"memory per process: weights {mib(mem['weights'])}, gradients and "
                       f"AdamW {mib(mem['gradients_optimizer'])}, activations "
                       f"{mib(mem['activations'])} (fp32, upper bound), total {mib(mem['total'])}")
+    pr = doc["precision"]
+    g = pr["matrix_gflop"]
+    work = ("" if g is None else f"{g:,.0f}" if g >= 100 else f"{g:.3g}")
+    work = work and f"{work} GFLOP of matrix work per forward pass of a batch; "
+    err_console.print(f"precision {pr['option']}: {work}on this CPU {pr['cpu_auto']}")
     changed = {k: v for k, v in o.items() if k in _DEFAULT_OPTIONS and v != _DEFAULT_OPTIONS[k]}
     err_console.print("options (not at their default): " + (", ".join(
         f"{k}={v!r}" for k, v in sorted(changed.items())) or "none"))

@@ -115,3 +115,28 @@ def test_bad_options_fail_the_dry_run_like_training(tmp_path):
     assert r.exit_code == 2, r.output
     assert "unknown model 'nosuch'" in r.output
     assert not (tmp_path / "p.toml").exists()
+
+
+def test_the_dry_run_says_what_precision_auto_does_on_this_cpu(tmp_path, monkeypatch):
+    """The matrix work per batch (`rsctool.devices.matrix_flops`, counted on the meta
+    device) and what `--precision auto` makes of it here: fp32 below
+    `CPU_BF16_MIN_GFLOP` or without bf16 units, a measurement at the start above it."""
+    from rsctool import devices
+
+    project_file = tmp_path / "rsctool.toml"
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
+    small = dry_run(project_file, "--model", "cnn", "--size", "tiny", "--batch-size", "2",
+                    "--clip-seconds", "2")["precision"]
+    big = dry_run(project_file, "--model", "cnn", "--size", "small", "--batch-size", "16",
+                  "--clip-seconds", "4", "--num-mel-bins", "64")["precision"]
+    assert 0 < small["matrix_gflop"] < devices.CPU_BF16_MIN_GFLOP <= big["matrix_gflop"]
+    # cnn small, batch 16 of 4 s x 64 mel: 2.0 GFLOP (docs/benchmarks.md)
+    assert big["matrix_gflop"] == pytest.approx(1.99, abs=0.01)
+    assert small["option"] == "auto" and small["cpu_auto"].startswith("fp32 (too little")
+    assert big["cpu_auto"].startswith("bf16 if a training step measures faster")
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: False)
+    assert dry_run(project_file, "--model", "cnn", "--size", "small")["precision"][
+        "cpu_auto"] == "fp32"
+    asked = dry_run(project_file, "--model", "cnn", "--precision", "bf16")["precision"]
+    assert asked == {**asked, "option": "bf16", "cpu_auto": "bf16"}
+    assert not project_file.exists()

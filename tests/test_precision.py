@@ -181,6 +181,153 @@ def test_train_in_bf16_on_the_cpu_records_the_precision(project):
     assert cfg["precision"] == "bf16" and cfg["options"]["precision"] == "bf16"
 
 
+def _tiny(**kw):
+    from rsctool.train import TrainOptions
+
+    return TrainOptions(**{"model": "cnn", "size": "tiny", "clip_seconds": 2.0,
+                           "batch_size": 8, "epochs": 1, "max_steps": 2, **kw})
+
+
+def _config(result) -> dict:
+    return json.loads((Path(result.dir) / "config.json").read_text())
+
+
+def test_auto_stays_fp32_without_measuring_a_model_too_small_for_bf16(project, monkeypatch):
+    from rsctool.train import run as train
+
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
+    monkeypatch.setattr(devices, "bf16_speedup", lambda *a, **k: pytest.fail("measured"))
+    logs: list[str] = []
+    cfg = _config(train(project, _tiny(), device="cpu", log=logs.append))
+    choice = cfg["precision_choice"]
+    assert cfg["precision"] == "fp32" and choice["how"] == "small", choice
+    assert 0 < choice["gflop"] < devices.CPU_BF16_MIN_GFLOP and choice["batch"] == 8
+    assert any("precision auto: fp32" in m and "too little" in m for m in logs), logs
+    # a CPU without bf16 units: the rule, nothing counted or said
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: False)
+    logs.clear()
+    cfg = _config(train(project, _tiny(seed=1), device="cpu", log=logs.append))
+    assert cfg["precision_choice"] == {"precision": "fp32", "device": "cpu", "how": "rule"}
+    assert not any("precision" in m for m in logs), logs
+
+
+def test_measuring_the_precision_changes_nothing_but_the_precision(project, monkeypatch):
+    """The timed steps run on copies under a forked RNG: a run whose measurement chose
+    fp32 is bit for bit the run trained with --precision fp32 (weights, BatchNorm
+    statistics, losses)."""
+    from rsctool.checkpoint import load_checkpoint
+    from rsctool.train import run as train
+
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
+    monkeypatch.setattr(devices, "CPU_BF16_MIN_GFLOP", 0.0)
+    monkeypatch.setattr(devices, "CPU_BF16_MIN_SPEEDUP", float("inf"))
+    steps: list[bool] = []
+    real = devices.bf16_speedup
+    monkeypatch.setattr(devices, "bf16_speedup",
+                        lambda step, **k: real(lambda bf16: steps.append(bf16) or step(bf16), **k))
+    auto = train(project, _tiny(run="auto"), device="cpu")
+    fp32 = train(project, _tiny(run="fp32", precision="fp32"), device="cpu")
+    choice = _config(auto)["precision_choice"]
+    assert choice["how"] == "measured" and choice["precision"] == "fp32", choice
+    assert choice["fp32_s"] > 0 and choice["bf16_s"] > 0 and choice["speedup"] > 0
+    assert steps == [False, True] * 3  # warm-up, then two rounds taking turns
+    a = load_checkpoint(Path(auto.dir) / "last.safetensors").model_state
+    b = load_checkpoint(Path(fp32.dir) / "last.safetensors").model_state
+    assert a.keys() == b.keys() and any("running_mean" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert [r["train_loss"] for r in auto.history] == [r["train_loss"] for r in fp32.history]
+
+
+def test_auto_trains_in_bf16_where_it_measured_faster_and_keeps_it(project, monkeypatch):
+    """bf16 where a training step measured faster; the measurement is reused by the next
+    run of the same model, input and machine; a resumed (here: extended) run keeps the
+    precision it trained in even where a new measurement would choose otherwise."""
+    from rsctool.project import Project
+    from rsctool.train import PRECISION_CACHE
+    from rsctool.train import run as train
+
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
+    monkeypatch.setattr(devices, "CPU_BF16_MIN_GFLOP", 0.0)
+    speed = {"fp32_s": 0.2, "bf16_s": 0.1, "speedup": 2.0}
+    calls: list[int] = []
+    monkeypatch.setattr(devices, "bf16_speedup",
+                        lambda step, **k: calls.append(1) or dict(speed))
+    logs: list[str] = []
+    first = train(project, _tiny(run="a"), device="cpu", log=logs.append)
+    cfg = _config(first)
+    assert cfg["precision"] == "bf16" and cfg["precision_choice"]["how"] == "measured"
+    assert cfg["precision_choice"]["speedup"] == 2.0 and calls == [1]
+    assert any("precision auto: bf16" in m and "2.00x" in m for m in logs), logs
+    assert Project.load(project.path).section("runs")["a"]["precision"] == "bf16"
+    cache = project.state_dir() / PRECISION_CACHE
+    assert [v["precision"] for v in json.loads(cache.read_text()).values()] == ["bf16"]
+    second = _config(train(project, _tiny(run="b"), device="cpu"))
+    assert second["precision_choice"]["how"] == "cached" and calls == [1]
+    assert second["precision"] == "bf16"
+    cache.unlink()
+    speed.update(speedup=0.5, bf16_s=0.4)  # measured now, fp32 would win
+    ext = train(project, _tiny(run="a", epochs=2, max_steps=4), device="cpu", extend=True)
+    choice = _config(ext)["precision_choice"]
+    assert _config(ext)["precision"] == "bf16" and calls == [1], choice
+    assert choice["how"] == "resumed" and choice["chosen"] == "measured"
+    assert choice["speedup"] == 2.0
+    third = _config(train(project, _tiny(run="c"), device="cpu"))
+    assert third["precision"] == "fp32" and calls == [1, 1]  # measured anew
+
+
+def test_a_resume_keeps_the_precision_on_the_same_device_only(monkeypatch):
+    from rsctool.distributed import Dist
+    from rsctool.train import choose_precision
+
+    def choose(resumed, **opts):
+        logs: list[str] = []
+        c = choose_precision(None, _tiny(**opts), None, None, None, Dist(device="cpu"),
+                             logs.append, resumed)
+        return c.precision, c.how, logs
+
+    measured = {"precision": "bf16", "device": "cpu", "how": "measured", "speedup": 1.7}
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
+    assert choose(measured)[:2] == ("bf16", "resumed")
+    # a run from before precision_choice: its precision and start device
+    assert choose({"precision": "fp32", "device": "cpu"})[:2] == ("fp32", "resumed")
+    assert choose({"precision": "fp32", "device": "cpu"}, precision="bf16")[:2] == (
+        "bf16", "asked")
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: False)
+    precision, how, logs = choose(measured)  # moved to a CPU without bf16 units
+    assert (precision, how) == ("fp32", "rule")
+    assert logs == ["the run trained in bf16 on cpu: precision auto chooses anew on cpu"]
+    assert choose({"precision": "fp16", "device": "cuda"})[:2] == ("fp32", "rule")
+
+
+def test_matrix_flops_counts_linear_and_convolution_work():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 6, 3))
+    model.train()
+    before = model[1].running_mean.clone()
+    flops = devices.matrix_flops(model, lambda: model(torch.randn(2, 1, 5, 6)))
+    assert flops == 2 * (2 * 4 * 5 * 6 * 9) + 2 * (2 * 3 * 120)
+    assert model.training and torch.equal(model[1].running_mean, before)
+
+
+def test_bf16_speedup_takes_turns_and_the_fastest_time(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(devices.time, "perf_counter", lambda: now[0])
+    costs = {False: [5.0, 3.0, 2.0, 4.0], True: [9.0, 1.0, 1.5, 2.0]}
+    order: list[bool] = []
+
+    def step(bf16):
+        order.append(bf16)
+        now[0] += costs[bf16].pop(0)
+
+    out = devices.bf16_speedup(step, slow_s=10.0)
+    assert order == [False, True] * 3
+    assert out == {"fp32_s": 2.0, "bf16_s": 1.0, "speedup": 2.0}
+    order.clear()
+    costs = {False: [5.0, 3.0], True: [9.0, 1.0]}
+    assert devices.bf16_speedup(step, slow_s=2.0)["speedup"] == 3.0  # slow: one round
+    assert order == [False, True] * 2
+
+
 def test_an_int8_transformer_export_of_equal_accuracy_is_preferred_on_the_cpu(tmp_path):
     """docs/benchmarks.md: AST base end to end, int8 ONNX 12.9 s vs torch bf16 17.7 s vs
     torch fp32 38.8 s for 3 minutes; the int8 export is used where its measured accuracy
