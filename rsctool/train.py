@@ -635,7 +635,9 @@ def choose_precision(project: Project, opts: TrainOptions, data: TrainData, mode
             return PrecisionChoice(was, kind, "resumed",
                                    {**first, "chosen": first.get("chosen", resumed.get("how"))})
         if was is not None:
-            log(f"the run trained in {was} on {where}: precision auto chooses anew on {kind}")
+            log(f"the run trained in {was} on {where}: precision auto chooses anew on {kind}"
+                if where != kind else f"the run trained in {was}, which this {kind} has no "
+                "units for: precision auto chooses anew")
     if opts.precision != "auto" or kind != "cpu" or not opts.amp or not cpu_bf16_fast():
         return PrecisionChoice(train_precision(opts, kind), kind,
                                "asked" if opts.precision != "auto" else "rule")
@@ -2751,17 +2753,23 @@ def dry_run(project: Project, opts: TrainOptions) -> dict[str, Any]:
     }
 
 
+def _meta_clip(clip: Any, encoder: Any) -> tuple[Any, Any]:
+    """One clip's input ``(x (1, T, F), metadata or None)`` on the ``meta`` device
+    (shapes only), for the dry run's counts."""
+    import torch
+
+    x = torch.zeros(1, clip.frames, clip.fbank.num_mel_bins, device="meta")
+    if encoder is None:
+        return x, None
+    return x, {k: v.to("meta") for k, v in encoder.encode_values([{}]).items()}
+
+
 def _matrix_gflop(model: Any, clip: Any, encoder: Any) -> float | None:
     """`rsctool.devices.matrix_flops` of one clip (GFLOP) on the ``meta`` device (shapes
     only); None where the model cannot run there."""
-    import torch
-
     from rsctool.devices import matrix_flops
 
-    x = torch.zeros(1, clip.frames, clip.fbank.num_mel_bins, device="meta")
-    meta = None
-    if encoder is not None:
-        meta = {k: v.to("meta") for k, v in encoder.encode_values([{}]).items()}
+    x, meta = _meta_clip(clip, encoder)
     try:
         return matrix_flops(model, lambda: model(x, meta)) / 1e9
     except (NotImplementedError, RuntimeError):
@@ -2806,10 +2814,7 @@ def _saved_activation_bytes(model: Any, clip: Any, encoder: Any) -> int | None:
         total += t.numel() * t.element_size()
         return t
 
-    x = torch.zeros(1, clip.frames, clip.fbank.num_mel_bins, device="meta")
-    meta = None
-    if encoder is not None:
-        meta = {k: v.to("meta") for k, v in encoder.encode_values([{}]).items()}
+    x, meta = _meta_clip(clip, encoder)
     model.train()
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
