@@ -643,7 +643,7 @@ def choose_precision(project: Project, opts: TrainOptions, data: TrainData, mode
                                "asked" if opts.precision != "auto" else "rule")
     choice = None
     if dist.is_main:
-        choice = _measure_cpu_precision(project, opts, data, model, loss_fn, dist)
+        choice = _measure_cpu_precision(project, opts, data, model, loss_fn, dist, log)
         d = choice.detail
         if choice.how == "small":
             log(f"precision auto: fp32 ({d['gflop']:.2g} GFLOP of matrix work per batch of "
@@ -663,7 +663,8 @@ PRECISION_CACHE = "cache/train-precision.json"
 
 
 def _measure_cpu_precision(project: Project, opts: TrainOptions, data: TrainData, model: Any,
-                           loss_fn: Any, dist: Any) -> PrecisionChoice:
+                           loss_fn: Any, dist: Any, log: Callable[[str], None]
+                           ) -> PrecisionChoice:
     """`choose_precision` on a CPU with bf16 units: fp32 below the matrix work where bf16
     pays, else a training step (forward, loss, backward; the optimizer step costs the
     same in both, on fp32 weights) on copies of the model and loss, timed both ways on
@@ -710,6 +711,9 @@ def _measure_cpu_precision(project: Project, opts: TrainOptions, data: TrainData
         with contextlib.suppress(KeyError, TypeError, ValueError):
             return PrecisionChoice(known["precision"], "cpu", "cached", {
                 **detail, **{k: float(known[k]) for k in ("fp32_s", "bf16_s", "speedup")}})
+    # a large model's steps take a while on a CPU: say what the wait is
+    log(f"precision auto: timing a training step of batch {n} in fp32 and in bf16 "
+        f"({gflop:,.0f} GFLOP of matrix work per forward pass; once per model and machine)")
     twin, twin_loss = copy.deepcopy(model).train(), copy.deepcopy(loss_fn)
 
     def step(bf16: bool) -> None:

@@ -258,11 +258,15 @@ def test_auto_trains_in_bf16_where_it_measured_faster_and_keeps_it(project, monk
     assert cfg["precision"] == "bf16" and cfg["precision_choice"]["how"] == "measured"
     assert cfg["precision_choice"]["speedup"] == 2.0 and calls == [1]
     assert any("precision auto: bf16" in m and "2.00x" in m for m in logs), logs
+    assert any("timing a training step of batch 8" in m for m in logs), logs  # the wait
     assert Project.load(project.path).section("runs")["a"]["precision"] == "bf16"
     cache = project.state_dir() / PRECISION_CACHE
     assert [v["precision"] for v in json.loads(cache.read_text()).values()] == ["bf16"]
-    second = _config(train(project, _tiny(run="b"), device="cpu"))
+    logs.clear()
+    second = _config(train(project, _tiny(run="b"), device="cpu", log=logs.append))
     assert second["precision_choice"]["how"] == "cached" and calls == [1]
+    assert not any("timing" in m for m in logs)
+    assert any("measured before in this project" in m for m in logs), logs
     assert second["precision"] == "bf16"
     cache.unlink()
     speed.update(speedup=0.5, bf16_s=0.4)  # measured now, fp32 would win
@@ -329,6 +333,11 @@ def test_bf16_speedup_takes_turns_and_the_fastest_time(monkeypatch):
     costs = {False: [5.0, 3.0], True: [9.0, 1.0]}
     assert devices.bf16_speedup(step, slow_s=2.0)["speedup"] == 3.0  # slow: one round
     assert order == [False, True] * 2
+    order.clear()
+    costs = {False: [30.0], True: [10.0]}
+    assert devices.bf16_speedup(step, slow_s=2.0) == {  # very slow: the warm-ups count
+        "fp32_s": 30.0, "bf16_s": 10.0, "speedup": 3.0}
+    assert order == [False, True]
 
 
 def test_an_int8_transformer_export_of_equal_accuracy_is_preferred_on_the_cpu(tmp_path):
