@@ -220,17 +220,16 @@ def bf16_speedup(step: Callable[[bool], Any], *, slow_s: float = 2.0) -> dict[st
     warm-ups: the first call's costs are then a few percent of a step (AST base at batch
     16 on 2 cores: 43 s fp32, 14 s bf16), and a step more each would cost a minute.
     Returns ``{fp32_s, bf16_s, speedup}`` (fp32 / bf16)."""
-    first = {}
-    for bf16 in (False, True):
+    def timed(bf16: bool) -> float:
         t = time.perf_counter()
         step(bf16)
-        first[bf16] = time.perf_counter() - t
+        return time.perf_counter() - t
+
+    first = {bf16: timed(bf16) for bf16 in (False, True)}
     slowest = max(first.values())
     rounds = 2 if slowest < slow_s else 1 if slowest < 10 * slow_s else 0
     best = dict(first) if rounds == 0 else {False: float("inf"), True: float("inf")}
     for _ in range(rounds):
         for bf16 in (False, True):
-            t = time.perf_counter()
-            step(bf16)
-            best[bf16] = min(best[bf16], time.perf_counter() - t)
+            best[bf16] = min(best[bf16], timed(bf16))
     return {"fp32_s": best[False], "bf16_s": best[True], "speedup": best[False] / best[True]}

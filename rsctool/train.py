@@ -687,10 +687,8 @@ def _measure_cpu_precision(project: Project, opts: TrainOptions, data: TrainData
     if not len(data.train_set):
         return PrecisionChoice("fp32", "cpu", "rule")
     n = max(1, min(opts.batch_size // (dist.world * opts.grad_accum), len(data.train_set)))
-    batch = collate([data.train_set[i] for i in range(n)])
-    x, y = batch["x"].to(dist.device), batch["y"].to(dist.device)
-    meta = ({k: v.to(dist.device) for k, v in batch["meta"].items()}
-            if "meta" in batch else None)
+    batch = collate([data.train_set[i] for i in range(n)])  # CPU tensors, as needed here
+    x, y, meta = batch["x"], batch["y"], batch.get("meta")
     one = None if meta is None else {k: v[:1] for k, v in meta.items()}
     with torch.random.fork_rng(devices=[]):
         gflop = matrix_flops(model, lambda: model(x[:1], one)) * n / 1e9
