@@ -398,16 +398,23 @@ def exit_now(code: object) -> NoReturn:
     (logging, multiprocessing, weakref finalizers, coverage) and stdout/stderr are
     flushed; rsctool's own files are closed (or written atomically) before a command
     returns. The normal exit is taken when a non-daemon thread is still running (the
-    teardown would wait for it), in a multi-process launch (its process group) or for a
-    message instead of a status.
+    teardown would wait for it), in a multi-process launch (whose process group is ended
+    first) or for a message instead of a status.
     """
     import threading
 
     others = [t for t in threading.enumerate()
               if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     dist = sys.modules.get("torch.distributed")
-    if (not isinstance(code, int | None) or others or os.environ.get("WORLD_SIZE", "1") != "1"
-            or (dist is not None and dist.is_available() and dist.is_initialized())):
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        # torch asks for the process group to be ended before the program ends: left to
+        # the teardown, gloo's threads can be freed while joinable, and the process
+        # aborts ("terminate called without an active exception", SIGABRT; seen once in
+        # a fresh-ci run of a finished 2-process train)
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+        sys.exit(code)
+    if not isinstance(code, int | None) or others or os.environ.get("WORLD_SIZE", "1") != "1":
         sys.exit(code)
     import atexit
 

@@ -143,6 +143,16 @@ def test_exit_now_falls_back_to_the_normal_exit_when_it_must():
     assert (r.returncode, r.stdout) == (0, "teardown\n"), r.stderr
 
 
+def test_exit_now_ends_an_initialized_process_group_first(tmp_path):
+    # left to the interpreter's teardown, gloo's threads can abort the process (SIGABRT)
+    r = _python("import atexit, torch.distributed as td\nfrom rsctool.cli import exit_now\n"
+                f"td.init_process_group('gloo', init_method='file://{tmp_path}/store', "
+                "rank=0, world_size=1)\n"
+                "atexit.register(lambda: print('initialized at exit:', td.is_initialized()))\n"
+                "exit_now(5)\n")
+    assert (r.returncode, r.stdout) == (5, "initialized at exit: False\n"), r.stderr
+
+
 def test_console_script_skips_the_teardown_but_not_its_output():
     # Objects alive at the end are not finalised (that is the time saved); the command's
     # records and status are unchanged.
